@@ -1,0 +1,70 @@
+"""The project's cattrs converters: strict scalars, and errors that name their path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+# A TOML or JSON value must already have the right type: "10" is not a pool
+# size, true is not 1, and 1.5 is not an int (cattrs would coerce all three).
+_STRICT: dict[type[Any], tuple[type[Any], ...]] = {
+    int: (int,),
+    str: (str,),
+    bool: (bool,),
+    float: (float, int),
+}
+
+
+def _strict_hook(target: type[Any]) -> Any:
+    accepted = _STRICT[target]
+
+    def structure(value: object, _: type[Any]) -> Any:
+        if not isinstance(value, accepted) or (isinstance(value, bool) and target is not bool):
+            raise TypeError(f"expected {target.__name__}, got {type(value).__name__}")
+        return target(value)
+
+    return structure
+
+
+def make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
+    """A converter whose scalar hooks accept only values of the right type."""
+    converter = cattrs.Converter(forbid_extra_keys=forbid_extra_keys)
+    for target in _STRICT:
+        converter.register_structure_hook(target, _strict_hook(target))
+    return converter
+
+
+def describe_errors(exc: BaseException, path: str) -> list[str]:
+    """One ``path: problem`` line per leaf error in a cattrs structuring error.
+
+    Attribute validators name their field as ``"field: problem"``; such a
+    message is moved onto the path, so every line reads
+    ``storage.redis.pool_size: must be at least 1, got 0``.
+    """
+    if isinstance(exc, ClassValidationError):
+        with_notes, without_notes = exc.group_exceptions()
+        lines = [
+            line
+            for inner, note in with_notes
+            for line in describe_errors(inner, f"{path}.{note.name}")
+        ]
+        return lines + [line for inner in without_notes for line in describe_errors(inner, path)]
+    if isinstance(exc, IterableValidationError):
+        with_index, without_index = exc.group_exceptions()
+        lines = [
+            line
+            for inner, note in with_index
+            for line in describe_errors(inner, f"{path}[{note.index}]")
+        ]
+        return lines + [line for inner in without_index for line in describe_errors(inner, path)]
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [f"{path}.{key}: unknown key" for key in sorted(exc.extra_fields)]
+    if isinstance(exc, KeyError):
+        return [f"{path}: required key missing"]
+    message = str(exc) or type(exc).__name__
+    field, separator, problem = message.partition(": ")
+    if separator and field.isidentifier():
+        return [f"{path}.{field}: {problem}"]
+    return [f"{path}: {message}"]

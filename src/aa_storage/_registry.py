@@ -1,0 +1,106 @@
+"""Finds driver plugins through entry points and loads only the ones asked for."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+
+import pluggy
+
+from aa_storage import hookspecs
+from aa_storage.contracts import Driver
+from aa_storage.errors import DuplicateDriverError, PluginError, UnknownDriverError
+
+ENTRY_POINT_GROUP = "aa_storage.drivers"
+
+
+class Registry:
+    """The installed drivers, by name.
+
+    Listing names reads entry-point metadata only; a driver's module is
+    imported the first time :meth:`driver` asks for it, so a configuration that
+    only names ``memory`` never imports ``redis``. Tests (and embedders) can add
+    a plugin object directly with :meth:`add_plugin`.
+    """
+
+    def __init__(self, found: list[EntryPoint] | None = None) -> None:
+        self._manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._manager.add_hookspecs(hookspecs)
+        self._entry_points: dict[str, EntryPoint] = {}
+        self._loaded: dict[str, tuple[Driver, str]] = {}
+        listed = entry_points(group=ENTRY_POINT_GROUP) if found is None else found
+        for entry_point in listed:
+            known = self._entry_points.get(entry_point.name)
+            if known is not None and known.value != entry_point.value:
+                raise DuplicateDriverError(entry_point.name, known.value, entry_point.value)
+            self._entry_points[entry_point.name] = entry_point
+
+    def names(self) -> list[str]:
+        """The names of every installed or added driver, sorted, without importing any."""
+        return sorted(self._entry_points.keys() | self._loaded.keys())
+
+    def driver(self, name: str, *, where: str = "storage.backend") -> Driver:
+        """The driver called ``name``, importing its plugin on first use.
+
+        ``where`` is the config path that named it, for the error message.
+        Raises ``UnknownDriverError`` if no such driver is installed and
+        ``PluginError`` if its plugin is broken.
+        """
+        if name in self._loaded:
+            return self._loaded[name][0]
+        entry_point = self._entry_points.get(name)
+        if entry_point is None:
+            raise UnknownDriverError(name, self.names(), where=where)
+        origin = f"entry point {name} = {entry_point.value}"
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:
+            raise PluginError(f"cannot import driver {name!r} ({origin}): {exc}") from None
+        driver = self._register(plugin, origin)
+        if driver.name != name:
+            self._forget(driver.name, plugin)
+            raise PluginError(f"{origin} registers a driver named {driver.name!r}")
+        return driver
+
+    def add_plugin(self, plugin: object, *, origin: str | None = None) -> Driver:
+        """Register a plugin object (a module or any object with hook implementations).
+
+        Its driver's name must not be taken by an installed or added driver.
+        """
+        origin = origin or repr(plugin)
+        driver = self._register(plugin, origin)
+        entry_point = self._entry_points.get(driver.name)
+        if entry_point is not None:
+            self._forget(driver.name, plugin)
+            raise DuplicateDriverError(driver.name, f"entry point {entry_point.value}", origin)
+        return driver
+
+    def drivers(self) -> list[Driver]:
+        """Every installed driver, importing each plugin."""
+        return [self.driver(name) for name in self.names()]
+
+    def _register(self, plugin: object, origin: str) -> Driver:
+        try:
+            self._manager.register(plugin)
+            # A hookimpl whose name matches no hookspec (a typo) fails here.
+            self._manager.check_pending()
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            self._manager.unregister(plugin)
+            raise PluginError(f"driver plugin {origin} is invalid: {exc}") from None
+        others = [p for p in self._manager.get_plugins() if p is not plugin]
+        call_register = self._manager.subset_hook_caller("register", remove_plugins=others)
+        try:
+            results = call_register()
+        except Exception as exc:
+            raise PluginError(f"register() of {origin} failed: {exc}") from None
+        if len(results) != 1 or not isinstance(results[0], Driver):
+            raise PluginError(f"register() of {origin} must return one Driver, got {results!r}")
+        driver: Driver = results[0]
+        if driver.name in self._loaded:
+            self._manager.unregister(plugin)
+            raise DuplicateDriverError(driver.name, self._loaded[driver.name][1], origin)
+        self._loaded[driver.name] = (driver, origin)
+        return driver
+
+    def _forget(self, name: str, plugin: object) -> None:
+        del self._loaded[name]
+        self._manager.unregister(plugin)

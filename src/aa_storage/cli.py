@@ -1,0 +1,157 @@
+"""``aa-storage``: list the installed drivers, and check a config end to end.
+
+``check`` loads the config (memory defaults without one), runs one real round
+trip of every operation of every kind, and prints what each cost. Any failure
+is one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+
+from aa_storage import (
+    AgentId,
+    ConfigError,
+    Kind,
+    NotFoundError,
+    PolicyCache,
+    PolicyDecision,
+    PolicyDocument,
+    PolicyRule,
+    Registry,
+    SessionId,
+    SessionRecord,
+    Storage,
+    StorageError,
+    open_storage,
+)
+from aa_storage.redaction import redacted_settings
+
+
+class CheckFailed(Exception):
+    """A store answered, but not what the contract says it must."""
+
+
+@attrs.frozen
+class Row:
+    kind: str
+    driver: str
+    operation: str
+    latency_ms: float
+
+
+async def _timed(
+    rows: list[Row], kind: Kind, driver: str, operation: str, call: Awaitable[Any]
+) -> Any:
+    started = time.perf_counter()
+    try:
+        result = await call
+    except StorageError as exc:
+        raise StorageError(f"{kind.value} {operation} via {driver}: {exc}") from None
+    rows.append(Row(kind.value, driver, operation, (time.perf_counter() - started) * 1000))
+    return result
+
+
+def _expect(actual: object, expected: object, what: str) -> None:
+    if actual != expected:
+        raise CheckFailed(f"{what} returned {actual!r}, expected {expected!r}")
+
+
+async def _check_kinds(storage: Storage) -> list[Row]:
+    rows: list[Row] = []
+    sessions_driver = storage.config.driver_for(Kind.SESSION_STORE)
+    record = SessionRecord(SessionId.new(), AgentId.new(), time.time_ns())
+
+    def step(kind: Kind, driver: str) -> Callable[[str, Awaitable[Any]], Awaitable[Any]]:
+        return lambda operation, call: _timed(rows, kind, driver, operation, call)
+
+    session = step(Kind.SESSION_STORE, sessions_driver)
+    await session("save", storage.sessions.save(record))
+    _expect(await session("load", storage.sessions.load(record.session_id)), record, "load")
+    await session("delete", storage.sessions.delete(record.session_id))
+
+    counter = step(Kind.RATE_LIMIT_COUNTER, storage.config.driver_for(Kind.RATE_LIMIT_COUNTER))
+    key = f"aa-storage-check:{uuid.uuid4().hex}"
+    _expect(await counter("increment", storage.rate_limiter.increment(key, 1, 60)), 1, "increment")
+    _expect(await counter("current", storage.rate_limiter.current(key)), 1, "current")
+    await counter("reset", storage.rate_limiter.reset(key))
+
+    policy_driver = storage.config.driver_for(Kind.POLICY_STORE)
+    policy = step(Kind.POLICY_STORE, policy_driver)
+    agent = AgentId.new()
+    document = PolicyDocument(1, "aa-storage check", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+    if isinstance(storage.policies, PolicyCache):
+        await policy("cache_policy", storage.policies.cache_policy(agent, document, 60))
+        _expect(
+            await policy("get_policy", storage.policies.get_policy(agent)), document, "get_policy"
+        )
+    else:
+        with contextlib.suppress(NotFoundError):
+            await policy("get_policy", storage.policies.get_policy(agent))
+    await policy("invalidate", storage.policies.invalidate(agent))
+    return rows
+
+
+async def _check(config_path: str | None) -> int:
+    async with open_storage(config_path) as storage:
+        rows = await _check_kinds(storage)
+        print(f"{'kind':<20}{'driver':<10}{'operation':<14}{'ok':<5}{'latency':>10}")
+        for row in rows:
+            print(
+                f"{row.kind:<20}{row.driver:<10}{row.operation:<14}{'yes':<5}{row.latency_ms:>8.2f}ms"
+            )
+        for name, backend in storage.backends.items():
+            info = await backend.describe()
+            print(f"\n[{name}]")
+            for fact, value in info.facts:
+                print(f"  {fact}: {value}")
+            for warning in info.warnings:
+                print(f"  WARNING: {warning}")
+        print("\neffective config:")
+        print(f"  backend = {storage.config.backend!r}")
+        for kind in Kind:
+            print(f"  {kind.value} = {storage.config.driver_for(kind)!r}")
+        for name, settings in storage.config.drivers.items():
+            print(f"  [storage.{name}]")
+            for setting, shown in redacted_settings(settings).items():
+                print(f"    {setting} = {shown!r}")
+    return 0
+
+
+def _drivers() -> int:
+    for driver in Registry().drivers():
+        kinds = ", ".join(sorted(kind.value for kind in driver.kinds))
+        print(f"{driver.name:<10}{kinds}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="aa-storage", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("drivers", help="list installed drivers and the kinds each provides")
+    check = commands.add_parser("check", help="round-trip every operation of every kind")
+    check.add_argument("--config", metavar="FILE", help="TOML config (default: memory driver)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "drivers":
+            return _drivers()
+        return asyncio.run(_check(args.config))
+    except (ConfigError, StorageError, CheckFailed) as exc:
+        # One line, whatever the message held.
+        message = " ".join(str(exc).split())
+        print(f"aa-storage: {type(exc).__name__}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The store contracts every driver implements, and the shape of a driver.
+
+All store methods are coroutines. Every method checks its arguments before any
+I/O (see :mod:`aa_storage.validation`) and reports failures only through
+:mod:`aa_storage.errors`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from aa_storage._types import AgentId, PolicyDocument, SessionId, SessionRecord
+
+#: Seconds a session record lives after its last save.
+SESSION_TTL_SECS = 3600
+#: The suggested TTL for ``cache_policy``, in seconds.
+DEFAULT_POLICY_CACHE_TTL_SECS = 300
+
+
+class Kind(enum.Enum):
+    """A kind of store; the value is its key in ``[storage]`` for a per-kind override."""
+
+    SESSION_STORE = "session_store"
+    RATE_LIMIT_COUNTER = "rate_limit_counter"
+    POLICY_STORE = "policy_store"
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Session records keyed by session id, each living ``SESSION_TTL_SECS`` after its last save."""
+
+    async def save(self, record: SessionRecord) -> None:
+        """Store ``record``, replacing any record with its id, and re-arm its TTL."""
+
+    async def load(self, session_id: SessionId) -> SessionRecord:
+        """Return the record; ``NotFoundError`` when absent or expired."""
+
+    async def delete(self, session_id: SessionId) -> None:
+        """Drop the record; deleting an absent record is not an error."""
+
+
+@runtime_checkable
+class RateLimitCounter(Protocol):
+    """Fixed-window counters keyed by a caller-chosen string."""
+
+    async def increment(self, key: str, amount: int, window_secs: int) -> int:
+        """Atomically add ``amount`` and return the window's new total.
+
+        The window starts with the increment that creates the counter and lasts
+        ``window_secs``; later increments (of 0 too) never move it. A counter
+        found without an expiry gets the window armed. A total past 2**63-1 is a
+        ``StorageError`` and leaves the counter unchanged.
+        """
+
+    async def current(self, key: str) -> int:
+        """The window's total; 0 for an unknown or expired counter."""
+
+    async def reset(self, key: str) -> None:
+        """Drop the counter; resetting an unknown counter is not an error."""
+
+
+@runtime_checkable
+class PolicyStore(Protocol):
+    """Policy documents keyed by agent id."""
+
+    async def get_policy(self, agent_id: AgentId) -> PolicyDocument:
+        """The agent's policy; ``NotFoundError`` when nothing is stored or cached."""
+
+    async def invalidate(self, agent_id: AgentId) -> None:
+        """Drop the agent's policy so the next read misses; idempotent."""
+
+
+@runtime_checkable
+class PolicyCache(PolicyStore, Protocol):
+    """A policy store that is also the write half of a read-through cache."""
+
+    async def cache_policy(self, agent_id: AgentId, policy: PolicyDocument, ttl_secs: int) -> None:
+        """Store ``policy`` for ``ttl_secs`` seconds, replacing any cached one."""
+
+
+@attrs.frozen
+class BackendInfo:
+    """What ``aa-storage check`` reports about a backend beyond its round trips."""
+
+    facts: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+class Backend(Protocol):
+    """One configured driver instance: it owns the connections its stores share."""
+
+    def sessions(self) -> SessionStore:
+        """The session store (only called when the driver provides that kind)."""
+
+    def rate_limiter(self) -> RateLimitCounter:
+        """The rate-limit counter (only called when the driver provides that kind)."""
+
+    def policies(self) -> PolicyStore:
+        """The policy store (only called when the driver provides that kind)."""
+
+    async def describe(self) -> BackendInfo:
+        """Facts and warnings about the live backend; may do I/O."""
+
+    async def aclose(self) -> None:
+        """Release every connection; the stores must not be used afterwards."""
+
+
+@attrs.frozen
+class Driver:
+    """What a plugin's ``register()`` hook returns.
+
+    ``name`` is the entry-point name and the ``[storage.<name>]`` section;
+    ``config_class`` is the attrs class that section is structured into (every
+    field needs a default, because a missing section means the defaults);
+    ``open`` builds a :class:`Backend` from such a config without doing I/O.
+    """
+
+    name: str
+    config_class: type[Any]
+    kinds: frozenset[Kind] = attrs.field(converter=frozenset)
+    open: Callable[[Any], Backend]

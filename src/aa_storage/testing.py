@@ -1,0 +1,294 @@
+"""The contract suite: every rule of the store contracts, as pytest tests.
+
+A driver author subclasses :class:`ContractSuite` in a test module and
+overrides two fixtures: ``backend`` (a fresh, empty backend of the driver,
+closed afterwards) and, when the driver can be given a fake clock,
+``clock``::
+
+    import pytest_asyncio
+    from aa_storage.testing import ContractSuite
+
+    class TestMyDriver(ContractSuite):
+        @pytest_asyncio.fixture
+        async def backend(self):
+            backend = MyBackend.connect(MyConfig())
+            yield backend
+            await backend.aclose()
+
+Needs the ``testing`` extra (pytest, pytest-asyncio). On a real clock the
+TTL tests wait about a second each; tests that would wait an hour are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import attrs
+import pytest
+
+from aa_storage import (
+    SESSION_TTL_SECS,
+    AgentId,
+    EnforcementMode,
+    NotFoundError,
+    PolicyDecision,
+    PolicyDocument,
+    PolicyRule,
+    SessionId,
+    SessionRecord,
+    StorageError,
+)
+
+I64_MAX = 2**63 - 1
+# Real-clock waits: past a 1 s window, with room for scheduling jitter.
+PAST_ONE_SECOND = 1.2
+
+
+@attrs.define
+class RealClock:
+    """Time passes by sleeping; long jumps are impossible."""
+
+    can_jump = False
+
+    async def advance(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@attrs.define
+class FakeClock:
+    """A monotonic clock in seconds that moves only when told; pass it as a driver's clock."""
+
+    now: float = 1_000.0
+    can_jump = True
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def a_policy(name: str = "default") -> PolicyDocument:
+    """A policy with every decision and a non-default mode, to catch lossy encodings."""
+    return PolicyDocument(
+        version=7,
+        name=name,
+        rules=[
+            PolicyRule("tool:*", PolicyDecision.ALLOW),
+            PolicyRule("net:\u00e9t\u00e9/*", PolicyDecision.DENY),
+            PolicyRule("fs:write", PolicyDecision.REQUIRE_APPROVAL),
+        ],
+        enforcement_mode=EnforcementMode.OBSERVE,
+    )
+
+
+def a_session(started_at_ns: int = 1_700_000_000_000_000_000) -> SessionRecord:
+    """A fresh session record with random ids."""
+    return SessionRecord(SessionId.new(), AgentId.new(), started_at_ns)
+
+
+class ContractSuite:
+    """Tests every driver must pass. Override ``backend``, and ``clock`` if it can be faked."""
+
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        raise NotImplementedError("override the backend fixture with a fresh backend")
+
+    @pytest.fixture
+    def clock(self) -> Any:
+        return RealClock()
+
+    # --- sessions ---
+
+    async def test_saved_session_loads_equal(self, backend: Any) -> None:
+        """A saved record loads back equal, including the largest timestamp."""
+        record = a_session(2**64 - 1)
+        await backend.sessions().save(record)
+        assert await backend.sessions().load(record.session_id) == record
+
+    async def test_save_replaces_record_with_same_id(self, backend: Any) -> None:
+        """Saving a record with an existing id replaces the old one."""
+        first = a_session(1)
+        second = SessionRecord(first.session_id, AgentId.new(), 2)
+        await backend.sessions().save(first)
+        await backend.sessions().save(second)
+        assert await backend.sessions().load(first.session_id) == second
+
+    async def test_load_of_absent_session_is_not_found(self, backend: Any) -> None:
+        """Loading an id never saved raises NotFoundError."""
+        with pytest.raises(NotFoundError):
+            await backend.sessions().load(SessionId.new())
+
+    async def test_delete_is_idempotent(self, backend: Any) -> None:
+        """Delete removes the record, and deleting again is not an error."""
+        record = a_session()
+        await backend.sessions().save(record)
+        await backend.sessions().delete(record.session_id)
+        await backend.sessions().delete(record.session_id)
+        with pytest.raises(NotFoundError):
+            await backend.sessions().load(record.session_id)
+
+    async def test_session_expires_after_ttl_unless_saved_again(
+        self, backend: Any, clock: Any
+    ) -> None:
+        """A session lives SESSION_TTL_SECS after its last save, not its first."""
+        if not clock.can_jump:
+            pytest.skip("needs a clock that can jump an hour")
+        record = a_session()
+        await backend.sessions().save(record)
+        await clock.advance(SESSION_TTL_SECS - 1)
+        await backend.sessions().save(record)
+        await clock.advance(SESSION_TTL_SECS - 1)
+        assert await backend.sessions().load(record.session_id) == record
+        await clock.advance(1)
+        with pytest.raises(NotFoundError):
+            await backend.sessions().load(record.session_id)
+
+    # --- rate limits ---
+
+    async def test_increments_sum_within_a_window(self, backend: Any) -> None:
+        """Each increment returns the running total, and current() agrees."""
+        counter = backend.rate_limiter()
+        assert [await counter.increment("k", n, 60) for n in (1, 0, 5, 2)] == [1, 1, 6, 8]
+        assert await counter.current("k") == 8
+
+    async def test_unknown_counter_is_zero(self, backend: Any) -> None:
+        """current() of a counter never incremented is 0."""
+        assert await backend.rate_limiter().current("never") == 0
+
+    async def test_counters_are_independent(self, backend: Any) -> None:
+        """Incrementing one key leaves every other key alone."""
+        counter = backend.rate_limiter()
+        await counter.increment("a", 3, 60)
+        await counter.increment("b", 4, 60)
+        assert (await counter.current("a"), await counter.current("b")) == (3, 4)
+
+    async def test_reset_is_idempotent(self, backend: Any) -> None:
+        """reset() drops the counter, and resetting again is not an error."""
+        counter = backend.rate_limiter()
+        await counter.increment("k", 9, 60)
+        await counter.reset("k")
+        await counter.reset("k")
+        assert await counter.current("k") == 0
+        assert await counter.increment("k", 1, 60) == 1
+
+    async def test_window_expiry_starts_a_new_window(self, backend: Any, clock: Any) -> None:
+        """After the window passes the counter reads 0 and the next increment starts afresh."""
+        counter = backend.rate_limiter()
+        await counter.increment("k", 4, 1)
+        await clock.advance(PAST_ONE_SECOND)
+        assert await counter.current("k") == 0
+        assert await counter.increment("k", 2, 1) == 2
+
+    async def test_later_increments_never_move_the_window(self, backend: Any, clock: Any) -> None:
+        """The window is fixed at the first increment: later ones, of 0 too, don't extend it."""
+        counter = backend.rate_limiter()
+        await counter.increment("k", 1, 2)
+        await clock.advance(1.2)
+        await counter.increment("k", 0, 2)
+        assert await counter.increment("k", 1, 60) == 2
+        await clock.advance(1.2)
+        assert await counter.current("k") == 0
+
+    async def test_overflow_is_an_error_and_keeps_the_total(self, backend: Any) -> None:
+        """Going past 2**63-1 raises StorageError and leaves the counter as it was."""
+        counter = backend.rate_limiter()
+        await counter.increment("k", I64_MAX, 60)
+        with pytest.raises(StorageError, match="overflow"):
+            await counter.increment("k", 1, 60)
+        assert await counter.current("k") == I64_MAX
+
+    async def test_concurrent_increments_sum_exactly(self, backend: Any) -> None:
+        """200 increments racing in one event loop lose none and repeat none."""
+        counter = backend.rate_limiter()
+        totals = await asyncio.gather(*(counter.increment("race", 1, 60) for _ in range(200)))
+        assert sorted(totals) == list(range(1, 201))
+        assert await counter.current("race") == 200
+
+    @pytest.mark.parametrize(
+        ("key", "amount", "window_secs", "error"),
+        [
+            ("", 1, 60, ValueError),
+            (b"k", 1, 60, TypeError),
+            ("k", -1, 60, ValueError),
+            ("k", 1.0, 60, TypeError),
+            ("k", True, 60, TypeError),
+            ("k", I64_MAX + 1, 60, ValueError),
+            ("k", 1, 0, ValueError),
+            ("k", 1, -5, ValueError),
+            ("k", 1, 1.5, TypeError),
+        ],
+    )
+    async def test_bad_increment_arguments_are_rejected(
+        self, backend: Any, key: Any, amount: Any, window_secs: Any, error: type[Exception]
+    ) -> None:
+        """A wrong type is a TypeError and a bad value a ValueError, and nothing is counted."""
+        counter = backend.rate_limiter()
+        with pytest.raises(error):
+            await counter.increment(key, amount, window_secs)
+        if isinstance(key, str) and key:
+            assert await counter.current(key) == 0
+
+    # --- policies ---
+
+    async def test_cached_policy_reads_back_equal(self, backend: Any) -> None:
+        """A cached policy reads back equal, non-ASCII text and all."""
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, a_policy("r\u00e8gles \U0001f512"), 60)
+        assert await backend.policies().get_policy(agent) == a_policy("r\u00e8gles \U0001f512")
+
+    async def test_missing_policy_is_not_found(self, backend: Any) -> None:
+        """get_policy of an agent with nothing cached raises NotFoundError."""
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(AgentId.new())
+
+    async def test_invalidate_is_idempotent(self, backend: Any) -> None:
+        """invalidate() makes the next read miss, and invalidating again is not an error."""
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, a_policy(), 60)
+        await backend.policies().invalidate(agent)
+        await backend.policies().invalidate(agent)
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+
+    async def test_cached_policy_expires_after_its_ttl(self, backend: Any, clock: Any) -> None:
+        """A policy cached for 1 s is gone after it."""
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, a_policy(), 1)
+        await clock.advance(PAST_ONE_SECOND)
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+
+    @pytest.mark.parametrize(
+        ("agent", "policy", "ttl_secs", "error"),
+        [
+            (SessionId.new(), a_policy(), 60, TypeError),
+            (AgentId.new().bytes, a_policy(), 60, TypeError),
+            (AgentId.new(), {"version": 1}, 60, TypeError),
+            (AgentId.new(), a_policy(), 0, ValueError),
+            (AgentId.new(), a_policy(), 2.5, TypeError),
+        ],
+    )
+    async def test_bad_cache_arguments_are_rejected(
+        self, backend: Any, agent: Any, policy: Any, ttl_secs: Any, error: type[Exception]
+    ) -> None:
+        """A wrong id type, a non-policy or a bad TTL is rejected before anything is stored."""
+        with pytest.raises(error):
+            await backend.policies().cache_policy(agent, policy, ttl_secs)
+        if isinstance(agent, AgentId):
+            with pytest.raises(NotFoundError):
+                await backend.policies().get_policy(agent)
+
+    async def test_ids_of_the_wrong_kind_are_rejected(self, backend: Any) -> None:
+        """An AgentId where a SessionId belongs (and raw bytes) is a TypeError."""
+        with pytest.raises(TypeError):
+            await backend.sessions().load(AgentId.new())
+        with pytest.raises(TypeError):
+            await backend.sessions().delete(SessionId.new().bytes)
+        with pytest.raises(TypeError):
+            await backend.policies().get_policy(SessionId.new())
+        with pytest.raises(TypeError):
+            await backend.sessions().save("not a record")

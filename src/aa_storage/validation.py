@@ -1,0 +1,92 @@
+"""Argument checks every store runs before any I/O.
+
+Drivers call these first thing in each method, so every driver rejects the
+same inputs with the same messages: a wrong type is a ``TypeError``, a value
+out of range a ``ValueError``. Nothing is sent or written when they raise.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from aa_storage._types import AgentId, PolicyDocument, SessionId, SessionRecord
+
+_I64_MAX = 2**63 - 1
+# About 68 years: far past any sane window, and far from the point where Redis
+# rejects an expiry whose absolute time in milliseconds overflows.
+_MAX_SECONDS = 2**31 - 1
+T = TypeVar("T")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_instance(value: object, expected: type[T], name: str) -> T:
+    """Return ``value`` if it is an ``expected``, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(value, expected):
+        raise TypeError(f"{name} must be {expected.__name__}, got {type(value).__name__}")
+    return value
+
+
+def check_agent_id(value: object) -> AgentId:
+    """An ``AgentId``; a ``SessionId`` or raw bytes is a ``TypeError``."""
+    return check_instance(value, AgentId, "agent_id")
+
+
+def check_session_id(value: object) -> SessionId:
+    """A ``SessionId``; an ``AgentId`` or raw bytes is a ``TypeError``."""
+    return check_instance(value, SessionId, "session_id")
+
+
+def check_session_record(value: object) -> SessionRecord:
+    """A ``SessionRecord`` (its fields were checked when it was built)."""
+    return check_instance(value, SessionRecord, "record")
+
+
+def check_policy(value: object) -> PolicyDocument:
+    """A ``PolicyDocument`` (its fields were checked when it was built)."""
+    return check_instance(value, PolicyDocument, "policy")
+
+
+def check_key(value: object) -> str:
+    """A non-empty str that encodes as UTF-8 (lone surrogates do not)."""
+    key = check_instance(value, str, "key")
+    if not key:
+        raise ValueError("key must not be empty")
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"key must be valid text; {key!r} holds a lone surrogate") from None
+    return key
+
+
+def check_amount(value: object) -> int:
+    """An int in [0, 2**63-1]: counters only grow, and Redis counters are signed 64-bit."""
+    if not _is_int(value):
+        raise TypeError(f"amount must be an int, got {type(value).__name__}")
+    assert isinstance(value, int)
+    if not 0 <= value <= _I64_MAX:
+        raise ValueError(f"amount must lie in [0, 2**63-1], got {value}")
+    return value
+
+
+def _check_seconds(value: object, name: str) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int number of seconds, got {type(value).__name__}")
+    assert isinstance(value, int)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1 second, got {value}")
+    if value > _MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {_MAX_SECONDS} seconds, got {value}")
+    return value
+
+
+def check_window_secs(value: object) -> int:
+    """A rate-limit window: an int number of seconds, at least 1."""
+    return _check_seconds(value, "window_secs")
+
+
+def check_ttl_secs(value: object) -> int:
+    """A cache TTL: an int number of seconds, at least 1."""
+    return _check_seconds(value, "ttl_secs")

@@ -1,0 +1,42 @@
+"""Every Redis key the driver touches is built here, and only here.
+
+The layout is the Rust driver's, so both can share one Redis:
+``<prefix>session:<hex32>``, ``<prefix>ratelimit:<key>`` and
+``<prefix>policy:<hex32>``, with ``aa:`` as the default prefix.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from aa_storage import AgentId, SessionId
+
+DEFAULT_KEY_PREFIX = "aa:"
+
+
+@attrs.frozen
+class KeySpace:
+    """Builds keys under one prefix; two prefixes never share a key."""
+
+    prefix: str = DEFAULT_KEY_PREFIX
+    _session: bytes = attrs.field(init=False, repr=False)
+    _ratelimit: bytes = attrs.field(init=False, repr=False)
+    _policy: bytes = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        encoded = self.prefix.encode()
+        object.__setattr__(self, "_session", encoded + b"session:")
+        object.__setattr__(self, "_ratelimit", encoded + b"ratelimit:")
+        object.__setattr__(self, "_policy", encoded + b"policy:")
+
+    def session(self, session_id: SessionId) -> bytes:
+        """``<prefix>session:<hex32>``."""
+        return self._session + session_id.hex.encode()
+
+    def rate_limit(self, key: str) -> bytes:
+        """``<prefix>ratelimit:<key>``; the key's UTF-8 bytes are used as they are."""
+        return self._ratelimit + key.encode()
+
+    def policy(self, agent_id: AgentId) -> bytes:
+        """``<prefix>policy:<hex32>``."""
+        return self._policy + agent_id.hex.encode()

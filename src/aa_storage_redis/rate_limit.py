@@ -1,0 +1,54 @@
+"""Fixed-window counters: ``<prefix>ratelimit:<key>``, an integer with the window as its TTL."""
+
+from __future__ import annotations
+
+import attrs
+
+from aa_storage import SerializationError
+from aa_storage.validation import check_amount, check_key, check_window_secs
+from aa_storage_redis.pool import Pool
+from aa_storage_redis.scripts import INCREMENT
+
+
+@attrs.frozen
+class RedisRateLimitCounter:
+    """Counters shared through Redis; each method is one round trip.
+
+    The window is timed by the server's clock in milliseconds, never the
+    client's, so every process sees the same window.
+    """
+
+    pool: Pool
+
+    async def increment(self, key: str, amount: int, window_secs: int) -> int:
+        """Atomically add ``amount``; the window is armed only by the call that
+        creates the counter (or finds it without an expiry).
+
+        Retried only when the command certainly never reached the server: a
+        blind retry after a lost reply would count the amount twice.
+        """
+        key = check_key(key)
+        amount = check_amount(amount)
+        window_ms = check_window_secs(window_secs) * 1000
+        reply = await self.pool.run_script(
+            INCREMENT, [self.pool.keys.rate_limit(key)], [amount, window_ms], idempotent=False
+        )
+        return _as_total(key, reply)
+
+    async def current(self, key: str) -> int:
+        """The window's total; 0 for an unknown or expired counter."""
+        key = check_key(key)
+        reply = await self.pool.execute("GET", self.pool.keys.rate_limit(key), idempotent=True)
+        return 0 if reply is None else _as_total(key, reply)
+
+    async def reset(self, key: str) -> None:
+        """Drop the counter; idempotent."""
+        key = check_key(key)
+        await self.pool.execute("DEL", self.pool.keys.rate_limit(key), idempotent=True)
+
+
+def _as_total(key: str, reply: bytes) -> int:
+    try:
+        return int(reply)
+    except ValueError:
+        raise SerializationError(f"counter {key!r} holds {reply[:40]!r}, not an integer") from None

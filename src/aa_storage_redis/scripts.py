@@ -1,0 +1,50 @@
+"""The driver's Lua scripts. Each declares every key it touches in KEYS, so it
+runs unchanged on a cluster, and is sent once per connection pool, then run by SHA."""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+
+
+@attrs.frozen
+class Script:
+    """A Lua script and its SHA1, the name Redis caches it under."""
+
+    name: str
+    body: bytes = attrs.field(repr=False)
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.body).hexdigest()
+
+
+# Session save: the hash and its TTL in one atomic step, so a session never
+# exists without an expiry (the Rust driver's two round trips could leave one).
+SAVE_SESSION = Script(
+    "save_session",
+    b"""
+redis.call('HSET', KEYS[1], 'agent_id', ARGV[1], 'started_at_ns', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+""",
+)
+
+# Fixed-window increment. ARGV[1] = amount, ARGV[2] = window in milliseconds.
+# The window is armed only when the counter has no expiry: when this call
+# created it, or when it was found without one (so no counter lives forever).
+# Any other increment, of 0 too, leaves the window where it is. INCRBY fails
+# on overflow before changing anything. The total is read back with GET
+# because Lua numbers are doubles and would round totals past 2**53.
+INCREMENT = Script(
+    "increment",
+    b"""
+redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('GET', KEYS[1])
+""",
+)
