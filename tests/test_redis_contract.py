@@ -1,0 +1,28 @@
+"""The Redis driver passes the contract suite on redis-server, and on valkey-server if present."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+from servers import RedisServer
+
+from aa_storage.testing import ContractSuite
+from aa_storage_redis import RedisBackend, RedisStorageConfig
+
+
+class TestRedisContract(ContractSuite):
+    @pytest_asyncio.fixture
+    async def backend(self, redis_url: str) -> AsyncIterator[RedisBackend]:
+        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+        yield backend
+        await backend.aclose()
+
+
+class TestValkeyContract(ContractSuite):
+    @pytest_asyncio.fixture
+    async def backend(self, valkey_server: RedisServer) -> AsyncIterator[RedisBackend]:
+        valkey_server.flushall()
+        backend = RedisBackend.connect(RedisStorageConfig(url=valkey_server.url))
+        yield backend
+        await backend.aclose()
