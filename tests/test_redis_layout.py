@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 import redis
-from servers import RedisServer
 
 from aa_storage import (
     AgentId,
@@ -19,6 +18,7 @@ from aa_storage import (
     SessionRecord,
 )
 from aa_storage_redis import SESSION_TTL_SECS, RedisBackend, RedisStorageConfig
+from servers import RedisServer
 
 SESSION = SessionId.from_hex("00112233445566778899aabbccddeeff")
 AGENT = AgentId.from_hex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
@@ -55,7 +55,7 @@ async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
 
 class TestSessionLayout:
     async def test_save_writes_the_rust_hash(self, backend: RedisBackend, raw: redis.Redis) -> None:
-        """A saved session is a hash of raw agent bytes and decimal nanoseconds with a 3600 s TTL."""
+        """A saved session is a hash of raw agent bytes and decimal nanoseconds, TTL 3600 s."""
         await backend.sessions().save(SessionRecord(SESSION, AGENT, 1_700_000_000_123_456_789))
         key = b"aa:session:00112233445566778899aabbccddeeff"
         assert raw.keys(b"*") == [key]

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
+from subprocess import PIPE
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import redis
-from servers import RedisServer
 
 from aa_storage import AgentId, PolicyDocument, SessionId, SessionRecord
 from aa_storage_redis import SESSION_TTL_SECS, RedisBackend, RedisStorageConfig
+from servers import RedisServer
 
 pytestmark = pytest.mark.asyncio
 
@@ -212,8 +212,12 @@ class TestConcurrency:
             asyncio.run(main())
             """
         )
-        workers = [subprocess.Popen([sys.executable, "-c", script, redis_url]) for _ in range(4)]
-        assert [worker.wait(timeout=120) for worker in workers] == [0, 0, 0, 0]
+        workers = [
+            await asyncio.create_subprocess_exec(sys.executable, "-c", script, redis_url)
+            for _ in range(4)
+        ]
+        statuses = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), 120)
+        assert statuses == [0, 0, 0, 0]
         backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
         try:
             assert await backend.rate_limiter().current("procs") == 2000
@@ -241,11 +245,9 @@ class TestConcurrency:
             asyncio.run(main())
             """
         )
-        output = subprocess.run(
-            [sys.executable, "-c", script, redis_url, record.session_id.hex],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        assert output.split() == [record.agent_id.hex, "123456789"]
+        reader = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, redis_url, record.session_id.hex, stdout=PIPE
+        )
+        output, _ = await asyncio.wait_for(reader.communicate(), 60)
+        assert reader.returncode == 0
+        assert output.decode().split() == [record.agent_id.hex, "123456789"]

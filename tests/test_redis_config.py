@@ -1,0 +1,175 @@
+"""``[storage.redis]``: defaults, validation errors that name the field, TLS upgrade, redaction."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aa_storage import InvalidConfigError, load_config, open_storage
+from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
+
+SECRET = "s3cr3t-pw"
+
+
+def redis_section(**settings: Any) -> dict[str, Any]:
+    return {"storage": {"backend": "redis", "redis": settings}}
+
+
+class TestDefaults:
+    def test_missing_section_means_defaults(self) -> None:
+        """backend = "redis" with no [storage.redis] section gives the default settings."""
+        config = load_config({"storage": {"backend": "redis"}})
+        assert config.drivers["redis"] == RedisStorageConfig()
+        assert RedisStorageConfig().url == "redis://127.0.0.1:6379"
+
+    def test_defaults_are_bounded(self) -> None:
+        """Every timeout has a finite default, and the prefix is aa:."""
+        config = RedisStorageConfig()
+        assert (config.pool_size, config.key_prefix, config.tls) == (10, "aa:", False)
+        assert 0 < config.connect_timeout <= 5
+        assert 0 < config.socket_timeout <= 5
+        assert 0 < config.pool_timeout <= 5
+
+    def test_toml_file_is_structured(self, tmp_path: Path) -> None:
+        """A TOML file's [storage.redis] section becomes a RedisStorageConfig."""
+        path = tmp_path / "agent-assembly.toml"
+        path.write_text(
+            '[storage]\nbackend = "redis"\n[storage.redis]\n'
+            'url = "redis://10.0.0.5:7000/2"\npool_size = 3\nkey_prefix = "t1:"\n'
+            "connect_timeout = 2\nsocket_timeout = 0.25\nretries = 0\n"
+        )
+        config = load_config(path).drivers["redis"]
+        assert config == RedisStorageConfig(
+            url="redis://10.0.0.5:7000/2",
+            pool_size=3,
+            key_prefix="t1:",
+            connect_timeout=2.0,
+            socket_timeout=0.25,
+            retries=0,
+        )
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("settings", "problem"),
+        [
+            ({"pool_sise": 3}, "storage.redis.pool_sise: unknown key"),
+            ({"pool_size": 0}, "storage.redis.pool_size: must lie in [1, 10000], got 0"),
+            ({"pool_size": "10"}, "storage.redis.pool_size: expected int, got str"),
+            ({"pool_size": 2.5}, "storage.redis.pool_size: expected int, got float"),
+            ({"tls": "yes"}, "storage.redis.tls: expected bool, got str"),
+            (
+                {"url": "http://127.0.0.1:1"},
+                "storage.redis.url: scheme must be redis:// or rediss://, got 'http://127.0.0.1:1'",
+            ),
+            ({"url": "redis://"}, "storage.redis.url: 'redis://' names no host"),
+            (
+                {"socket_timeout": -1},
+                "storage.redis.socket_timeout: must be a positive number of seconds, got -1.0",
+            ),
+            (
+                {"connect_timeout": float("inf")},
+                "storage.redis.connect_timeout: must be a positive number of seconds, got inf",
+            ),
+            ({"retries": -1}, "storage.redis.retries: must lie in [0, 10], got -1"),
+            ({"key_prefix": ""}, "storage.redis.key_prefix: must not be empty"),
+            (
+                {"ca_file": "/no/such/ca.pem"},
+                "storage.redis.ca_file: no such file '/no/such/ca.pem'",
+            ),
+        ],
+    )
+    def test_bad_values_name_their_field(self, settings: dict[str, Any], problem: str) -> None:
+        """Each bad value is a ConfigError whose line names the field by its path."""
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config(redis_section(**settings))
+        assert caught.value.problems == [problem]
+
+    def test_every_problem_is_reported_at_once(self) -> None:
+        """Several bad values give one line each, in one error."""
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config(redis_section(pool_size="x", retries="y", colour="blue"))
+        assert sorted(caught.value.problems) == [
+            "storage.redis.colour: unknown key",
+            "storage.redis.pool_size: expected int, got str",
+            "storage.redis.retries: expected int, got str",
+        ]
+
+    def test_key_file_needs_cert_file(self, tmp_path: Path) -> None:
+        """A client key without a client certificate is refused."""
+        key = tmp_path / "client.key"
+        key.write_text("x")
+        with pytest.raises(InvalidConfigError, match="key_file: needs cert_file too"):
+            load_config(redis_section(key_file=str(key)))
+
+
+class TestTls:
+    def test_tls_upgrades_the_scheme(self) -> None:
+        """tls = true turns redis:// into rediss://."""
+        config = RedisStorageConfig(url="redis://cache:7000", tls=True)
+        assert (config.effective_url, config.uses_tls) == ("rediss://cache:7000", True)
+
+    def test_rediss_url_means_tls(self) -> None:
+        """A rediss:// URL uses TLS even when tls is false."""
+        assert RedisStorageConfig(url="rediss://cache:7000").uses_tls
+
+
+class TestRedaction:
+    URL = f"redis://driver:{SECRET}@cache.internal:7000/0"
+
+    def test_repr_hides_the_password(self) -> None:
+        """The config's repr shows user and host but *** for the password."""
+        text = repr(RedisStorageConfig(url=self.URL))
+        assert "url='redis://driver:***@cache.internal:7000/0'" in text
+        assert SECRET not in text
+
+    def test_backend_and_storage_reprs_hide_the_password(self) -> None:
+        """Nothing built from a password-bearing config shows the password in repr or str."""
+        storage = open_storage(redis_section(url=self.URL))
+        for thing in (storage, storage.config, storage.backends["redis"], storage.sessions):
+            assert SECRET not in repr(thing)
+            assert SECRET not in str(thing)
+
+    def test_bad_url_errors_hide_the_password(self) -> None:
+        """A rejected URL is quoted in the error without its password."""
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config(redis_section(url=f"http://u:{SECRET}@h:1"))
+        assert SECRET not in str(caught.value)
+        assert "http://u:***@h:1" in str(caught.value)
+
+
+class TestCleartextWarning:
+    def test_remote_cleartext_warns_once(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Plain redis:// to a non-loopback host logs one warning, without the password."""
+        with caplog.at_level(logging.WARNING, logger="aa_storage_redis"):
+            RedisBackend.connect(RedisStorageConfig(url=f"redis://:{SECRET}@10.1.2.3:7000"))
+        assert [r.getMessage() for r in caplog.records] == [
+            "connecting to redis://:***@10.1.2.3:7000 without TLS: "
+            "traffic and the password travel in the clear"
+        ]
+
+    @pytest.mark.parametrize(
+        "url", ["redis://127.0.0.1:7000", "redis://localhost:7000", "redis://[::1]:7000"]
+    )
+    def test_loopback_does_not_warn(self, url: str, caplog: pytest.LogCaptureFixture) -> None:
+        """Plain redis:// on this machine is not worth a warning."""
+        with caplog.at_level(logging.WARNING, logger="aa_storage_redis"):
+            build_pool(RedisStorageConfig(url=url))
+        assert caplog.records == []
+
+    def test_tls_does_not_warn(self, caplog: pytest.LogCaptureFixture) -> None:
+        """rediss:// to a remote host is not in the clear."""
+        with caplog.at_level(logging.WARNING, logger="aa_storage_redis"):
+            build_pool(RedisStorageConfig(url="redis://10.1.2.3:7000", tls=True))
+        assert caplog.records == []
+
+
+def test_problem_lines_have_no_regex_surprises() -> None:
+    """The problems list is plain text; each line starts with its storage.redis path."""
+    with pytest.raises(InvalidConfigError) as caught:
+        load_config(redis_section(pool_size=-4, socket_timeout=0))
+    assert all(re.match(r"storage\.redis\.\w+: ", line) for line in caught.value.problems)
