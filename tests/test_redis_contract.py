@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from servers import RedisServer
 
 from aa_storage.testing import ContractSuite
 from aa_storage_redis import RedisBackend, RedisStorageConfig
+from servers import RedisServer
 
 
 class TestRedisContract(ContractSuite):

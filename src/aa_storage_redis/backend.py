@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from aa_storage import BackendInfo, StorageError
+from aa_storage import BackendError, BackendInfo
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.pool import Pool, build_pool
@@ -37,33 +37,43 @@ class RedisBackend:
 
     async def describe(self) -> BackendInfo:
         """Server version and mode, TLS, the user, and a warning when the
-        eviction policy could silently drop counters and sessions."""
-        server = _parse_info(await self.pool.execute("INFO", "server", idempotent=True))
-        memory = _parse_info(await self.pool.execute("INFO", "memory", idempotent=True))
-        try:
-            user = (await self.pool.execute("ACL", "WHOAMI", idempotent=True)).decode()
-        except StorageError:
-            user = "unknown (ACL WHOAMI not permitted)"
+        eviction policy could silently drop counters and sessions.
+
+        A user whose ACL denies ``INFO`` or ``ACL WHOAMI`` gets "unknown" for
+        those facts; an unreachable server raises ``BackendError``.
+        """
+        server = _parse_info(await self._optional("INFO", "server") or b"")
+        memory = _parse_info(await self._optional("INFO", "memory") or b"")
+        whoami = await self._optional("ACL", "WHOAMI")
         name = server.get("server_name", "redis")
         version = server.get(f"{name}_version") or server.get("redis_version", "unknown")
         policy = memory.get("maxmemory_policy", "unknown")
         facts = (
-            ("server", f"{self.pool.server}"),
+            ("server", self.pool.server),
             ("version", f"{name} {version}"),
-            ("mode", server.get("redis_mode", server.get("server_mode", "unknown"))),
+            ("mode", server.get("redis_mode") or server.get("server_mode", "unknown")),
             ("tls", "on" if self.pool.config.uses_tls else "off"),
-            ("user", user),
+            ("user", whoami.decode() if whoami else "unknown"),
             ("key_prefix", self.pool.keys.prefix),
             ("maxmemory_policy", policy),
         )
         warnings: tuple[str, ...] = ()
         if policy != _SAFE_EVICTION_POLICY:
             warnings = (
-                f"maxmemory-policy is {policy}: under memory pressure Redis may evict "
-                "rate-limit counters and sessions, which silently resets limits; "
-                "use noeviction for the keys of this driver",
+                f"maxmemory-policy is {policy}, not noeviction: under memory pressure the "
+                "server may evict rate-limit counters and sessions, which silently resets limits",
             )
         return BackendInfo(facts=facts, warnings=warnings)
+
+    async def _optional(self, *command: str) -> bytes | None:
+        """The reply, or None when the user's ACL does not permit the command."""
+        try:
+            reply: bytes = await self.pool.execute(*command, idempotent=True)
+        except BackendError as exc:
+            if "permission denied" not in str(exc):
+                raise
+            return None
+        return reply
 
     async def aclose(self) -> None:
         """Close every connection of the pool."""

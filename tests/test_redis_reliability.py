@@ -1,0 +1,240 @@
+"""Failures of the network and the server: bounded waits, safe retries, recovery.
+
+Every call under a fault either returns the right answer or raises
+BackendError; none hangs, none returns a wrong answer, and none lets a
+redis-py exception through. The generous ``wait_for`` bounds below only stop
+a hung test; they are not latency assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from faultproxy import FaultProxy
+from servers import RedisServer
+
+from aa_storage import AgentId, BackendError, PolicyDocument, SessionId, SessionRecord
+from aa_storage_redis import RedisBackend, RedisStorageConfig
+
+pytestmark = pytest.mark.asyncio
+HANG_GUARD = 10.0
+FAST = {"connect_timeout": 0.3, "socket_timeout": 0.3, "pool_timeout": 0.3}
+
+
+def connect(url: str, **settings: Any) -> RedisBackend:
+    return RedisBackend.connect(RedisStorageConfig(url=url, **{**FAST, **settings}))
+
+
+async def bounded(call: Awaitable[Any]) -> Any:
+    return await asyncio.wait_for(call, HANG_GUARD)
+
+
+@pytest_asyncio.fixture
+async def proxied(
+    redis_server: RedisServer, redis_url: str, fault_proxy: Callable[[int], FaultProxy]
+) -> AsyncIterator[tuple[RedisBackend, FaultProxy]]:
+    proxy = fault_proxy(redis_server.port)
+    backend = connect(proxy.url)
+    yield backend, proxy
+    await backend.aclose()
+
+
+class TestFrozenServer:
+    async def test_frozen_server_gives_backend_error_not_a_hang(
+        self, fresh_redis_server: RedisServer
+    ) -> None:
+        """With the server SIGSTOPped, warm and new connections both fail with BackendError."""
+        backend = connect(fresh_redis_server.url, pool_size=2)
+        try:
+            await backend.rate_limiter().increment("k", 1, 60)  # one warm connection
+            fresh_redis_server.freeze()
+            calls = [
+                backend.rate_limiter().current("k"),
+                backend.rate_limiter().increment("k", 1, 60),
+            ]
+            for outcome in await bounded(asyncio.gather(*calls, return_exceptions=True)):
+                assert isinstance(outcome, BackendError)
+                assert "did not answer in time" in str(outcome)
+            fresh_redis_server.thaw()
+            assert await bounded(backend.rate_limiter().current("k")) in (1, 2)
+        finally:
+            fresh_redis_server.thaw()
+            await backend.aclose()
+
+
+class TestRestart:
+    async def test_same_backend_recovers_after_a_restart(
+        self, fresh_redis_server: RedisServer
+    ) -> None:
+        """Killed, the server gives fast BackendErrors; restarted, the same backend works again,
+        scripts included."""
+        backend = connect(fresh_redis_server.url)
+        counter = backend.rate_limiter()
+        try:
+            assert await counter.increment("k", 1, 60) == 1
+            fresh_redis_server.kill()
+            with pytest.raises(BackendError, match="cannot reach redis"):
+                await bounded(counter.increment("k", 1, 60))
+            with pytest.raises(BackendError, match="cannot reach redis"):
+                await bounded(counter.current("k"))
+            fresh_redis_server.restart()
+            assert await bounded(counter.increment("k", 5, 60)) == 5  # empty server, no scripts
+            record = SessionRecord(SessionId.new(), AgentId.new(), 1)
+            await backend.sessions().save(record)
+            assert await backend.sessions().load(record.session_id) == record
+        finally:
+            await backend.aclose()
+
+
+class TestPool:
+    async def test_fifty_callers_share_two_connections(self, redis_url: str) -> None:
+        """With pool_size=2, 50 concurrent callers all complete, exactly."""
+        backend = connect(redis_url, pool_size=2, pool_timeout=5.0)
+        try:
+            counter = backend.rate_limiter()
+            await bounded(asyncio.gather(*(counter.increment("k", 1, 60) for _ in range(50))))
+            assert await counter.current("k") == 50
+        finally:
+            await backend.aclose()
+
+    async def test_waiting_for_a_connection_is_bounded(
+        self, redis_server: RedisServer, redis_url: str, fault_proxy: Callable[[int], FaultProxy]
+    ) -> None:
+        """When the only connection stays busy past pool_timeout, the waiter gets BackendError."""
+        proxy = fault_proxy(redis_server.port)
+        backend = connect(proxy.url, pool_size=1, socket_timeout=5.0, pool_timeout=0.2)
+        try:
+            await backend.rate_limiter().current("k")
+            proxy.latency(1.0)
+            slow = asyncio.ensure_future(backend.rate_limiter().current("k"))
+            await asyncio.sleep(0.05)
+            with pytest.raises(BackendError, match=r"no connection .* came free within 0.2s"):
+                await bounded(backend.rate_limiter().current("k"))
+            assert await bounded(slow) == 0
+        finally:
+            await backend.aclose()
+
+
+class TestRetries:
+    async def test_idempotent_reads_are_retried_after_a_dropped_reply(
+        self, proxied: tuple[RedisBackend, FaultProxy]
+    ) -> None:
+        """A read whose reply is cut mid-way is retried on a new connection and answers right."""
+        backend, proxy = proxied
+        await backend.rate_limiter().increment("k", 7, 60)
+        proxy.drop_mid_reply()
+        assert await bounded(backend.rate_limiter().current("k")) == 7
+
+    async def test_increment_is_not_retried_once_sent(
+        self, proxied: tuple[RedisBackend, FaultProxy]
+    ) -> None:
+        """An increment whose reply is lost is a BackendError, and the server counted it once."""
+        backend, proxy = proxied
+        await backend.rate_limiter().increment("k", 1, 60)
+        proxy.drop_mid_reply()
+        with pytest.raises(BackendError):
+            await bounded(backend.rate_limiter().increment("k", 1, 60))
+        assert await backend.rate_limiter().current("k") == 2
+
+    async def test_unreachable_server_is_retried_then_reported(
+        self, proxied: tuple[RedisBackend, FaultProxy]
+    ) -> None:
+        """Refused connections are tried 1 + retries times, then reported as BackendError."""
+        backend, proxy = proxied
+        proxy.refuse()
+        with pytest.raises(BackendError, match="cannot reach redis"):
+            await bounded(backend.rate_limiter().increment("k", 1, 60))
+        assert proxy.connections_accepted >= 3
+        proxy.passthrough()
+        assert await bounded(backend.rate_limiter().increment("k", 1, 60)) == 1
+
+
+class TestLateReplies:
+    async def test_a_timed_out_connection_is_never_reused(
+        self, proxied: tuple[RedisBackend, FaultProxy], redis_server: RedisServer
+    ) -> None:
+        """After a timeout, the late reply is never read as the answer to the next command."""
+        backend, proxy = proxied
+        counter = backend.rate_limiter()
+        await counter.increment("a", 111, 60)
+        await counter.increment("b", 222, 60)
+        proxy.blackhole()
+        with pytest.raises(BackendError, match="did not answer in time"):
+            await bounded(counter.current("a"))
+        proxy.passthrough()  # the held-back reply to current("a") now flows
+        await asyncio.sleep(0.3)
+        assert await bounded(counter.current("b")) == 222
+        assert await bounded(counter.current("a")) == 111
+
+    async def test_a_cancelled_call_never_leaves_its_reply_behind(
+        self, redis_server: RedisServer, redis_url: str, fault_proxy: Callable[[int], FaultProxy]
+    ) -> None:
+        """A caller that gives up (cancels) mid-call does not leave a reply for the next caller."""
+        proxy = fault_proxy(redis_server.port)
+        backend = connect(proxy.url, pool_size=1, socket_timeout=5.0)
+        counter = backend.rate_limiter()
+        try:
+            await counter.increment("a", 111, 60)
+            await counter.increment("b", 222, 60)
+            proxy.blackhole()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(counter.current("a"), 0.2)
+            proxy.passthrough()
+            await asyncio.sleep(0.3)
+            assert await bounded(counter.current("b")) == 222
+        finally:
+            await backend.aclose()
+
+
+def operations(backend: RedisBackend) -> dict[str, Callable[[], Awaitable[Any]]]:
+    record = SessionRecord(SessionId.from_hex("ab" * 16), AgentId.from_hex("cd" * 16), 42)
+    policy = PolicyDocument(1, "p", [])
+    sessions, counter, policies = backend.sessions(), backend.rate_limiter(), backend.policies()
+    return {
+        "save": lambda: sessions.save(record),
+        "load": lambda: sessions.load(record.session_id),
+        "current": lambda: counter.current("seen"),
+        "cache_policy": lambda: policies.cache_policy(record.agent_id, policy, 60),
+        "get_policy": lambda: policies.get_policy(record.agent_id),
+    }
+
+
+EXPECTED = {
+    "save": None,
+    "load": SessionRecord(SessionId.from_hex("ab" * 16), AgentId.from_hex("cd" * 16), 42),
+    "current": 3,
+    "cache_policy": None,
+    "get_policy": PolicyDocument(1, "p", []),
+}
+
+
+class TestUnderFaults:
+    @pytest.mark.parametrize("fault", ["latency", "drop_mid_reply", "blackhole", "refuse"])
+    async def test_every_call_is_right_or_a_backend_error(
+        self, proxied: tuple[RedisBackend, FaultProxy], fault: str
+    ) -> None:
+        """Under each fault, each operation returns the right value or raises BackendError."""
+        backend, proxy = proxied
+        for operation in operations(backend).values():
+            await operation()
+        await backend.rate_limiter().increment("seen", 3, 60)
+        faults: dict[str, Callable[[], None]] = {
+            "latency": lambda: proxy.latency(0.2),
+            "drop_mid_reply": proxy.drop_mid_reply,
+            "blackhole": proxy.blackhole,
+            "refuse": proxy.refuse,
+        }
+        faults[fault]()
+        for name, operation in operations(backend).items():
+            try:
+                result = await bounded(operation())
+            except BackendError:
+                continue
+            assert result == EXPECTED[name], name
+        proxy.passthrough()
+        for name, operation in operations(backend).items():
+            assert await bounded(operation()) == EXPECTED[name], name

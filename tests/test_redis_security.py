@@ -1,0 +1,343 @@
+"""TLS, least-privilege ACL, tenant isolation by key prefix, and secrets kept out of sight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aa_storage import (
+    AgentId,
+    BackendError,
+    ConfigError,
+    PolicyDocument,
+    SessionId,
+    SessionRecord,
+    StorageError,
+    load_config,
+)
+from aa_storage.cli import main
+from aa_storage.memory import MemoryBackend
+from aa_storage.testing import ContractSuite
+from aa_storage_redis import RedisBackend, RedisStorageConfig
+from servers import ADMIN_PASSWORD, RedisServer, free_ports
+
+README = Path(__file__).parent.parent / "README.md"
+SECRET = "pa55-Zq9-never-shown"
+
+
+def readme_acl_rule() -> list[str]:
+    """The ACL SETUSER rule the README gives, split into its parts after the user name."""
+    match = re.search(r"^ACL SETUSER aa-driver (.+)$", README.read_text(), re.MULTILINE)
+    assert match, "README.md must give the driver user's ACL SETUSER rule"
+    return match.group(1).split()
+
+
+# --- TLS ---
+
+
+class TestTlsContract(ContractSuite):
+    """The whole contract holds over rediss:// with certificate verification on."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, tls_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
+        tls_redis_server.flushall()
+        config = RedisStorageConfig(url=tls_redis_server.tls_url, ca_file=tls_redis_server.ca_path)
+        backend = RedisBackend.connect(config)
+        yield backend
+        await backend.aclose()
+
+
+@pytest.fixture(scope="module")
+def mtls_server() -> Iterator[RedisServer]:
+    server = RedisServer(tls=True, require_client_cert=True)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.mark.asyncio
+class TestTls:
+    async def test_wrong_ca_is_a_clear_backend_error(self, tls_redis_server: RedisServer) -> None:
+        """A server certificate that the configured CA did not sign fails verification."""
+        config = RedisStorageConfig(
+            url=tls_redis_server.tls_url, ca_file=tls_redis_server.other_ca_path
+        )
+        backend = RedisBackend.connect(config)
+        try:
+            with pytest.raises(BackendError, match="TLS certificate verification failed"):
+                await backend.rate_limiter().current("k")
+        finally:
+            await backend.aclose()
+
+    async def test_tls_flag_upgrades_a_redis_url(self, tls_redis_server: RedisServer) -> None:
+        """tls = true with a redis:// URL connects over TLS."""
+        url = tls_redis_server.tls_url.replace("rediss://", "redis://")
+        config = RedisStorageConfig(url=url, tls=True, ca_file=tls_redis_server.ca_path)
+        backend = RedisBackend.connect(config)
+        try:
+            assert await backend.rate_limiter().increment("tls-flag", 1, 60) >= 1
+            facts = dict((await backend.describe()).facts)
+            assert facts["tls"] == "on"
+        finally:
+            await backend.aclose()
+
+    async def test_mutual_tls_with_a_client_certificate(self, mtls_server: RedisServer) -> None:
+        """A server that requires client certificates accepts the configured one."""
+        config = RedisStorageConfig(
+            url=mtls_server.tls_url,
+            ca_file=mtls_server.ca_path,
+            cert_file=mtls_server.client_cert_path,
+            key_file=mtls_server.client_key_path,
+        )
+        backend = RedisBackend.connect(config)
+        try:
+            assert await backend.rate_limiter().increment("mtls", 1, 60) >= 1
+        finally:
+            await backend.aclose()
+
+    async def test_mutual_tls_without_a_certificate_fails(self, mtls_server: RedisServer) -> None:
+        """Without a client certificate, the server that requires one is a BackendError."""
+        config = RedisStorageConfig(url=mtls_server.tls_url, ca_file=mtls_server.ca_path)
+        backend = RedisBackend.connect(config)
+        try:
+            with pytest.raises(BackendError):
+                await backend.rate_limiter().current("k")
+        finally:
+            await backend.aclose()
+
+
+# --- ACL ---
+
+
+def _set_user(server: RedisServer, name: str, rule: list[str]) -> str:
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", name, "reset", *rule)
+    return server.url_for(user=name, password="CHANGE-ME")
+
+
+class TestLeastPrivilegeContract(ContractSuite):
+    """The whole contract holds for a user with exactly the README's ACL rule."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, acl_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
+        acl_redis_server.flushall()
+        url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        backend = RedisBackend.connect(RedisStorageConfig(url=url))
+        yield backend
+        await backend.aclose()
+
+
+@pytest.mark.asyncio
+class TestAcl:
+    async def test_user_without_the_prefix_is_denied(self, acl_redis_server: RedisServer) -> None:
+        """A user whose keys exclude aa:* gets a BackendError saying permission was denied."""
+        rule = [part if not part.startswith("~") else "~other:*" for part in readme_acl_rule()]
+        url = _set_user(acl_redis_server, "aa-outsider", rule)
+        backend = RedisBackend.connect(RedisStorageConfig(url=url))
+        try:
+            for call in (
+                backend.rate_limiter().increment("k", 1, 60),
+                backend.rate_limiter().current("k"),
+                backend.sessions().load(SessionId.new()),
+            ):
+                with pytest.raises(BackendError, match="permission denied"):
+                    await call
+        finally:
+            await backend.aclose()
+
+    async def test_wrong_password_is_a_refused_login(self, acl_redis_server: RedisServer) -> None:
+        """A bad password is a BackendError about the login, without the password in it."""
+        url = acl_redis_server.url_for(user="aa-driver", password=SECRET)
+        _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        backend = RedisBackend.connect(RedisStorageConfig(url=url))
+        try:
+            with pytest.raises(BackendError, match="refused the login") as caught:
+                await backend.rate_limiter().current("k")
+            assert SECRET not in str(caught.value)
+        finally:
+            await backend.aclose()
+
+    async def test_describe_works_without_info(self, acl_redis_server: RedisServer) -> None:
+        """With the README rule (no INFO), describe() reports unknown facts instead of failing."""
+        url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        backend = RedisBackend.connect(RedisStorageConfig(url=url))
+        try:
+            facts = dict((await backend.describe()).facts)
+            assert (facts["user"], facts["version"]) == ("unknown", "redis unknown")
+        finally:
+            await backend.aclose()
+
+
+# --- tenants ---
+
+keys = st.sampled_from(["a", "b", "{x}"])
+ids = st.sampled_from(["11" * 16, "22" * 16])
+operations = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1]),
+        st.sampled_from(
+            [
+                "increment",
+                "current",
+                "reset",
+                "save",
+                "load",
+                "delete",
+                "cache",
+                "get",
+                "invalidate",
+            ]
+        ),
+        keys,
+        ids,
+        st.integers(0, 100),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+async def _apply(backend: Any, operation: str, key: str, hex_id: str, amount: int) -> Any:
+    sessions, counter, policies = backend.sessions(), backend.rate_limiter(), backend.policies()
+    session, agent = SessionId.from_hex(hex_id), AgentId.from_hex(hex_id)
+    calls = {
+        "increment": lambda: counter.increment(key, amount, 600),
+        "current": lambda: counter.current(key),
+        "reset": lambda: counter.reset(key),
+        "save": lambda: sessions.save(SessionRecord(session, agent, amount)),
+        "load": lambda: sessions.load(session),
+        "delete": lambda: sessions.delete(session),
+        "cache": lambda: policies.cache_policy(agent, PolicyDocument(amount, key, []), 600),
+        "get": lambda: policies.get_policy(agent),
+        "invalidate": lambda: policies.invalidate(agent),
+    }
+    try:
+        return await calls[operation]()
+    except StorageError as exc:
+        return type(exc)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=operations)
+def test_tenants_never_see_each_other(redis_server: RedisServer, steps: list[Any]) -> None:
+    """Two backends with different key prefixes on one server behave exactly like two
+    separate in-memory stores: nothing one does is visible to the other."""
+
+    async def run() -> None:
+        redis_server.flushall()
+        tenants = [
+            RedisBackend.connect(RedisStorageConfig(url=redis_server.url, key_prefix=prefix))
+            for prefix in ("tenant1:", "tenant2:")
+        ]
+        models = [MemoryBackend(), MemoryBackend()]
+        try:
+            for tenant, *step in steps:
+                expected = await _apply(models[tenant], *step)
+                assert await _apply(tenants[tenant], *step) == expected, step
+        finally:
+            for backend in tenants:
+                await backend.aclose()
+
+    asyncio.run(run())
+
+
+# --- secrets ---
+
+
+def _texts_of(exc: BaseException) -> Iterator[str]:
+    """Every text an exception and its chain could show."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield str(seen)
+        yield repr(seen)
+        yield from (str(arg) for arg in seen.args)
+        seen = seen.__cause__ or seen.__context__
+
+
+class TestSecrets:
+    async def _failing_calls(self, url: str, **settings: Any) -> list[BaseException]:
+        backend = RedisBackend.connect(
+            RedisStorageConfig(url=url, connect_timeout=0.5, socket_timeout=0.5, **settings)
+        )
+        failures: list[BaseException] = []
+        try:
+            for call in (
+                backend.rate_limiter().increment("k", 1, 60),
+                backend.sessions().load(SessionId.new()),
+                backend.policies().get_policy(AgentId.new()),
+            ):
+                try:
+                    await call
+                except StorageError as exc:
+                    failures.append(exc)
+            assert SECRET not in repr(backend)
+        finally:
+            await backend.aclose()
+        return failures
+
+    @pytest.mark.asyncio
+    async def test_password_never_shown_on_failures(
+        self,
+        tls_redis_server: RedisServer,
+        acl_redis_server: RedisServer,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Unreachable server, refused login and failed TLS: the password is in no error or log."""
+        caplog.set_level(logging.DEBUG)
+        (closed_port,) = free_ports(1)
+        failures = await self._failing_calls(f"redis://user:{SECRET}@127.0.0.1:{closed_port}")
+        failures += await self._failing_calls(acl_redis_server.url_for("aa-driver", SECRET))
+        tls = tls_redis_server.tls_url.replace("rediss://", f"rediss://user:{SECRET}@")
+        failures += await self._failing_calls(tls, ca_file=tls_redis_server.other_ca_path)
+        assert len(failures) == 9
+        for failure in failures:
+            assert isinstance(failure, BackendError)
+            for text in _texts_of(failure):
+                assert SECRET not in text
+        assert SECRET not in caplog.text
+
+    def test_password_never_shown_by_bad_config(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A bad config around a password-bearing URL never quotes the password."""
+        caplog.set_level(logging.DEBUG)
+        for section in (
+            {"url": f"http://user:{SECRET}@h:1"},
+            {"url": f"redis://user:{SECRET}@h:1", "pool_size": 0},
+            {"url": f"redis://user:{SECRET}@h:notaport"},
+        ):
+            with pytest.raises(ConfigError) as caught:
+                load_config({"storage": {"backend": "redis", "redis": section}})
+            for text in _texts_of(caught.value):
+                assert SECRET not in text
+        assert SECRET not in caplog.text
+
+    def test_cli_never_prints_the_password(
+        self,
+        acl_redis_server: RedisServer,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """aa-storage check, failing or passing, prints the user but never the password."""
+        good = tmp_path / "good.toml"
+        good.write_text(
+            f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{acl_redis_server.url}"\n'
+        )
+        assert main(["check", "--config", str(good)]) == 0
+        bad = tmp_path / "bad.toml"
+        bad.write_text(
+            '[storage]\nbackend = "redis"\n[storage.redis]\n'
+            f'url = "{acl_redis_server.url_for("nobody", SECRET)}"\n'
+        )
+        assert main(["check", "--config", str(bad)]) == 1
+        output = capsys.readouterr()
+        assert ADMIN_PASSWORD not in output.out + output.err
+        assert SECRET not in output.out + output.err
+        assert "redis://:***@127.0.0.1" in output.out
