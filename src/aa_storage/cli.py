@@ -56,7 +56,7 @@ async def _timed(
     try:
         result = await call
     except StorageError as exc:
-        raise StorageError(f"{kind.value} {operation} via {driver}: {exc}") from None
+        raise type(exc)(f"{kind.value} {operation} via {driver}: {exc}") from None
     rows.append(Row(kind.value, driver, operation, (time.perf_counter() - started) * 1000))
     return result
 

@@ -1,0 +1,83 @@
+"""``aa-storage check`` against a live redis-server: facts, warnings and clean failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aa_storage.cli import main
+from servers import RedisServer, free_ports
+
+
+def config_file(tmp_path: Path, url: str, **extra: str) -> str:
+    path = tmp_path / "redis.toml"
+    lines = ["[storage]", 'backend = "redis"', "[storage.redis]", f'url = "{url}"']
+    lines += [f"{key} = {value}" for key, value in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def eviction(redis_server: RedisServer) -> Iterator[None]:
+    with redis_server.client() as admin:
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        yield
+        admin.config_set("maxmemory-policy", "noeviction")
+
+
+class TestCheck:
+    def test_reports_every_operation_and_the_server(
+        self, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A passing check prints nine rows, the server's version and mode, TLS and the user."""
+        assert main(["check", "--config", config_file(tmp_path, redis_url)]) == 0
+        out = capsys.readouterr().out
+        rows = [line for line in out.splitlines() if line.split()[:1] and " yes " in line]
+        assert [row.split()[:3] for row in rows] == [
+            ["session_store", "redis", "save"],
+            ["session_store", "redis", "load"],
+            ["session_store", "redis", "delete"],
+            ["rate_limit_counter", "redis", "increment"],
+            ["rate_limit_counter", "redis", "current"],
+            ["rate_limit_counter", "redis", "reset"],
+            ["policy_store", "redis", "cache_policy"],
+            ["policy_store", "redis", "get_policy"],
+            ["policy_store", "redis", "invalidate"],
+        ]
+        assert "  version: redis 7." in out or "  version: redis 6." in out
+        assert "  mode: standalone" in out
+        assert "  tls: off" in out
+        assert "  user: default" in out
+        assert "WARNING" not in out
+
+    def test_leaves_no_keys_behind(
+        self, redis_server: RedisServer, redis_url: str, tmp_path: Path
+    ) -> None:
+        """The check cleans up every key it wrote."""
+        assert main(["check", "--config", config_file(tmp_path, redis_url)]) == 0
+        with redis_server.client() as admin:
+            assert admin.dbsize() == 0
+
+    @pytest.mark.usefixtures("eviction")
+    def test_warns_about_an_evicting_server(
+        self, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A maxmemory-policy that can evict counters and sessions gets a warning."""
+        assert main(["check", "--config", config_file(tmp_path, redis_url)]) == 0
+        out = capsys.readouterr().out
+        assert "WARNING: maxmemory-policy is allkeys-lru, not noeviction" in out
+
+    def test_unreachable_server_is_one_line_and_exit_1(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Nothing listening: exit status 1 and a single BackendError line, no traceback."""
+        (port,) = free_ports(1)
+        path = config_file(tmp_path, f"redis://127.0.0.1:{port}", retries="0")
+        assert main(["check", "--config", path]) == 1
+        captured = capsys.readouterr()
+        assert captured.err.count("\n") == 1
+        assert captured.err.startswith("aa-storage: BackendError: session_store save via redis:")
+        assert "cannot reach redis" in captured.err
+        assert "Traceback" not in captured.err + captured.out
