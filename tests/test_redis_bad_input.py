@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis
-from servers import RedisServer
 
 from aa_storage import (
     AgentId,
@@ -26,6 +25,7 @@ from aa_storage import (
     StorageError,
 )
 from aa_storage_redis import RedisBackend, RedisStorageConfig
+from servers import RedisServer
 
 pytestmark = pytest.mark.asyncio
 AGENT = AgentId.from_hex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
@@ -141,7 +141,7 @@ class TestBadCounterArguments:
     async def test_overflow_leaves_the_counter_unchanged(
         self, backend: RedisBackend, raw: redis.Redis
     ) -> None:
-        """A counter at 2**63-1 plus 1 is a StorageError naming the overflow, and keeps its value."""
+        """A counter at 2**63-1 plus 1 is a StorageError naming the overflow; it keeps its value."""
         counter = backend.rate_limiter()
         await counter.increment("k", 2**63 - 1, 60)
         with pytest.raises(StorageError, match="overflow past 2\\*\\*63-1"):

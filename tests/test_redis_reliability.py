@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from faultproxy import FaultProxy
-from servers import RedisServer
 
 from aa_storage import AgentId, BackendError, PolicyDocument, SessionId, SessionRecord
 from aa_storage_redis import RedisBackend, RedisStorageConfig
+from faultproxy import FaultProxy
+from servers import RedisServer
 
 pytestmark = pytest.mark.asyncio
 HANG_GUARD = 10.0

@@ -15,7 +15,7 @@ from typing import Any
 import cattrs
 
 from aa_storage._cattrs import describe_errors, make_converter
-from aa_storage._types import EnforcementMode, PolicyDecision, PolicyDocument
+from aa_storage._types import EnforcementMode, PolicyDecision, PolicyDocument, PolicyRule
 from aa_storage.errors import SerializationError
 
 # serde ignores unknown fields by default, and so do we.
@@ -33,6 +33,14 @@ def _enum_hook(enum_type: type[Any]) -> Any:
     return structure
 
 
+def _structure_rules(value: object, _: type[Any]) -> tuple[PolicyRule, ...]:
+    # serde wants a JSON array here; cattrs alone would take any iterable, even "" or {}.
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of rules, got {type(value).__name__}")
+    return tuple(_converter.structure(value, list[PolicyRule]))
+
+
+_converter.register_structure_hook_func(lambda t: t == tuple[PolicyRule, ...], _structure_rules)
 _converter.register_structure_hook(PolicyDecision, _enum_hook(PolicyDecision))
 _converter.register_structure_hook(EnforcementMode, _enum_hook(EnforcementMode))
 

@@ -79,28 +79,44 @@ class Registry:
         return [self.driver(name) for name in self.names()]
 
     def _register(self, plugin: object, origin: str) -> Driver:
+        """Register ``plugin`` and call its hook; on any failure it is left unregistered."""
+        if self._manager.is_registered(plugin):
+            raise PluginError(f"driver plugin {origin} is already registered")
         try:
             self._manager.register(plugin)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise PluginError(f"driver plugin {origin} is invalid: {_one_line(exc)}") from None
+        try:
+            driver = self._call_register(plugin, origin)
+            if driver.name in self._loaded:
+                raise DuplicateDriverError(driver.name, self._loaded[driver.name][1], origin)
+        except BaseException:
+            self._manager.unregister(plugin)
+            raise
+        self._loaded[driver.name] = (driver, origin)
+        return driver
+
+    def _call_register(self, plugin: object, origin: str) -> Driver:
+        try:
             # A hookimpl whose name matches no hookspec (a typo) fails here.
             self._manager.check_pending()
-        except (ValueError, pluggy.PluginValidationError) as exc:
-            self._manager.unregister(plugin)
-            raise PluginError(f"driver plugin {origin} is invalid: {exc}") from None
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"driver plugin {origin} is invalid: {_one_line(exc)}") from None
         others = [p for p in self._manager.get_plugins() if p is not plugin]
         call_register = self._manager.subset_hook_caller("register", remove_plugins=others)
         try:
             results = call_register()
         except Exception as exc:
-            raise PluginError(f"register() of {origin} failed: {exc}") from None
+            raise PluginError(f"register() of {origin} failed: {_one_line(exc)}") from None
         if len(results) != 1 or not isinstance(results[0], Driver):
             raise PluginError(f"register() of {origin} must return one Driver, got {results!r}")
         driver: Driver = results[0]
-        if driver.name in self._loaded:
-            self._manager.unregister(plugin)
-            raise DuplicateDriverError(driver.name, self._loaded[driver.name][1], origin)
-        self._loaded[driver.name] = (driver, origin)
         return driver
 
     def _forget(self, name: str, plugin: object) -> None:
         del self._loaded[name]
         self._manager.unregister(plugin)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -111,6 +111,11 @@ class EnforcementMode(enum.Enum):
 def _text(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        # Such text has no JSON encoding that serde_json would read back.
+        raise ValueError(f"{attribute.name} holds a lone surrogate: {value!r}") from None
 
 
 @attrs.frozen

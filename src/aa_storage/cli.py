@@ -41,6 +41,14 @@ class CheckFailed(Exception):
     """A store answered, but not what the contract says it must."""
 
 
+class StepFailed(Exception):
+    """One operation of the check raised; ``error`` is what the store raised."""
+
+    def __init__(self, step: str, error: StorageError) -> None:
+        super().__init__(f"{step}: {error}")
+        self.error = error
+
+
 @attrs.frozen
 class Row:
     kind: str
@@ -56,7 +64,7 @@ async def _timed(
     try:
         result = await call
     except StorageError as exc:
-        raise type(exc)(f"{kind.value} {operation} via {driver}: {exc}") from None
+        raise StepFailed(f"{kind.value} {operation} via {driver}", exc) from None
     rows.append(Row(kind.value, driver, operation, (time.perf_counter() - started) * 1000))
     return result
 
@@ -136,7 +144,9 @@ def _drivers() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="aa-storage", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="aa-storage", description="List storage drivers, and check a storage config."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("drivers", help="list installed drivers and the kinds each provides")
     check = commands.add_parser("check", help="round-trip every operation of every kind")
@@ -146,10 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "drivers":
             return _drivers()
         return asyncio.run(_check(args.config))
-    except (ConfigError, StorageError, CheckFailed) as exc:
+    except (ConfigError, StorageError, CheckFailed, StepFailed) as exc:
+        kind = type(exc.error if isinstance(exc, StepFailed) else exc).__name__
         # One line, whatever the message held.
         message = " ".join(str(exc).split())
-        print(f"aa-storage: {type(exc).__name__}: {message}", file=sys.stderr)
+        print(f"aa-storage: {kind}: {message}", file=sys.stderr)
         return 1
 
 

@@ -7,6 +7,7 @@ only through :func:`redacted_settings`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +16,7 @@ import attrs
 
 MASK = "***"
 _SECRET_NAMES = ("password", "secret", "token")
+_SECRET_QUERY = re.compile(r"(^|[&;])([^&;=]*(?:password|secret|token)[^&;=]*)=[^&;]*", re.I)
 
 
 def redact_url(url: str) -> str:
@@ -25,11 +27,14 @@ def redact_url(url: str) -> str:
     except ValueError:
         # Unparseable: keep only what follows the last "@", which holds no userinfo.
         return f"{MASK}@{url.rpartition('@')[2]}" if "@" in url else url
-    if password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    # redis-py also takes ?password=... in the query string.
+    query = _SECRET_QUERY.sub(rf"\1\2={MASK}", parts.query)
+    if password is None and query == parts.query:
+        return url  # nothing to hide; urlunsplit would also normalise the text
+    if password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}")
+    return urlunsplit(parts._replace(query=query))
 
 
 def redact_value(name: str, value: object) -> object:

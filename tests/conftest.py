@@ -1,0 +1,99 @@
+"""Shared fixtures. tests/ has no __init__.py, so pytest puts it on sys.path for these imports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from faultproxy import FaultProxy, FaultProxyFactory
+from servers import (
+    ADMIN_PASSWORD,
+    DRIVER_ACL,
+    REDIS_INSTALL_HINT,
+    RedisServer,
+    find_binary,
+)
+
+# --- servers ---
+
+
+def _started(binary: str = "redis-server", **options: Any) -> RedisServer:
+    """A started server; a missing redis-server fails the test rather than skipping it."""
+    if find_binary(binary) is None:
+        pytest.fail(REDIS_INSTALL_HINT)
+    server = RedisServer(binary, **options)
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A standalone redis-server shared by the whole session; no password, no TLS."""
+    server = _started()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of ``redis_server`` after ``reset()``: no keys, no cached scripts, zeroed stats."""
+    redis_server.reset()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def tls_redis_server() -> Iterator[RedisServer]:
+    """A session redis-server that also serves TLS on ``tls_port``; client certs optional."""
+    server = _started(tls=True)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def acl_redis_server() -> Iterator[RedisServer]:
+    """A session redis-server whose default user needs ``ADMIN_PASSWORD``.
+
+    It also has the user ``DRIVER_USER``/``DRIVER_PASSWORD``, limited to keys ``aa:*``.
+    """
+    server = _started(admin_password=ADMIN_PASSWORD, acl_users=[DRIVER_ACL])
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    """A session valkey-server; the test is skipped when valkey-server is not installed."""
+    if find_binary("valkey-server") is None:
+        pytest.skip("valkey-server is not on PATH")
+    server = _started("valkey-server")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for one test, which may kill, freeze or restart it."""
+    server = _started()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[FaultProxyFactory]:
+    """``fault_proxy(port)`` puts a FaultProxy in front of a loopback port; closed after."""
+    proxies: list[FaultProxy] = []
+
+    def make(upstream_port: int) -> FaultProxy:
+        proxy = FaultProxy("127.0.0.1", upstream_port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()

@@ -1,0 +1,380 @@
+"""Unit tests of the aa-storage CLI: `drivers` and `check`, their output and exit status."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from aa_storage import (
+    CONFIG_ENV_VAR,
+    ENTRY_POINT_GROUP,
+    BackendError,
+    BackendInfo,
+    Driver,
+    Kind,
+)
+from aa_storage.cli import main
+from aa_storage.hookspecs import hookimpl
+from aa_storage.memory import MemoryBackend, MemoryConfig, MemoryRateLimitCounter
+
+ALL_KINDS = "policy_store, rate_limit_counter, session_store"
+HEADER = f"{'kind':<20}{'driver':<10}{'operation':<14}{'ok':<5}{'latency':>10}"
+OPERATIONS = [
+    ("session_store", "save"),
+    ("session_store", "load"),
+    ("session_store", "delete"),
+    ("rate_limit_counter", "increment"),
+    ("rate_limit_counter", "current"),
+    ("rate_limit_counter", "reset"),
+    ("policy_store", "cache_policy"),
+    ("policy_store", "get_policy"),
+    ("policy_store", "invalidate"),
+]
+MEMORY_CONFIG_TAIL = """
+effective config:
+  backend = 'memory'
+  session_store = 'memory'
+  rate_limit_counter = 'memory'
+  policy_store = 'memory'
+  [storage.memory]
+"""
+
+
+@attrs.define
+class LyingCounter:
+    """A counter whose current() is one more than the truth."""
+
+    inner: MemoryRateLimitCounter
+
+    async def increment(self, key: str, amount: int, window_secs: int) -> int:
+        return await self.inner.increment(key, amount, window_secs)
+
+    async def current(self, key: str) -> int:
+        return await self.inner.current(key) + 1
+
+    async def reset(self, key: str) -> None:
+        await self.inner.reset(key)
+
+
+@attrs.define
+class LiarBackend(MemoryBackend):
+    """A memory backend whose rate limiter lies."""
+
+    def rate_limiter(self) -> LyingCounter:  # type: ignore[override]
+        return LyingCounter(super().rate_limiter())
+
+
+@attrs.define
+class BrokenSessions:
+    """A session store whose loads fail as an unreachable server would."""
+
+    async def save(self, record: object) -> None:
+        return None
+
+    async def load(self, session_id: object) -> object:
+        raise BackendError("connection refused")
+
+    async def delete(self, session_id: object) -> None:
+        return None
+
+
+@attrs.define
+class BrokenBackend(MemoryBackend):
+    def sessions(self) -> BrokenSessions:  # type: ignore[override]
+        return BrokenSessions()
+
+
+class ShardDownError(BackendError):
+    """A driver's own error class, whose constructor takes more than a message."""
+
+    def __init__(self, shard: int, reason: str) -> None:
+        self.shard = shard
+        super().__init__(f"shard {shard} is down: {reason}")
+
+
+@attrs.define
+class ShardedCounter:
+    """A counter whose every call fails with the driver's own error class."""
+
+    async def increment(self, key: str, amount: int, window_secs: int) -> int:
+        raise ShardDownError(3, "no quorum")
+
+    async def current(self, key: str) -> int:
+        raise ShardDownError(3, "no quorum")
+
+    async def reset(self, key: str) -> None:
+        raise ShardDownError(3, "no quorum")
+
+
+@attrs.define
+class ShardedBackend(MemoryBackend):
+    def rate_limiter(self) -> ShardedCounter:  # type: ignore[override]
+        return ShardedCounter()
+
+
+@attrs.frozen
+class VaultConfig:
+    url: str = "redis://app:hunter2@cache:6379/0"
+    password: str = "s3cret"
+    pool_size: int = 3
+
+
+@attrs.define
+class VaultBackend(MemoryBackend):
+    async def describe(self) -> BackendInfo:
+        return BackendInfo(facts=(("server", "cache:6379"),), warnings=("not encrypted",))
+
+
+def _driver(name: str, backend: Callable[[], Any], config_class: type = MemoryConfig) -> Driver:
+    return Driver(
+        name=name, config_class=config_class, kinds=set(Kind), open=lambda config: backend()
+    )
+
+
+TEST_DRIVERS = {
+    "liar": _driver("liar", LiarBackend),
+    "broken": _driver("broken", BrokenBackend),
+    "sharded": _driver("sharded", ShardedBackend),
+    "vault": _driver("vault", VaultBackend, VaultConfig),
+}
+
+
+def _plugin_module(module_name: str, driver: Driver) -> types.ModuleType:
+    """A driver plugin module whose register() hook returns ``driver``."""
+    module = types.ModuleType(module_name)
+
+    @hookimpl
+    def register() -> Driver:
+        return driver
+
+    module.register = register  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.fixture
+def fake_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the test drivers as entry points, next to the real ones."""
+    extra = []
+    for name, driver in TEST_DRIVERS.items():
+        module_name = f"aa_storage_test_cli_{name}"
+        monkeypatch.setitem(sys.modules, module_name, _plugin_module(module_name, driver))
+        extra.append(
+            importlib.metadata.EntryPoint(name=name, value=module_name, group=ENTRY_POINT_GROUP)
+        )
+    real = importlib.metadata.entry_points
+
+    def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
+        return [*real(group=group), *extra]
+
+    monkeypatch.setattr("aa_storage._registry.entry_points", entry_points)
+
+
+@pytest.fixture(autouse=True)
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+
+
+def _config(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "agent-assembly.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _failure(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run a command that must fail; return its single stderr line."""
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert out == ""
+    assert err.endswith("\n")
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.rstrip("\n")
+
+
+class TestDrivers:
+    def test_lists_memory_and_redis_with_their_kinds(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`drivers` prints one line per driver: its name, then its kinds, sorted."""
+        assert main(["drivers"]) == 0
+        out, err = capsys.readouterr()
+        lines = out.splitlines()
+        assert f"memory    {ALL_KINDS}" in lines
+        assert f"redis     {ALL_KINDS}" in lines
+        assert lines == sorted(lines)
+        assert err == ""
+
+    def test_runs_as_a_module(self) -> None:
+        """`python -m aa_storage drivers` exits 0 and prints the same lines."""
+        result = subprocess.run(
+            [sys.executable, "-m", "aa_storage", "drivers"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"memory    {ALL_KINDS}" in result.stdout.splitlines()
+        assert f"redis     {ALL_KINDS}" in result.stdout.splitlines()
+        assert result.stderr == ""
+
+    def test_a_command_is_required(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Without a command, argparse prints the usage and exits 2."""
+        with pytest.raises(SystemExit) as info:
+            main([])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.startswith("usage: aa-storage ")
+
+
+class TestCheck:
+    def test_memory_defaults(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`check` without a config round-trips all 9 operations on memory and exits 0."""
+        assert main(["check"]) == 0
+        out, err = capsys.readouterr()
+        assert err == ""
+        lines = out.splitlines()
+        assert lines[0] == HEADER
+        rows = [
+            re.fullmatch(r"(\w+) +(\w+) +(\w+) +yes +\d+\.\d\dms", line) for line in lines[1:10]
+        ]
+        assert [
+            row.groups() if row else line for row, line in zip(rows, lines[1:10], strict=True)
+        ] == [(kind, "memory", operation) for kind, operation in OPERATIONS]
+        assert lines[10:13] == ["", "[memory]", "  storage: in this process; lost when it exits"]
+        assert out.endswith(MEMORY_CONFIG_TAIL)
+
+    def test_config_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`check --config` reads the file and reports the drivers it selects."""
+        path = _config(tmp_path, '[storage]\nbackend = "memory"\n[storage.memory]\n')
+        assert main(["check", "--config", path]) == 0
+        assert capsys.readouterr().out.endswith(MEMORY_CONFIG_TAIL)
+
+    def test_env_var_is_read_without_config_option(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without --config, `check` reads the file named by AA_STORAGE_CONFIG."""
+        monkeypatch.setenv(CONFIG_ENV_VAR, _config(tmp_path, "[storage]\npool_sise = 3\n"))
+        assert _failure(capsys, ["check"]) == (
+            "aa-storage: InvalidConfigError: invalid storage configuration: "
+            "storage.pool_sise: unknown key"
+        )
+
+    def test_bad_config_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An unknown key exits 1 with one InvalidConfigError line and no traceback."""
+        path = _config(tmp_path, "[storage]\npool_sise = 3\n")
+        line = _failure(capsys, ["check", "--config", path])
+        assert line.startswith("aa-storage: InvalidConfigError:")
+        assert line == (
+            "aa-storage: InvalidConfigError: invalid storage configuration: "
+            "storage.pool_sise: unknown key"
+        )
+
+    def test_missing_file_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A config file that does not exist exits 1 with one ConfigError line."""
+        path = str(tmp_path / "absent.toml")
+        assert _failure(capsys, ["check", "--config", path]) == (
+            f"aa-storage: ConfigError: {path}: cannot read config file: No such file or directory"
+        )
+
+    def test_unknown_driver_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A config naming an unknown driver exits 1 with one UnknownDriverError line."""
+        path = _config(tmp_path, '[storage]\nbackend = "nope"\n')
+        line = _failure(capsys, ["check", "--config", path])
+        assert line.startswith(
+            "aa-storage: UnknownDriverError: storage.backend: unknown driver 'nope'; "
+            "installed drivers: "
+        )
+
+    def test_message_with_newlines_stays_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A message holding newlines (here from a quoted TOML key) is printed on one line."""
+        path = _config(tmp_path, '[storage]\n"pool\\nsise" = 3\n')
+        assert _failure(capsys, ["check", "--config", path]) == (
+            "aa-storage: InvalidConfigError: invalid storage configuration: "
+            "storage.pool sise: unknown key"
+        )
+
+    def test_config_that_is_not_utf8_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A config file that is not UTF-8 exits 1 with one ConfigError line."""
+        path = _config(tmp_path, b'[storage]\nbackend = "\xff"\n')
+        assert _failure(capsys, ["check", "--config", path]).startswith(
+            f"aa-storage: ConfigError: {path}: "
+        )
+
+    @pytest.mark.usefixtures("fake_drivers")
+    def test_wrong_answer_is_check_failed(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A store that answers wrongly exits 1 with one CheckFailed line saying what it got."""
+        path = _config(tmp_path, '[storage]\nrate_limit_counter = "liar"\n')
+        assert _failure(capsys, ["check", "--config", path]) == (
+            "aa-storage: CheckFailed: current returned 2, expected 1"
+        )
+
+    @pytest.mark.usefixtures("fake_drivers")
+    def test_storage_error_names_the_operation(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A failing store exits 1 with one line: the error's class, kind, operation and driver."""
+        path = _config(tmp_path, '[storage]\nbackend = "broken"\n')
+        assert _failure(capsys, ["check", "--config", path]) == (
+            "aa-storage: BackendError: session_store load via broken: connection refused"
+        )
+
+    @pytest.mark.usefixtures("fake_drivers")
+    def test_driver_error_class_with_own_constructor(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A driver's own StorageError subclass still gives one line, exit 1, no traceback."""
+        path = _config(tmp_path, '[storage]\nrate_limit_counter = "sharded"\n')
+        line = _failure(capsys, ["check", "--config", path])
+        assert line.startswith("aa-storage: ")
+        assert line.endswith("shard 3 is down: no quorum")
+
+    @pytest.mark.usefixtures("fake_drivers")
+    def test_report_shows_facts_warnings_and_redacted_settings(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The report lists each backend's facts and warnings, and settings without secrets."""
+        path = _config(tmp_path, '[storage]\nbackend = "memory"\npolicy_store = "vault"\n')
+        assert main(["check", "--config", path]) == 0
+        out = capsys.readouterr().out
+        assert "\n[vault]\n  server: cache:6379\n  WARNING: not encrypted\n" in out
+        assert out.endswith(
+            "\neffective config:\n"
+            "  backend = 'memory'\n"
+            "  session_store = 'memory'\n"
+            "  rate_limit_counter = 'memory'\n"
+            "  policy_store = 'vault'\n"
+            "  [storage.memory]\n"
+            "  [storage.vault]\n"
+            "    url = 'redis://app:***@cache:6379/0'\n"
+            "    password = '***'\n"
+            "    pool_size = 3\n"
+        )
+        assert "hunter2" not in out
+        assert "s3cret" not in out
+        policy_rows = [line.split()[:2] for line in out.splitlines() if "policy_store" in line]
+        assert policy_rows[:3] == [["policy_store", "vault"]] * 3
