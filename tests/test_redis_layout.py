@@ -17,7 +17,15 @@ from aa_storage import (
     SessionId,
     SessionRecord,
 )
-from aa_storage_redis import SESSION_TTL_SECS, RedisBackend, RedisStorageConfig
+from aa_storage_redis import (
+    SESSION_TTL_SECS,
+    RedisBackend,
+    RedisPolicyStore,
+    RedisRateLimitCounter,
+    RedisSessionStore,
+    RedisStorageConfig,
+    build_pool,
+)
 from servers import RedisServer
 
 SESSION = SessionId.from_hex("00112233445566778899aabbccddeeff")
@@ -139,3 +147,23 @@ class TestKeyPrefix:
             b"t1:ratelimit:k",
             b"t1:session:00112233445566778899aabbccddeeff",
         ]
+
+
+class TestStoresOverAPool:
+    async def test_stores_built_directly_share_one_pool(self, redis_url: str) -> None:
+        """Stores built from one Pool work together and honour the pool's key prefix."""
+        pool = build_pool(RedisStorageConfig(url=redis_url, key_prefix="direct:"))
+        try:
+            sessions, counter, policies = (
+                RedisSessionStore(pool),
+                RedisRateLimitCounter(pool),
+                RedisPolicyStore(pool),
+            )
+            await sessions.save(SessionRecord(SESSION, AGENT, 5))
+            assert await sessions.load(SESSION) == SessionRecord(SESSION, AGENT, 5)
+            assert await counter.increment("k", 2, 60) == 2
+            await policies.cache_policy(AGENT, POLICY, 60)
+            assert await policies.get_policy(AGENT) == POLICY
+            assert pool.keys.rate_limit("k") == b"direct:ratelimit:k"
+        finally:
+            await pool.aclose()
