@@ -86,14 +86,14 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"FaultProxy->{upstream_port}", daemon=True
         )
         self._thread.start()
-        self._listener = socket.create_server((LOOPBACK, 0))
-        self._listener.setblocking(False)
-        self.port: int = self._listener.getsockname()[1]
         self._acceptor = self._run(self._start_accepting())
 
     @property
@@ -289,7 +289,7 @@ class FaultProxy:
             return False
         if self._delay:
             await asyncio.sleep(self._delay)
-            await self._flowing.wait()
+            await self._flowing.wait()  # a blackhole() during the delay still holds the chunk
         writer.write(chunk)
         await writer.drain()
         return True

@@ -247,10 +247,12 @@ class RedisServer:
         """Start the server and return once it answers PING and its ACL users exist.
 
         Does nothing if already running. Raises RedisServerError (with the log tail) if the
-        server does not come up within START_TIMEOUT seconds.
+        server does not come up within START_TIMEOUT seconds, or after ``close()``.
         """
         if self.running:
             return
+        if self not in _live_servers:
+            raise RedisServerError("the server was closed; build a new RedisServer")
         if self._ports is not None:
             self._launch(self._ports)
         else:
@@ -271,7 +273,7 @@ class RedisServer:
             proc.wait()
 
     def kill(self) -> None:
-        """SIGKILL the server: no shutdown work, connections drop at once. The ports stay ours."""
+        """SIGKILL the server (no shutdown work) and reap it; its connections drop at once."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return

@@ -11,7 +11,7 @@ from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from faultproxy import FaultProxy, FaultProxyFactory
-from servers import DRIVER_PASSWORD, DRIVER_USER, RedisServer
+from servers import RedisServer
 
 FAST_TIMEOUT = 0.5
 
@@ -111,15 +111,17 @@ def test_required_client_cert() -> None:
 # --- ACL ---
 
 
-def test_acl_user_limited_to_its_key_pattern(acl_redis_server: RedisServer) -> None:
-    """The acl_users user can use aa:* keys and gets NOPERM for any other key."""
-    url = acl_redis_server.url_for(DRIVER_USER, DRIVER_PASSWORD)
-    with _client(url) as client:
-        client.set("aa:infra", b"1")
-        assert client.get("aa:infra") == b"1"
-        # redis-py turns a NOPERM reply into NoPermissionError and strips the prefix.
-        with pytest.raises(NoPermissionError):
-            client.get("other:infra")
+def test_acl_user_limited_to_its_key_pattern() -> None:
+    """An acl_users user can use its aa:* keys, gets NOPERM elsewhere, and survives restart()."""
+    rule = "infra on >infra-pw ~aa:* +@all"
+    with RedisServer(admin_password="admin-pw", acl_users=[rule]) as server:
+        server.restart()
+        with _client(server.url_for("infra", "infra-pw")) as client:
+            client.set("aa:infra", b"1")
+            assert client.get("aa:infra") == b"1"
+            # redis-py turns a NOPERM reply into NoPermissionError and strips the prefix.
+            with pytest.raises(NoPermissionError):
+                client.get("other:infra")
 
 
 def test_acl_server_requires_admin_password(acl_redis_server: RedisServer) -> None:
