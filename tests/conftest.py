@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
+import redis
 
+from aa_storage_redis import RedisBackend, RedisStorageConfig
 from faultproxy import FaultProxy, FaultProxyFactory
 from servers import (
     ADMIN_PASSWORD,
@@ -97,3 +100,21 @@ def fault_proxy() -> Iterator[FaultProxyFactory]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+# --- the redis driver ---
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer, redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the emptied ``redis_server``, to read and plant raw bytes."""
+    with redis_server.client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def redis_backend(redis_url: str) -> AsyncIterator[RedisBackend]:
+    """A driver backend with default settings on the emptied ``redis_server``."""
+    backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+    yield backend
+    await backend.aclose()

@@ -8,11 +8,9 @@ reported, never crash, and are left as they were.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis
 
 from aa_storage import (
@@ -24,7 +22,7 @@ from aa_storage import (
     SessionRecord,
     StorageError,
 )
-from aa_storage_redis import RedisBackend, RedisStorageConfig
+from aa_storage_redis import RedisBackend
 from servers import RedisServer
 
 pytestmark = pytest.mark.asyncio
@@ -32,19 +30,6 @@ AGENT = AgentId.from_hex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 SESSION = SessionId.from_hex("00112233445566778899aabbccddeeff")
 SESSION_KEY = b"aa:session:00112233445566778899aabbccddeeff"
 POLICY_KEY = b"aa:policy:0f1e2d3c4b5a69788796a5b4c3d2e1f0"
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer, redis_url: str) -> redis.Redis:
-    with redis_server.client() as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
-    backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
-    yield backend
-    await backend.aclose()
 
 
 class TestBadIds:
@@ -75,12 +60,12 @@ class TestBadIds:
         ],
     )
     async def test_wrong_types_are_refused_before_any_io(
-        self, backend: RedisBackend, redis_server: RedisServer, call: Any
+        self, redis_backend: RedisBackend, redis_server: RedisServer, call: Any
     ) -> None:
         """A value of the wrong type is a TypeError that names the parameter; nothing is sent."""
         before = redis_server.commandstats()
         with pytest.raises(TypeError, match=r"(session_id|agent_id|record|policy) must be"):
-            await call(backend)
+            await call(redis_backend)
         sent = {
             name for name, calls in redis_server.commandstats().items() if calls != before.get(name)
         }
@@ -103,7 +88,7 @@ class TestBadCounterArguments:
     )
     async def test_bad_amounts_and_windows(
         self,
-        backend: RedisBackend,
+        redis_backend: RedisBackend,
         raw: redis.Redis,
         amount: Any,
         window_secs: Any,
@@ -112,7 +97,7 @@ class TestBadCounterArguments:
     ) -> None:
         """A bad amount or window raises with a message naming it, and writes nothing."""
         with pytest.raises(error, match=re.escape(message)):
-            await backend.rate_limiter().increment("k", amount, window_secs)
+            await redis_backend.rate_limiter().increment("k", amount, window_secs)
         assert raw.dbsize() == 0
 
     @pytest.mark.parametrize(
@@ -125,10 +110,10 @@ class TestBadCounterArguments:
         ],
     )
     async def test_bad_keys(
-        self, backend: RedisBackend, raw: redis.Redis, key: Any, error: type, message: str
+        self, redis_backend: RedisBackend, raw: redis.Redis, key: Any, error: type, message: str
     ) -> None:
         """An empty, non-str or unencodable key is refused by every counter method."""
-        counter = backend.rate_limiter()
+        counter = redis_backend.rate_limiter()
         for call in (
             lambda: counter.increment(key, 1, 60),
             lambda: counter.current(key),
@@ -139,10 +124,10 @@ class TestBadCounterArguments:
         assert raw.dbsize() == 0
 
     async def test_overflow_leaves_the_counter_unchanged(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """A counter at 2**63-1 plus 1 is a StorageError naming the overflow; it keeps its value."""
-        counter = backend.rate_limiter()
+        counter = redis_backend.rate_limiter()
         await counter.increment("k", 2**63 - 1, 60)
         with pytest.raises(StorageError, match="overflow past 2\\*\\*63-1"):
             await counter.increment("k", 1, 60)
@@ -163,19 +148,19 @@ ODD_KEYS = {
 class TestOddKeys:
     @pytest.mark.parametrize("key", ODD_KEYS.values(), ids=ODD_KEYS.keys())
     async def test_odd_keys_work_and_stay_inside_the_prefix(
-        self, backend: RedisBackend, raw: redis.Redis, key: str
+        self, redis_backend: RedisBackend, raw: redis.Redis, key: str
     ) -> None:
         """Any non-empty text is a key of its own, stored as aa:ratelimit: plus its UTF-8 bytes."""
-        counter = backend.rate_limiter()
+        counter = redis_backend.rate_limiter()
         assert await counter.increment(key, 2, 60) == 2
         assert await counter.current(key) == 2
         assert raw.keys(b"*") == [b"aa:ratelimit:" + key.encode()]
         await counter.reset(key)
         assert raw.dbsize() == 0
 
-    async def test_glob_key_does_not_touch_other_keys(self, backend: RedisBackend) -> None:
+    async def test_glob_key_does_not_touch_other_keys(self, redis_backend: RedisBackend) -> None:
         """Resetting the key "*" resets only that key, not every counter."""
-        counter = backend.rate_limiter()
+        counter = redis_backend.rate_limiter()
         await counter.increment("other", 1, 60)
         await counter.increment("*", 1, 60)
         await counter.reset("*")
@@ -198,12 +183,12 @@ class TestCorruptValues:
         ],
     )
     async def test_corrupt_policies(
-        self, backend: RedisBackend, raw: redis.Redis, stored: bytes, message: str
+        self, redis_backend: RedisBackend, raw: redis.Redis, stored: bytes, message: str
     ) -> None:
         """A stored policy that is not a valid document is a SerializationError; it stays put."""
         raw.set(POLICY_KEY, stored)
         with pytest.raises(SerializationError, match=re.escape(message)):
-            await backend.policies().get_policy(AGENT)
+            await redis_backend.policies().get_policy(AGENT)
         assert raw.get(POLICY_KEY) == stored
 
     @pytest.mark.parametrize(
@@ -218,62 +203,66 @@ class TestCorruptValues:
         ],
     )
     async def test_corrupt_sessions(
-        self, backend: RedisBackend, raw: redis.Redis, fields: dict[bytes, bytes], message: str
+        self,
+        redis_backend: RedisBackend,
+        raw: redis.Redis,
+        fields: dict[bytes, bytes],
+        message: str,
     ) -> None:
         """A partial or undecodable session hash is a SerializationError, not a crash."""
         raw.hset(SESSION_KEY, mapping=fields)
         with pytest.raises(SerializationError, match=re.escape(message)):
-            await backend.sessions().load(SESSION)
+            await redis_backend.sessions().load(SESSION)
         assert raw.hgetall(SESSION_KEY) == fields
 
     async def test_string_where_a_hash_belongs(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """A session key holding a string is WRONGTYPE: a SerializationError on load and save."""
         raw.set(SESSION_KEY, b"oops")
         with pytest.raises(SerializationError, match="wrong type"):
-            await backend.sessions().load(SESSION)
+            await redis_backend.sessions().load(SESSION)
         with pytest.raises(SerializationError, match="wrong type"):
-            await backend.sessions().save(SessionRecord(SESSION, AGENT, 1))
+            await redis_backend.sessions().save(SessionRecord(SESSION, AGENT, 1))
         assert raw.get(SESSION_KEY) == b"oops"
 
     async def test_hash_where_a_policy_belongs(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """A policy key holding a hash is a SerializationError on read."""
         raw.hset(POLICY_KEY, b"f", b"v")
         with pytest.raises(SerializationError, match="wrong type"):
-            await backend.policies().get_policy(AGENT)
+            await redis_backend.policies().get_policy(AGENT)
 
     @pytest.mark.parametrize("stored", [b"abc", b"1.5", b""])
     async def test_non_integer_counter(
-        self, backend: RedisBackend, raw: redis.Redis, stored: bytes
+        self, redis_backend: RedisBackend, raw: redis.Redis, stored: bytes
     ) -> None:
         """A counter key holding a non-integer is a SerializationError on read and increment."""
         raw.set(b"aa:ratelimit:k", stored)
         with pytest.raises(SerializationError, match="not an integer"):
-            await backend.rate_limiter().current("k")
+            await redis_backend.rate_limiter().current("k")
         with pytest.raises(SerializationError, match="not an integer"):
-            await backend.rate_limiter().increment("k", 1, 60)
+            await redis_backend.rate_limiter().increment("k", 1, 60)
         assert raw.get(b"aa:ratelimit:k") == stored
 
     async def test_hash_where_a_counter_belongs(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """A counter key holding a hash is WRONGTYPE: a SerializationError, counted nowhere."""
         raw.hset(b"aa:ratelimit:k", b"f", b"v")
         with pytest.raises(SerializationError, match="wrong type"):
-            await backend.rate_limiter().increment("k", 1, 60)
+            await redis_backend.rate_limiter().increment("k", 1, 60)
         with pytest.raises(SerializationError, match="wrong type"):
-            await backend.rate_limiter().current("k")
+            await redis_backend.rate_limiter().current("k")
 
     async def test_miss_after_corruption_is_cleared(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """invalidate() clears a corrupt policy, after which reads simply miss."""
         raw.set(POLICY_KEY, b"{bad")
-        await backend.policies().invalidate(AGENT)
+        await redis_backend.policies().invalidate(AGENT)
         with pytest.raises(NotFoundError):
-            await backend.policies().get_policy(AGENT)
-        await backend.policies().cache_policy(AGENT, PolicyDocument(1, "ok", []), 60)
-        assert (await backend.policies().get_policy(AGENT)).name == "ok"
+            await redis_backend.policies().get_policy(AGENT)
+        await redis_backend.policies().cache_policy(AGENT, PolicyDocument(1, "ok", []), 60)
+        assert (await redis_backend.policies().get_policy(AGENT)).name == "ok"

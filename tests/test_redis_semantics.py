@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from subprocess import PIPE
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis
 
 from aa_storage import AgentId, PolicyDocument, SessionId, SessionRecord
@@ -20,32 +19,19 @@ from servers import RedisServer
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.fixture
-def raw(redis_server: RedisServer, redis_url: str) -> redis.Redis:
-    with redis_server.client() as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
-    backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
-    yield backend
-    await backend.aclose()
-
-
 class TestWindows:
     async def test_first_increment_arms_the_window_in_milliseconds(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """The increment that creates a counter sets a PTTL of at most the window."""
-        await backend.rate_limiter().increment("k", 1, 5)
+        await redis_backend.rate_limiter().increment("k", 1, 5)
         assert 4_000 < raw.pttl(b"aa:ratelimit:k") <= 5_000
 
     async def test_later_increments_leave_the_expiry_alone(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """A later increment, of 0 or with a longer window, does not touch the expiry."""
-        counter = backend.rate_limiter()
+        counter = redis_backend.rate_limiter()
         await counter.increment("k", 1, 5)
         raw.pexpire(b"aa:ratelimit:k", 2_000)  # a marker only the first increment could have set
         await counter.increment("k", 0, 5)
@@ -54,48 +40,48 @@ class TestWindows:
         assert await counter.current("k") == 4
 
     async def test_counter_found_without_expiry_gets_one(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """A counter that lost its TTL is given the window on the next increment."""
         raw.set(b"aa:ratelimit:k", b"10")
-        assert await backend.rate_limiter().increment("k", 1, 30) == 11
+        assert await redis_backend.rate_limiter().increment("k", 1, 30) == 11
         assert 29_000 < raw.pttl(b"aa:ratelimit:k") <= 30_000
 
-    async def test_totals_past_two_to_the_53_stay_exact(self, backend: RedisBackend) -> None:
+    async def test_totals_past_two_to_the_53_stay_exact(self, redis_backend: RedisBackend) -> None:
         """Totals beyond a double's precision come back exact (Lua numbers are doubles)."""
-        counter = backend.rate_limiter()
+        counter = redis_backend.rate_limiter()
         await counter.increment("k", 2**62 + 1, 60)
         assert await counter.increment("k", 2, 60) == 2**62 + 3
 
 
 class TestTtls:
     async def test_every_save_rearms_the_session_ttl(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """Saving again resets the TTL to SESSION_TTL_SECS."""
         record = SessionRecord(SessionId.new(), AgentId.new(), 1)
-        await backend.sessions().save(record)
+        await redis_backend.sessions().save(record)
         key = b"aa:session:" + record.session_id.hex.encode()
         raw.expire(key, 10)
-        await backend.sessions().save(record)
+        await redis_backend.sessions().save(record)
         assert SESSION_TTL_SECS - 5 < raw.ttl(key) <= SESSION_TTL_SECS
 
     async def test_policy_ttl_is_the_one_given(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """cache_policy sets the TTL it is given, replacing the previous one."""
         agent = AgentId.new()
-        await backend.policies().cache_policy(agent, PolicyDocument(1, "p", []), 600)
-        await backend.policies().cache_policy(agent, PolicyDocument(2, "p", []), 20)
+        await redis_backend.policies().cache_policy(agent, PolicyDocument(1, "p", []), 600)
+        await redis_backend.policies().cache_policy(agent, PolicyDocument(2, "p", []), 20)
         assert 0 < raw.ttl(b"aa:policy:" + agent.hex.encode()) <= 20
 
 
 class TestScripts:
     async def test_scripts_survive_script_flush(
-        self, backend: RedisBackend, raw: redis.Redis
+        self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
         """After SCRIPT FLUSH the next call reloads the script and still counts exactly once."""
-        counter = backend.rate_limiter()
+        counter = redis_backend.rate_limiter()
         await counter.increment("k", 1, 60)
         await counter.increment("k", 1, 60)
         raw.script_flush()
@@ -103,19 +89,23 @@ class TestScripts:
         assert await counter.increment("k", 1, 60) == 4
 
     async def test_scripts_run_by_sha_once_loaded(
-        self, backend: RedisBackend, redis_server: RedisServer
+        self, redis_backend: RedisBackend, redis_server: RedisServer
     ) -> None:
         """Only the first call sends the script body; later calls send its SHA."""
         for _ in range(5):
-            await backend.rate_limiter().increment("k", 1, 60)
+            await redis_backend.rate_limiter().increment("k", 1, 60)
         stats = redis_server.commandstats()
         assert (stats.get("eval"), stats.get("evalsha")) == (1, 4)
 
 
-def _operations(backend: RedisBackend) -> dict[str, Callable[[], Awaitable[Any]]]:
+def _operations(redis_backend: RedisBackend) -> dict[str, Callable[[], Awaitable[Any]]]:
     record = SessionRecord(SessionId.new(), AgentId.new(), 1)
     agent = AgentId.new()
-    sessions, counter, policies = backend.sessions(), backend.rate_limiter(), backend.policies()
+    sessions, counter, policies = (
+        redis_backend.sessions(),
+        redis_backend.rate_limiter(),
+        redis_backend.policies(),
+    )
     return {
         "save": lambda: sessions.save(record),
         "load": lambda: sessions.load(record.session_id),
@@ -158,10 +148,10 @@ class CommandLog:
 
 class TestRoundTrips:
     async def test_each_operation_sends_exactly_one_command(
-        self, backend: RedisBackend, redis_server: RedisServer
+        self, redis_backend: RedisBackend, redis_server: RedisServer
     ) -> None:
         """Once warm, every operation sends the server exactly one command: one round trip."""
-        operations = _operations(backend)
+        operations = _operations(redis_backend)
         for operation in operations.values():  # warm up: connect, load scripts
             await operation()
         log = CommandLog(redis_server)
@@ -188,13 +178,13 @@ class TestRoundTrips:
 class TestConcurrency:
     async def test_200_concurrent_increments_on_a_small_pool(self, redis_url: str) -> None:
         """200 increments racing through 4 connections sum exactly."""
-        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url, pool_size=4))
+        redis_backend = RedisBackend.connect(RedisStorageConfig(url=redis_url, pool_size=4))
         try:
-            counter = backend.rate_limiter()
+            counter = redis_backend.rate_limiter()
             await asyncio.gather(*(counter.increment("race", 1, 60) for _ in range(200)))
             assert await counter.current("race") == 200
         finally:
-            await backend.aclose()
+            await redis_backend.aclose()
 
     async def test_four_processes_sum_exactly(self, redis_url: str) -> None:
         """4 OS processes x 500 increments each leave the counter at exactly 2000."""
@@ -204,10 +194,10 @@ class TestConcurrency:
             from aa_storage_redis import RedisBackend, RedisStorageConfig
 
             async def main():
-                backend = RedisBackend.connect(RedisStorageConfig(url=sys.argv[1]))
-                counter = backend.rate_limiter()
+                redis_backend = RedisBackend.connect(RedisStorageConfig(url=sys.argv[1]))
+                counter = redis_backend.rate_limiter()
                 await asyncio.gather(*(counter.increment("procs", 1, 120) for _ in range(500)))
-                await backend.aclose()
+                await redis_backend.aclose()
 
             asyncio.run(main())
             """
@@ -218,18 +208,18 @@ class TestConcurrency:
         ]
         statuses = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), 120)
         assert statuses == [0, 0, 0, 0]
-        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+        redis_backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
         try:
-            assert await backend.rate_limiter().current("procs") == 2000
+            assert await redis_backend.rate_limiter().current("procs") == 2000
         finally:
-            await backend.aclose()
+            await redis_backend.aclose()
 
     async def test_a_session_saved_in_one_process_loads_in_another(
-        self, backend: RedisBackend, redis_url: str
+        self, redis_backend: RedisBackend, redis_url: str
     ) -> None:
         """A record saved here is loaded, equal, by a separate Python process."""
         record = SessionRecord(SessionId.new(), AgentId.new(), 123_456_789)
-        await backend.sessions().save(record)
+        await redis_backend.sessions().save(record)
         script = textwrap.dedent(
             """
             import asyncio, sys
@@ -237,10 +227,10 @@ class TestConcurrency:
             from aa_storage_redis import RedisBackend, RedisStorageConfig
 
             async def main():
-                backend = RedisBackend.connect(RedisStorageConfig(url=sys.argv[1]))
-                record = await backend.sessions().load(SessionId.from_hex(sys.argv[2]))
+                redis_backend = RedisBackend.connect(RedisStorageConfig(url=sys.argv[1]))
+                record = await redis_backend.sessions().load(SessionId.from_hex(sys.argv[2]))
                 print(record.agent_id.hex, record.started_at_ns)
-                await backend.aclose()
+                await redis_backend.aclose()
 
             asyncio.run(main())
             """
