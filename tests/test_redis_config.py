@@ -173,3 +173,33 @@ def test_problem_lines_have_no_regex_surprises() -> None:
     with pytest.raises(InvalidConfigError) as caught:
         load_config(redis_section(pool_size=-4, socket_timeout=0))
     assert all(re.match(r"storage\.redis\.\w+: ", line) for line in caught.value.problems)
+
+
+class TestDirectConstruction:
+    @pytest.mark.parametrize(
+        ("settings", "message"),
+        [
+            ({"url": 3}, "url: expected str, got int"),
+            ({"pool_size": True}, "pool_size: expected int, got bool"),
+            ({"ca_file": 3}, "ca_file: expected str | None, got int"),
+            ({"tls": 1}, "tls: expected bool, got int"),
+        ],
+    )
+    def test_wrong_types_are_type_errors(self, settings: dict[str, Any], message: str) -> None:
+        """Built in Python with a value of the wrong type, the config raises a TypeError naming it."""
+        with pytest.raises(TypeError, match=re.escape(message)):
+            RedisStorageConfig(**settings)
+
+    def test_every_bad_value_is_named_at_once(self) -> None:
+        """Several out-of-range values give one ValueError with a line for each."""
+        with pytest.raises(ValueError, match="pool_size") as caught:
+            RedisStorageConfig(pool_size=0, retries=11, socket_timeout=0)
+        assert str(caught.value).splitlines() == [
+            "pool_size: must lie in [1, 10000], got 0",
+            "socket_timeout: must be a positive number of seconds, got 0",
+            "retries: must lie in [0, 10], got 11",
+        ]
+
+    def test_an_int_timeout_is_a_number_of_seconds(self) -> None:
+        """An int is accepted where seconds are a float."""
+        assert RedisStorageConfig(connect_timeout=2).connect_timeout == 2

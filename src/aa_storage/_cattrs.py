@@ -39,9 +39,9 @@ def make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
 def describe_errors(exc: BaseException, path: str) -> list[str]:
     """One ``path: problem`` line per leaf error in a cattrs structuring error.
 
-    Attribute validators name their field as ``"field: problem"``; such a
-    message is moved onto the path, so every line reads
-    ``storage.redis.pool_size: must be at least 1, got 0``.
+    Field checks name their field as ``"field: problem"``, one per line; each
+    such line is moved onto the path, so every line reads
+    ``storage.redis.pool_size: must lie in [1, 10000], got 0``.
     """
     if isinstance(exc, ClassValidationError):
         with_notes, without_notes = exc.group_exceptions()
@@ -63,8 +63,11 @@ def describe_errors(exc: BaseException, path: str) -> list[str]:
         return [f"{path}.{key}: unknown key" for key in sorted(exc.extra_fields)]
     if isinstance(exc, KeyError):
         return [f"{path}: required key missing"]
-    message = str(exc) or type(exc).__name__
+    return [_on_path(path, line) for line in (str(exc) or type(exc).__name__).splitlines()]
+
+
+def _on_path(path: str, message: str) -> str:
     field, separator, problem = message.partition(": ")
     if separator and field.isidentifier():
-        return [f"{path}.{field}: {problem}"]
-    return [f"{path}: {message}"]
+        return f"{path}.{field}: {problem}"
+    return f"{path}: {message}"

@@ -11,7 +11,7 @@ import attrs
 
 from aa_storage._config import StorageConfig, load_config
 from aa_storage._registry import Registry
-from aa_storage.contracts import Backend, Kind, PolicyStore, RateLimitCounter, SessionStore
+from aa_storage.contracts import Backend, Kind, PolicyCache, RateLimitCounter, SessionStore
 
 CONFIG_ENV_VAR = "AA_STORAGE_CONFIG"
 
@@ -27,7 +27,7 @@ class Storage:
 
     sessions: SessionStore
     rate_limiter: RateLimitCounter
-    policies: PolicyStore
+    policies: PolicyCache
     config: StorageConfig
     backends: Mapping[str, Backend]
 

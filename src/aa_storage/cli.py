@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 import uuid
@@ -22,8 +21,6 @@ from aa_storage import (
     AgentId,
     ConfigError,
     Kind,
-    NotFoundError,
-    PolicyCache,
     PolicyDecision,
     PolicyDocument,
     PolicyRule,
@@ -97,14 +94,9 @@ async def _check_kinds(storage: Storage) -> list[Row]:
     policy = step(Kind.POLICY_STORE, policy_driver)
     agent = AgentId.new()
     document = PolicyDocument(1, "aa-storage check", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
-    if isinstance(storage.policies, PolicyCache):
-        await policy("cache_policy", storage.policies.cache_policy(agent, document, 60))
-        _expect(
-            await policy("get_policy", storage.policies.get_policy(agent)), document, "get_policy"
-        )
-    else:
-        with contextlib.suppress(NotFoundError):
-            await policy("get_policy", storage.policies.get_policy(agent))
+    await policy("cache_policy", storage.policies.cache_policy(agent, document, 60))
+    cached = await policy("get_policy", storage.policies.get_policy(agent))
+    _expect(cached, document, "get_policy")
     await policy("invalidate", storage.policies.invalidate(agent))
     return rows
 

@@ -99,8 +99,8 @@ class Backend(Protocol):
     def rate_limiter(self) -> RateLimitCounter:
         """The rate-limit counter (only called when the driver provides that kind)."""
 
-    def policies(self) -> PolicyStore:
-        """The policy store (only called when the driver provides that kind)."""
+    def policies(self) -> PolicyCache:
+        """The policy store and cache (only called when the driver provides that kind)."""
 
     async def describe(self) -> BackendInfo:
         """Facts and warnings about the live backend; may do I/O."""

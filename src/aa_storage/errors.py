@@ -66,7 +66,8 @@ class InvalidConfigError(ConfigError):
     """One or more values in the configuration are invalid.
 
     ``problems`` holds one line per bad value, each starting with the value's
-    path, e.g. ``storage.redis.pool_size: must be >= 1, got 0``.
+    path, e.g. ``storage.redis.pool_size: must lie in [1, 10000], got 0``; the
+    message joins them with ``"; "``.
     """
 
     def __init__(self, problems: Iterable[str]) -> None:

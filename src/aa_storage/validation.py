@@ -7,7 +7,12 @@ out of range a ``ValueError``. Nothing is sent or written when they raise.
 
 from __future__ import annotations
 
-from typing import TypeVar
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
 
 from aa_storage._types import AgentId, PolicyDocument, SessionId, SessionRecord
 
@@ -90,3 +95,52 @@ def check_window_secs(value: object) -> int:
 def check_ttl_secs(value: object) -> int:
     """A cache TTL: an int number of seconds, at least 1."""
     return _check_seconds(value, "ttl_secs")
+
+
+#: The ``attrs.field`` metadata key under which :func:`check_fields` finds a field's check.
+CHECK = "aa_storage.check"
+FieldCheck = Callable[[str, Any], None]
+
+
+def check_fields(instance: Any) -> None:
+    """Check the type of every field of an attrs config, then run every field's check,
+    and report every failure at once.
+
+    A check is ``check(name, value)``, stored as ``attrs.field(metadata={CHECK: check})``,
+    that raises ``ValueError("<name>: <problem>")``. Call this from
+    ``__attrs_post_init__``: unlike attrs validators, which stop at the first
+    failure, it raises one ``ValueError`` whose lines name every bad field, so
+    the config loader can report them all.
+    """
+    hints = typing.get_type_hints(type(instance))
+    for field in attrs.fields(type(instance)):
+        value = getattr(instance, field.name)
+        hint = hints.get(field.name)
+        if hint is not None and not _is_a(value, hint):
+            expected = getattr(hint, "__name__", hint)
+            raise TypeError(f"{field.name}: expected {expected}, got {type(value).__name__}")
+    problems = []
+    for field in attrs.fields(type(instance)):
+        check: FieldCheck | None = field.metadata.get(CHECK)
+        if check is not None:
+            try:
+                check(field.name, getattr(instance, field.name))
+            except ValueError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def _is_a(value: object, hint: Any) -> bool:
+    """Whether ``value`` fits a simple hint: a class, ``X | None``; others are not checked."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_is_a(value, member) for member in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if not isinstance(hint, type):
+        return True
+    if isinstance(value, bool) and hint is not bool:
+        return False  # True is no number of seconds and no pool size
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)

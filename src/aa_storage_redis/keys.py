@@ -16,7 +16,11 @@ DEFAULT_KEY_PREFIX = "aa:"
 
 @attrs.frozen
 class KeySpace:
-    """Builds keys under one prefix; two prefixes never share a key."""
+    """Builds keys under one prefix.
+
+    Every key starts with the prefix, so two prefixes of which neither begins
+    with the other never share a key.
+    """
 
     prefix: str = DEFAULT_KEY_PREFIX
     _session: bytes = attrs.field(init=False, repr=False)

@@ -1,0 +1,833 @@
+"""Keep the docs honest: README.md and plugins.md, checked against the code they describe."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import importlib
+import inspect
+import os
+import re
+import sys
+import textwrap
+import tomllib
+import types
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+import aa_storage
+import aa_storage_redis
+from aa_storage import (
+    ENTRY_POINT_GROUP,
+    AgentId,
+    BackendError,
+    InvalidConfigError,
+    Kind,
+    NotFoundError,
+    PolicyDecision,
+    PolicyDocument,
+    PolicyRule,
+    Registry,
+    SessionId,
+    SessionRecord,
+    load_config,
+    open_storage,
+)
+from aa_storage import cli as aa_storage_cli
+from aa_storage.redaction import redact_url
+from aa_storage_redis import (
+    RedisPolicyStore,
+    RedisRateLimitCounter,
+    RedisSessionStore,
+    RedisStorageConfig,
+)
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.pool import Pool
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PLUGINS = ROOT / "plugins.md"
+REDIS_SRC = ROOT / "src" / "aa_storage_redis"
+STORES = (RedisSessionStore, RedisRateLimitCounter, RedisPolicyStore)
+# The README shows these None defaults in words, not as a value.
+WORD_DEFAULTS = {"ca_file": "system CAs", "cert_file": "none", "key_file": "none"}
+EXAMPLE_DRIVER = "aa_storage_dict.py"
+
+# --- reading Markdown ---
+
+_FENCE = re.compile(r"^```(?P<lang>[\w-]*)[ \t]*\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
+_MARKER = re.compile(r"# (?P<kind>file|excerpt): (?P<name>\S+)")
+
+
+@attrs.frozen
+class Block:
+    """One fenced code block of a Markdown file."""
+
+    lang: str
+    code: str
+    line: int
+
+    @property
+    def marker(self) -> tuple[str, str] | None:
+        """``("file", name)`` or ``("excerpt", path)``, from the block's first line."""
+        match = _MARKER.fullmatch(self.code.partition("\n")[0])
+        return (match["kind"], match["name"]) if match else None
+
+    @property
+    def body(self) -> str:
+        """The code without its marker line."""
+        return self.code.partition("\n")[2] if self.marker else self.code
+
+
+def code_blocks(text: str, lang: str | None = None) -> list[Block]:
+    """Every fenced block of ``text`` (of language ``lang`` when given), in order."""
+    blocks = [
+        Block(match["lang"], match["code"], text.count("\n", 0, match.start()) + 1)
+        for match in _FENCE.finditer(text)
+    ]
+    return [block for block in blocks if lang is None or block.lang == lang]
+
+
+def _headings(text: str) -> Iterator[tuple[int, int, str]]:
+    """(line index, level, title) of every heading outside code blocks."""
+    in_fence = False
+    for index, line in enumerate(text.splitlines()):
+        if line.startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence and (match := re.match(r"(#{1,6}) (.+)", line)):
+            yield index, len(match[1]), match[2].strip()
+
+
+def section(text: str, title: str) -> str:
+    """The text under the heading ``title``, up to the next heading of its level or higher."""
+    lines = text.splitlines()
+    headings = list(_headings(text))
+    for position, (index, level, heading) in enumerate(headings):
+        if heading == title:
+            end = next((i for i, lvl, _ in headings[position + 1 :] if lvl <= level), len(lines))
+            return "\n".join(lines[index:end])
+    raise AssertionError(f"no heading {title!r}")
+
+
+def table(text: str, header: list[str]) -> list[list[str]]:
+    """The body rows of the Markdown table in ``text`` whose header cells are ``header``."""
+    rows: list[list[str]] | None = None
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if rows is None:
+            if line.startswith("|") and cells == header:
+                rows = []
+        elif not line.startswith("|"):
+            break
+        elif not set(line) <= set("|-: "):
+            assert len(cells) == len(header), f"row {line!r} has {len(cells)} cells"
+            rows.append(cells)
+    assert rows, f"no table with header {header}"
+    return rows
+
+
+def slug(title: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors of every heading in ``text``."""
+    return {slug(title) for _, _, title in _headings(text)}
+
+
+def words(text: str) -> str:
+    """``text`` with every run of whitespace made one space, to find wrapped phrases."""
+    return " ".join(text.split())
+
+
+def backticked(text: str) -> list[str]:
+    """The contents of every ``code span`` in ``text``."""
+    return re.findall(r"`([^`]+)`", text)
+
+
+def commands_in(text: str) -> list[str]:
+    """The upper-case command names in ``text``: ``SET … EX ttl`` gives SET and EX."""
+    return re.findall(r"\b[A-Z]{2,}\b", text)
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def plugins_md() -> str:
+    return PLUGINS.read_text(encoding="utf-8")
+
+
+def file_block(text: str, name: str) -> Block:
+    """The one block of ``text`` that starts with ``# file: <name>``."""
+    found = [block for block in code_blocks(text) if block.marker == ("file", name)]
+    assert len(found) == 1, f"expected one block '# file: {name}', found {len(found)}"
+    return found[0]
+
+
+# --- reading the Redis driver's source ---
+
+
+def pool_calls(function: Callable[..., Any]) -> list[ast.Call]:
+    """The ``execute(...)`` and ``run_script(...)`` calls in ``function``'s source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"execute", "run_script"}
+    ]
+    return sorted(calls, key=lambda call: (call.lineno, call.col_offset))
+
+
+def literal_strings(call: ast.Call) -> list[str]:
+    """The positional string literals of ``call``, in order."""
+    return [
+        arg.value
+        for arg in call.args
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+    ]
+
+
+def script_commands(store: type, call: ast.Call) -> list[str]:
+    """The commands the Lua script run by ``call`` (a ``run_script`` in ``store``) sends."""
+    assert isinstance(call.args[0], ast.Name), "run_script's first argument names a Script"
+    script = getattr(sys.modules[store.__module__], call.args[0].id)
+    return re.findall(r"redis\.call\('([A-Z]+)'", script.body.decode())
+
+
+def store_methods() -> dict[str, tuple[type, Callable[..., Any]]]:
+    """Every public coroutine method of the three Redis stores, by name."""
+    methods: dict[str, tuple[type, Callable[..., Any]]] = {}
+    for store in STORES:
+        for name, member in vars(store).items():
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                assert name not in methods, f"{name} is a method of two stores"
+                methods[name] = (store, member)
+    return methods
+
+
+def one_pool_call(function: Callable[..., Any]) -> ast.Call:
+    """The single pool call of ``function``; more than one would be more than one round trip."""
+    calls = pool_calls(function)
+    assert len(calls) == 1, f"{function.__qualname__} makes {len(calls)} pool calls"
+    return calls[0]
+
+
+def idempotent_flag(call: ast.Call) -> bool:
+    """The constant passed as ``idempotent=`` to ``call``."""
+    flags = [kw.value for kw in call.keywords if kw.arg == "idempotent"]
+    assert len(flags) == 1, "idempotent= is passed once"
+    assert isinstance(flags[0], ast.Constant), "idempotent= is a literal"
+    return bool(flags[0].value)
+
+
+# --- README: configuration reference ---
+
+
+def config_rows(readme: str) -> dict[str, list[str]]:
+    """The configuration reference table, by key: [key, type, default, meaning]."""
+    rows = table(section(readme, "Configuration reference"), ["key", "type", "default", "meaning"])
+    by_key: dict[str, list[str]] = {}
+    for row in rows:
+        match = re.fullmatch(r"`(\w+)`", row[0])
+        assert match, f"key cell {row[0]!r} is not one `name`"
+        by_key[match[1]] = row
+    return by_key
+
+
+def shown_default(cell: str) -> object:
+    """The value a backticked default cell shows, read as TOML when it is a TOML value."""
+    match = re.fullmatch(r"`([^`]*)`", cell)
+    assert match, f"default cell {cell!r} is not one `value`"
+    try:
+        return tomllib.loads(f"value = {match[1]}")["value"]
+    except tomllib.TOMLDecodeError:
+        return match[1]  # a bare string such as aa: or redis://127.0.0.1:6379
+
+
+def test_every_config_field_is_in_the_reference_table(readme: str) -> None:
+    """Every field of RedisStorageConfig has a row in the README table, and every row a field."""
+    fields = [field.name for field in attrs.fields(RedisStorageConfig)]
+    assert sorted(config_rows(readme)) == sorted(fields)
+
+
+def test_reference_table_defaults_match_the_code(readme: str) -> None:
+    """Each default in the README table is the field's real default, of the same type."""
+    rows = config_rows(readme)
+    for field in attrs.fields(RedisStorageConfig):
+        cell = rows[field.name][2]
+        if field.name in WORD_DEFAULTS:
+            assert field.default is None, f"{field.name} defaults to {field.default!r}"
+            assert cell == WORD_DEFAULTS[field.name], f"{field.name}: README shows {cell!r}"
+        else:
+            shown = shown_default(cell)
+            assert (type(shown), shown) == (type(field.default), field.default), field.name
+    none_defaults = {f.name for f in attrs.fields(RedisStorageConfig) if f.default is None}
+    assert none_defaults == set(WORD_DEFAULTS)
+
+
+def type_name(field: attrs.Attribute[Any]) -> str:
+    """A field's declared type as written: ``int``, ``str | None``."""
+    declared: Any = field.type
+    if isinstance(declared, str):
+        return declared
+    return declared.__name__ if isinstance(declared, type) else str(declared)
+
+
+def config_with(name: str, value: object) -> RedisStorageConfig:
+    """A RedisStorageConfig with one field set; validators raise as they would for a section."""
+    settings: dict[str, Any] = {name: value}
+    return RedisStorageConfig(**settings)
+
+
+def test_reference_table_types_and_ranges_match_the_validators(readme: str) -> None:
+    """The type column names each field's type, and the ranges it gives are the ones enforced."""
+    for name, (_, type_cell, _, _) in config_rows(readme).items():
+        declared = type_name(attrs.fields_dict(RedisStorageConfig)[name])
+        if declared == "str | None":
+            assert type_cell == "path", name
+            continue
+        assert type_cell.split(",")[0].split(" ")[0] == declared, f"{name}: {type_cell!r}"
+        if match := re.search(r"(\d+)\N{EN DASH}(\d+)", type_cell):
+            low, high = int(match[1]), int(match[2])
+            config_with(name, low)
+            config_with(name, high)
+            for outside in (low - 1, high + 1):
+                with pytest.raises(ValueError, match=f"^{name}: "):
+                    config_with(name, outside)
+        if "> 0" in type_cell:
+            config_with(name, 0.001)
+            with pytest.raises(ValueError, match=f"^{name}: "):
+                config_with(name, 0.0)
+        if "non-empty" in type_cell:
+            with pytest.raises(ValueError, match=f"^{name}: "):
+                config_with(name, "")
+
+
+def readme_toml_example(readme: str) -> Block:
+    blocks = code_blocks(section(readme, "Configuration reference"), "toml")
+    assert blocks, "no toml block under ## Configuration reference"
+    return blocks[0]
+
+
+def test_readme_toml_example_loads(readme: str) -> None:
+    """The TOML example of the configuration reference loads and selects the redis driver."""
+    config = load_config(tomllib.loads(readme_toml_example(readme).code))
+    assert config.backend == "redis"
+    assert all(config.driver_for(kind) == "redis" for kind in Kind)
+    assert isinstance(config.drivers["redis"], RedisStorageConfig)
+
+
+def test_readme_toml_example_gives_exactly_the_defaults(readme: str) -> None:
+    """The uncommented [storage.redis] lines of the example are exactly the defaults."""
+    config = load_config(tomllib.loads(readme_toml_example(readme).code))
+    assert attrs.asdict(config.drivers["redis"]) == attrs.asdict(RedisStorageConfig())
+
+
+def test_readme_toml_example_comments_name_real_keys(readme: str) -> None:
+    """Commented-out keys are real settings, and the stated default backend is the real one."""
+    table_name = ""
+    commented: dict[str, list[str]] = {}
+    for line in readme_toml_example(readme).code.splitlines():
+        if match := re.fullmatch(r"\[([\w.]+)\].*", line):
+            table_name = match[1]
+        elif match := re.match(r"#\s*(\w+)\s*=", line):
+            commented.setdefault(table_name, []).append(match[1])
+    assert set(commented) == {"storage", "storage.redis"}
+    assert set(commented["storage"]) <= {kind.value for kind in Kind}
+    assert set(commented["storage.redis"]) <= set(attrs.fields_dict(RedisStorageConfig))
+    stated = re.search(r'backend = .*\(default "(\w+)"\)', readme_toml_example(readme).code)
+    assert stated, "the backend line states its default"
+    assert load_config({"storage": {}}).backend == stated[1]
+
+
+def test_readme_every_out_of_range_value_is_reported_at_once() -> None:
+    """Two out-of-range values in one section give two problems, as the README promises."""
+    with pytest.raises(InvalidConfigError) as caught:
+        load_config({"storage": {"redis": {"pool_size": 0, "retries": 99}}})
+    assert [problem.split(":")[0] for problem in caught.value.problems] == [
+        "storage.redis.pool_size",
+        "storage.redis.retries",
+    ]
+
+
+def test_readme_config_problems_are_listed_in_one_error(
+    readme: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One InvalidConfigError lists each problem as a line of `problems`, joined by '; ' in its
+    message, and `aa-storage check` prints that message on its one line."""
+    assert "its message joins them with `; `" in readme
+    config = tmp_path / "bad.toml"
+    config.write_text('[storage.redis]\npool_size = "10"\ntls = 1\n', encoding="utf-8")
+    assert aa_storage_cli.main(["check", "--config", str(config)]) == 1
+    assert capsys.readouterr().err == (
+        "aa-storage: InvalidConfigError: invalid storage configuration: "
+        "storage.redis.pool_size: expected int, got str; "
+        "storage.redis.tls: expected bool, got int\n"
+    )
+
+
+def test_readme_prefix_isolation_claim_holds(readme: str) -> None:
+    """Prefixes of which neither begins with the other give disjoint keys, as the README says,
+    and the README warns about prefixes that begin with another."""
+    assert (
+        "prefixes of which neither begins with the other never share a key"
+        in (config_rows(readme)["key_prefix"][3])
+    )
+    assert "`aa:` and `aa:ratelimit:x:`" in readme
+    first, second = KeySpace("tenant1:"), KeySpace("tenant2:")
+    for key in ("k", "x:ratelimit:k", "tenant2:ratelimit:k", "\x00"):
+        assert not first.rate_limit(key).startswith(b"tenant2:")
+        assert not second.rate_limit(key).startswith(b"tenant1:")
+    # The counter-example the README warns about really collides.
+    assert KeySpace("aa:").rate_limit("x:ratelimit:k") == KeySpace("aa:ratelimit:x:").rate_limit(
+        "k"
+    )
+
+
+# --- README: names, commands and set-up ---
+
+
+@pytest.mark.parametrize("module", [aa_storage, aa_storage_redis], ids=lambda m: m.__name__)
+def test_every_public_name_is_importable(module: types.ModuleType) -> None:
+    """Every name in __all__ exists, and `from module import *` gives exactly those names."""
+    assert module.__all__, f"{module.__name__}.__all__ is empty"
+    for name in module.__all__:
+        assert getattr(module, name, None) is not None, f"{module.__name__}.{name}"
+    namespace: dict[str, Any] = {}
+    exec(f"from {module.__name__} import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(module.__all__)
+
+
+def cli_subcommands(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The subcommands of the parser that ``aa_storage.cli.main`` builds."""
+    built: list[argparse.ArgumentParser] = []
+
+    class Parsed(Exception):
+        pass
+
+    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        built.append(self)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed):
+        aa_storage_cli.main([])
+    [subparsers] = [a for a in built[0]._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(subparsers.choices)
+
+
+def test_every_cli_subcommand_is_in_the_readme(
+    readme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each subcommand of `aa-storage` is mentioned in the README as `aa-storage <command>`."""
+    commands = cli_subcommands(monkeypatch)
+    assert {"check", "drivers"} <= commands
+    for command in commands:
+        assert f"aa-storage {command}" in readme, command
+
+
+def test_setup_commands_are_the_first_code_block(readme: str) -> None:
+    """The README opens with `./dev check` and `./dev test`, and ./dev handles both."""
+    first = code_blocks(readme)[0]
+    commands = [line.partition("#")[0].strip() for line in first.code.splitlines()]
+    assert [command for command in commands if command] == ["./dev check", "./dev test"]
+    dev = ROOT / "dev"
+    assert os.access(dev, os.X_OK)
+    cases = re.findall(r"^\s*(\w+)\)", dev.read_text(encoding="utf-8"), re.M)
+    assert {"check", "test"} <= set(cases)
+
+
+def test_ci_runs_dev_test() -> None:
+    """.ci/run is executable and runs ./dev test."""
+    run = ROOT / ".ci" / "run"
+    assert os.access(run, os.X_OK)
+    lines = [line.strip() for line in run.read_text(encoding="utf-8").splitlines()]
+    assert "./dev test" in [line for line in lines if not line.startswith("#")]
+
+
+def test_quick_start_compiles_and_uses_real_names(readme: str) -> None:
+    """The quick start compiles, imports only real names and calls only real store methods."""
+    [block] = code_blocks(section(readme, "Quick start"), "python")
+    tree = ast.parse(block.code)
+    compile(tree, "README.md quick start", "exec")
+    imported = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "aa_storage"
+        for alias in node.names
+    ]
+    assert imported, "the quick start imports from aa_storage"
+    assert all(hasattr(aa_storage, name) for name in imported), imported
+    storage = open_storage({"storage": {}})
+    called = [
+        (node.value.attr, node.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "storage"
+    ]
+    assert len(called) >= 4
+    for store, method in called:
+        assert callable(getattr(getattr(storage, store), method, None)), f"{store}.{method}"
+
+
+# --- README: what the Redis driver sends ---
+
+
+def cost_rows(readme: str) -> list[list[str]]:
+    return table(section(readme, "Cost of each operation"), ["operation", "command", "atomic"])
+
+
+def test_cost_table_names_the_commands_the_driver_sends(readme: str) -> None:
+    """Each row's command is the one its store method sends, and a script's commands are its own."""
+    methods = store_methods()
+    for operation_cell, command_cell, _ in cost_rows(readme):
+        [operation] = backticked(operation_cell)
+        assert operation in methods, f"{operation} is not a method of a Redis store"
+        store, method = methods[operation]
+        call = one_pool_call(method)
+        spans = backticked(command_cell)
+        if commands_in(spans[0]) == ["EVALSHA"]:
+            assert call.func.attr == "run_script", f"{operation} runs no script"  # type: ignore[attr-defined]
+            listed = [command for span in spans[1:] for command in commands_in(span)]
+            assert listed == script_commands(store, call), operation
+        else:
+            assert call.func.attr == "execute", operation  # type: ignore[attr-defined]
+            assert commands_in(spans[0]) == literal_strings(call), operation
+
+
+def test_cost_table_covers_every_store_method(readme: str) -> None:
+    """The cost table has one row for each public method of the three Redis stores."""
+    operations = [backticked(row[0])[0] for row in cost_rows(readme)]
+    assert sorted(operations) == sorted(store_methods())
+
+
+def test_every_operation_is_one_round_trip() -> None:
+    """Each store method makes exactly one pool call, as the README's cost section says."""
+    for _, method in store_methods().values():
+        one_pool_call(method)
+
+
+def test_scripts_are_run_by_sha_with_eval_as_fallback() -> None:
+    """Pool.run_script sends EVALSHA, then EVAL, as the README describes."""
+    first_words = [literal_strings(call)[0] for call in pool_calls(Pool.run_script)]
+    assert first_words == ["EVALSHA", "EVAL"]
+
+
+def test_retried_operations_are_the_idempotent_ones(readme: str) -> None:
+    """The operations the README says are retried are exactly those sent as idempotent."""
+    bullet = next(
+        line
+        for line in words(section(readme, "Failures")).split("- ")
+        if line.startswith("After a connection error")
+    )
+    retried = set(backticked(bullet.partition(" are tried again")[0]))
+    flags = {name: idempotent_flag(one_pool_call(m)) for name, (_, m) in store_methods().items()}
+    assert retried == {name for name, idempotent in flags.items() if idempotent}
+    assert {name for name, idempotent in flags.items() if not idempotent} == {"increment"}
+
+
+def test_acl_allows_exactly_the_commands_sent(readme: str) -> None:
+    """The README's ACL line grants the default prefix and every command the driver sends."""
+    acl = next(
+        block.code
+        for block in code_blocks(section(readme, "ACL for the driver's user"))
+        if "ACL SETUSER" in block.code
+    )
+    assert f"~{RedisStorageConfig().key_prefix}*" in acl.split()
+    granted = {word[1:].upper() for word in acl.split() if word.startswith("+")}
+    sent = {literal_strings(call)[0] for call in pool_calls(Pool.run_script)}
+    for store, method in store_methods().values():
+        call = one_pool_call(method)
+        if call.func.attr == "run_script":  # type: ignore[attr-defined]
+            sent |= set(script_commands(store, call))
+        else:
+            sent.add(literal_strings(call)[0])
+    assert granted == sent
+
+
+# --- plugins.md: code blocks ---
+
+
+def test_plugins_python_blocks_compile(plugins_md: str) -> None:
+    """Every Python block of plugins.md compiles (an excerpt once dedented)."""
+    blocks = code_blocks(plugins_md, "python")
+    assert len(blocks) > 10
+    failures = []
+    for block in blocks:
+        try:
+            compile(textwrap.dedent(block.body), f"plugins.md:{block.line}", "exec")
+        except SyntaxError as exc:
+            failures.append(f"line {block.line}: {exc}")
+    assert not failures
+
+
+def test_plugins_toml_blocks_parse(plugins_md: str) -> None:
+    """Every TOML block of plugins.md is valid TOML."""
+    blocks = code_blocks(plugins_md, "toml")
+    assert len(blocks) >= 3
+    for block in blocks:
+        tomllib.loads(block.code)
+
+
+def _appears_in(chunk: str, source: str) -> bool:
+    """Whether the lines of ``chunk`` occur whole and in order in ``source``, at any indent."""
+    chunk = textwrap.dedent(chunk).strip("\n")
+    return any(
+        f"\n{textwrap.indent(chunk, ' ' * indent)}\n" in f"\n{source}\n"
+        for indent in range(0, 17, 4)
+    )
+
+
+def test_plugins_excerpts_are_verbatim(plugins_md: str) -> None:
+    """Each `# excerpt: PATH` block is copied, apart from `...` elisions, from that file."""
+    excerpts = [
+        block for block in code_blocks(plugins_md) if block.marker and block.marker[0] == "excerpt"
+    ]
+    assert len(excerpts) >= 15
+    for block in excerpts:
+        assert block.marker is not None
+        path = block.marker[1]
+        if path.endswith(".py") and "/" not in path:
+            source = file_block(plugins_md, path).body
+        else:
+            assert (ROOT / path).is_file(), f"line {block.line}: no file {path}"
+            source = (ROOT / path).read_text(encoding="utf-8")
+        chunks = re.split(r"^[ \t]*\.\.\.[ \t]*$", block.body, flags=re.M)
+        for chunk in chunks:
+            if chunk.strip():
+                assert _appears_in(chunk, source), f"line {block.line}: not in {path}:\n{chunk}"
+
+
+# --- plugins.md: the example driver ---
+
+
+@pytest.fixture
+def example_driver(plugins_md: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """The example driver of plugins.md, executed as the module its `# file:` line names."""
+    name = EXAMPLE_DRIVER.removesuffix(".py")
+    module = types.ModuleType(name)
+    module.__file__ = f"{PLUGINS}:{EXAMPLE_DRIVER}"
+    monkeypatch.setitem(sys.modules, name, module)
+    code = file_block(plugins_md, EXAMPLE_DRIVER).code
+    exec(compile(code, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture
+def example_registry(example_driver: types.ModuleType) -> Registry:
+    """The installed drivers plus the example driver."""
+    registry = Registry()
+    registry.add_plugin(example_driver)
+    return registry
+
+
+def test_example_driver_registers(example_driver: types.ModuleType) -> None:
+    """The example module's register() hook gives the driver `dict` with all three kinds."""
+    driver = Registry().add_plugin(example_driver)
+    assert driver.name == "dict"
+    assert driver.kinds == frozenset(Kind)
+    assert driver.config_class is example_driver.DictConfig
+    assert driver.config_class().max_entries >= 1
+
+
+def test_example_driver_works_through_open_storage(example_registry: Registry) -> None:
+    """Calls through open_storage reach the example driver's stores and follow the contracts."""
+
+    async def exercise() -> None:
+        config = {"storage": {"backend": "dict"}}
+        async with open_storage(config, registry=example_registry) as storage:
+            assert set(storage.backends) == {"dict"}
+            record = SessionRecord(SessionId.new(), AgentId.new(), 42)
+            await storage.sessions.save(record)
+            assert await storage.sessions.load(record.session_id) == record
+            assert await storage.rate_limiter.increment("agent:1", 2, window_secs=60) == 2
+            assert await storage.rate_limiter.increment("agent:1", 3, window_secs=60) == 5
+            assert await storage.rate_limiter.current("agent:1") == 5
+            agent = AgentId.new()
+            policy = PolicyDocument(1, "p", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+            await storage.policies.cache_policy(agent, policy, ttl_secs=60)  # type: ignore[attr-defined]
+            assert await storage.policies.get_policy(agent) == policy
+            await storage.policies.invalidate(agent)
+            with pytest.raises(NotFoundError):
+                await storage.policies.get_policy(agent)
+            with pytest.raises(TypeError):
+                await storage.sessions.load(agent)  # type: ignore[arg-type]
+            info = await storage.backends["dict"].describe()
+            assert ("entries", "2") in info.facts
+
+        full = {"storage": {"backend": "dict", "dict": {"max_entries": 1}}}
+        async with open_storage(full, registry=example_registry) as storage:
+            await storage.rate_limiter.increment("a", 1, window_secs=60)
+            with pytest.raises(BackendError, match="full"):
+                await storage.rate_limiter.increment("b", 1, window_secs=60)
+
+    asyncio.run(exercise())
+
+
+def test_example_config_errors_read_as_documented(
+    plugins_md: str, example_registry: Registry
+) -> None:
+    """The config errors plugins.md quotes are the ones load_config gives, path and all."""
+    text = words(plugins_md)
+
+    def problems(section_: Mapping[str, object], name: str = "dict") -> list[str]:
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config({"storage": {"backend": name, name: section_}}, registry=example_registry)
+        return caught.value.problems
+
+    for section_, expected in [
+        ({"max_entries": 0}, "storage.dict.max_entries: must be at least 1, got 0"),
+        ({"max_entry": 5}, "storage.dict.max_entry: unknown key"),
+    ]:
+        assert problems(section_) == [expected]
+        assert f"`{expected}`" in text
+    for wrong in ("10", True, 1.5):
+        assert problems({"max_entries": wrong})[0].startswith("storage.dict.max_entries: ")
+    redis_problems = problems({"pool_size": 0, "retries": 99}, "redis")
+    assert redis_problems == [
+        "storage.redis.pool_size: must lie in [1, 10000], got 0",
+        "storage.redis.retries: must lie in [0, 10], got 99",
+    ]
+    assert f"`{redis_problems[0]}`" in text
+    assert "attrs validators stop at the first failure" in text
+    assert "reports them all at once" in text
+    assert redact_url("redis://driver:s3cret@cache:6379") == "redis://driver:***@cache:6379"
+    assert "`redis://driver:s3cret@cache:6379` into `redis://driver:***@cache:6379`" in text
+    assert redact_url("redis://cache:6379?password=s3cret") == "redis://cache:6379?password=***"
+    assert "a query parameter such as `?password=` too" in text
+
+
+def test_example_try_script_prints_what_the_text_says(
+    plugins_md: str, example_driver: types.ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The `try_dict.py` example runs and prints 1 then 3, as plugins.md says."""
+    code = file_block(plugins_md, "try_dict.py").code
+    exec(compile(code, f"{PLUGINS}:try_dict.py", "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out.splitlines() == ["1", "3"]
+    assert "It prints `1`, then `3`" in words(plugins_md)
+
+
+def test_example_toml_configs_load(plugins_md: str, example_registry: Registry) -> None:
+    """Every TOML block of plugins.md with a [storage] table loads, the example's with its value."""
+    configs = [tomllib.loads(block.code) for block in code_blocks(plugins_md, "toml")]
+    with_storage = [config for config in configs if "storage" in config]
+    assert len(with_storage) >= 2
+    for config in with_storage:
+        load_config(config, registry=example_registry)
+    example = tomllib.loads(file_block(plugins_md, "agent-assembly.toml").code)
+    loaded = load_config(example, registry=example_registry)
+    assert loaded.backend == "dict"
+    assert loaded.drivers["dict"].max_entries == example["storage"]["dict"]["max_entries"]
+
+
+def test_example_pyproject_declares_the_example_driver(
+    plugins_md: str, example_driver: types.ModuleType
+) -> None:
+    """The example pyproject.toml maps the driver's name to the example module."""
+    pyproject = tomllib.loads(file_block(plugins_md, "pyproject.toml").code)
+    assert pyproject["build-system"]["build-backend"]
+    entry_points = pyproject["project"]["entry-points"]
+    assert list(entry_points) == [ENTRY_POINT_GROUP]
+    driver = Registry().add_plugin(example_driver)
+    assert entry_points[ENTRY_POINT_GROUP] == {driver.name: EXAMPLE_DRIVER.removesuffix(".py")}
+
+
+def test_example_contract_suite_passes(plugins_md: str, pytester: pytest.Pytester) -> None:
+    """The example test module of plugins.md runs the whole contract suite green on a FakeClock."""
+    pytester.makepyfile(
+        **{
+            name.removesuffix(".py"): file_block(plugins_md, name).code
+            for name in (EXAMPLE_DRIVER, "test_dict_contract.py")
+        }
+    )
+    result = pytester.runpytest_inprocess(
+        "-q", "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function"
+    )
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0, result.stdout.str()
+    assert outcomes["passed"] >= 25
+    assert "skipped" not in outcomes, "with a FakeClock no contract test is skipped"
+
+
+# --- plugins.md: names, modules and links ---
+
+
+def resolve(dotted: str) -> object:
+    """The object a dotted name such as ``aa_storage.testing.FakeClock`` names."""
+    parts = dotted.split(".")
+    found: object = importlib.import_module(parts[0])
+    for index, part in enumerate(parts[1:], start=2):
+        if hasattr(found, part):
+            found = getattr(found, part)
+        else:
+            found = importlib.import_module(".".join(parts[:index]))
+    return found
+
+
+def test_plugins_aa_storage_names_exist(plugins_md: str) -> None:
+    """Every `aa_storage.<name>` that plugins.md mentions exists (the entry-point group aside)."""
+    names = {name.rstrip(".") for name in re.findall(r"\baa_storage(?:\.\w+)+\.?", plugins_md)}
+    assert ENTRY_POINT_GROUP in names
+    names.discard(ENTRY_POINT_GROUP)
+    assert len(names) >= 15
+    missing = []
+    for name in sorted(names):
+        try:
+            resolve(name)
+        except ImportError:
+            missing.append(name)
+    assert not missing, f"plugins.md names what does not exist: {missing}"
+
+
+def test_plugins_redis_modules_exist(plugins_md: str) -> None:
+    """Every aa_storage_redis module plugins.md names exists; the walk-through covers them all."""
+    named = set(re.findall(r"\baa_storage_redis(?:\.\w+)+", plugins_md))
+    assert "aa_storage_redis.hooks" in named
+    for name in named:
+        assert isinstance(resolve(name), types.ModuleType), f"{name} is not a module"
+    walkthrough = section(plugins_md, "The Redis driver, a worked example")
+    mentioned = set(re.findall(r"`(\w+\.py)`", walkthrough))
+    modules = {path.name for path in REDIS_SRC.glob("*.py")} - {"__init__.py"}
+    assert mentioned == modules
+    for module in modules:
+        importlib.import_module(f"aa_storage_redis.{module.removesuffix('.py')}")
+
+
+def test_only_pool_and_errors_import_redis_py(plugins_md: str) -> None:
+    """As plugins.md says, no module of the Redis driver but pool.py and errors.py imports redis."""
+    assert "Only `pool.py` and `errors.py` import redis-py" in words(plugins_md)
+    importing = {
+        path.name
+        for path in REDIS_SRC.glob("*.py")
+        if re.search(r"^\s*(import redis\b|from redis\b)", path.read_text(encoding="utf-8"), re.M)
+    }
+    assert importing == {"pool.py", "errors.py"}
+
+
+@pytest.mark.parametrize("doc", [README, PLUGINS], ids=lambda path: path.name)
+def test_relative_links_resolve(doc: Path) -> None:
+    """Every relative link in the doc names an existing file and, after #, one of its headings."""
+    text = doc.read_text(encoding="utf-8")
+    links = [link for link in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in link]
+    assert links
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = doc.parent / path if path else doc
+        assert target.is_file(), link
+        if anchor:
+            assert anchor in anchors(target.read_text(encoding="utf-8")), link
