@@ -186,7 +186,7 @@ class TestDirectConstruction:
         ],
     )
     def test_wrong_types_are_type_errors(self, settings: dict[str, Any], message: str) -> None:
-        """Built in Python with a value of the wrong type, the config raises a TypeError naming it."""
+        """Built in Python with a value of the wrong type, the config raises a TypeError."""
         with pytest.raises(TypeError, match=re.escape(message)):
             RedisStorageConfig(**settings)
 
