@@ -68,6 +68,16 @@ class TestValidation:
             ),
             ({"url": "redis://"}, "storage.redis.url: 'redis://' names no host"),
             (
+                {"url": "redis://h:1/abc"},
+                "storage.redis.url: the database in 'redis://h:1/abc' must be a number",
+            ),
+            (
+                {"url": "redis://h:1/0?socket_timeout=5"},
+                "storage.redis.url: query parameters are not supported in "
+                "'redis://h:1/0?socket_timeout=5'; use the [storage.redis] settings, "
+                "and user:password@ for credentials",
+            ),
+            (
                 {"socket_timeout": -1},
                 "storage.redis.socket_timeout: must be a positive number of seconds, got -1.0",
             ),

@@ -312,6 +312,7 @@ class TestSecrets:
             {"url": f"http://user:{SECRET}@h:1"},
             {"url": f"redis://user:{SECRET}@h:1", "pool_size": 0},
             {"url": f"redis://user:{SECRET}@h:notaport"},
+            {"url": f"redis://h:1/0?password={SECRET}"},
         ):
             with pytest.raises(ConfigError) as caught:
                 load_config({"storage": {"backend": "redis", "redis": section}})

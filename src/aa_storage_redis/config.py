@@ -28,6 +28,15 @@ def _valid_url(name: str, url: str) -> None:
         raise ValueError(f"{name}: {redact_url(url)!r} names no host")
     if port == 0:
         raise ValueError(f"{name}: {redact_url(url)!r} names port 0")
+    database = parts.path.removeprefix("/")
+    if database and not database.isdecimal():
+        raise ValueError(f"{name}: the database in {redact_url(url)!r} must be a number")
+    if parts.query:
+        # redis-py would read settings from the query and clash with this section's.
+        raise ValueError(
+            f"{name}: query parameters are not supported in {redact_url(url)!r}; "
+            "use the [storage.redis] settings, and user:password@ for credentials"
+        )
 
 
 def _redacted_repr(url: str) -> str:
