@@ -234,7 +234,7 @@ class TestCorruptValues:
         with pytest.raises(SerializationError, match="wrong type"):
             await redis_backend.policies().get_policy(AGENT)
 
-    @pytest.mark.parametrize("stored", [b"abc", b"1.5", b""])
+    @pytest.mark.parametrize("stored", [b"abc", b"1.5", b"", b" 7", b"1_000"])
     async def test_non_integer_counter(
         self, redis_backend: RedisBackend, raw: redis.Redis, stored: bytes
     ) -> None:

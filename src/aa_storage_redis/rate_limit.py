@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from aa_storage import SerializationError
@@ -47,8 +49,11 @@ class RedisRateLimitCounter:
         await self.pool.execute("DEL", self.pool.keys.rate_limit(key), idempotent=True)
 
 
+_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+
+
 def _as_total(key: str, reply: bytes) -> int:
-    try:
-        return int(reply)
-    except ValueError:
-        raise SerializationError(f"counter {key!r} holds {reply[:40]!r}, not an integer") from None
+    # Only what INCRBY itself accepts: int() would also take " 7" and "1_000".
+    if not _INTEGER.fullmatch(reply):
+        raise SerializationError(f"counter {key!r} holds {reply[:40]!r}, not an integer")
+    return int(reply)
