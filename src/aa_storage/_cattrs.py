@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 
 # A TOML or JSON value must already have the right type: "10" is not a pool
 # size, true is not 1, and 1.5 is not an int (cattrs would coerce all three).
@@ -43,27 +49,24 @@ def describe_errors(exc: BaseException, path: str) -> list[str]:
     such line is moved onto the path, so every line reads
     ``storage.redis.pool_size: must lie in [1, 10000], got 0``.
     """
-    if isinstance(exc, ClassValidationError):
-        with_notes, without_notes = exc.group_exceptions()
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        noted, unnoted = exc.group_exceptions()
         lines = [
-            line
-            for inner, note in with_notes
-            for line in describe_errors(inner, f"{path}.{note.name}")
+            line for inner, note in noted for line in describe_errors(inner, path + _step(note))
         ]
-        return lines + [line for inner in without_notes for line in describe_errors(inner, path)]
-    if isinstance(exc, IterableValidationError):
-        with_index, without_index = exc.group_exceptions()
-        lines = [
-            line
-            for inner, note in with_index
-            for line in describe_errors(inner, f"{path}[{note.index}]")
-        ]
-        return lines + [line for inner in without_index for line in describe_errors(inner, path)]
+        return lines + [line for inner in unnoted for line in describe_errors(inner, path)]
     if isinstance(exc, ForbiddenExtraKeysError):
         return [f"{path}.{key}: unknown key" for key in sorted(exc.extra_fields)]
     if isinstance(exc, KeyError):
         return [f"{path}: required key missing"]
     return [_on_path(path, line) for line in (str(exc) or type(exc).__name__).splitlines()]
+
+
+def _step(note: AttributeValidationNote | IterableValidationNote) -> str:
+    """The path step a note names: ``.field`` or ``[index]``."""
+    if isinstance(note, AttributeValidationNote):
+        return f".{note.name}"
+    return f"[{note.index}]"
 
 
 def _on_path(path: str, message: str) -> str:
