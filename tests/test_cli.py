@@ -123,7 +123,7 @@ class ShardedBackend(MemoryBackend):
 
 @attrs.frozen
 class VaultConfig:
-    url: str = "redis://app:hunter2@cache:6379/0"
+    url: str = "redis://app:hunter2@cache:7000/0"
     password: str = "s3cret"
     pool_size: int = 3
 
@@ -131,7 +131,7 @@ class VaultConfig:
 @attrs.define
 class VaultBackend(MemoryBackend):
     async def describe(self) -> BackendInfo:
-        return BackendInfo(facts=(("server", "cache:6379"),), warnings=("not encrypted",))
+        return BackendInfo(facts=(("server", "cache:7000"),), warnings=("not encrypted",))
 
 
 def _driver(name: str, backend: Callable[[], Any], config_class: type = MemoryConfig) -> Driver:
@@ -361,7 +361,7 @@ class TestCheck:
         path = _config(tmp_path, '[storage]\nbackend = "memory"\npolicy_store = "vault"\n')
         assert main(["check", "--config", path]) == 0
         out = capsys.readouterr().out
-        assert "\n[vault]\n  server: cache:6379\n  WARNING: not encrypted\n" in out
+        assert "\n[vault]\n  server: cache:7000\n  WARNING: not encrypted\n" in out
         assert out.endswith(
             "\neffective config:\n"
             "  backend = 'memory'\n"
@@ -370,7 +370,7 @@ class TestCheck:
             "  policy_store = 'vault'\n"
             "  [storage.memory]\n"
             "  [storage.vault]\n"
-            "    url = 'redis://app:***@cache:6379/0'\n"
+            "    url = 'redis://app:***@cache:7000/0'\n"
             "    password = '***'\n"
             "    pool_size = 3\n"
         )

@@ -254,7 +254,7 @@ def shown_default(cell: str) -> object:
     try:
         return tomllib.loads(f"value = {match[1]}")["value"]
     except tomllib.TOMLDecodeError:
-        return match[1]  # a bare string such as aa: or redis://127.0.0.1:6379
+        return match[1]  # a bare string such as aa: or redis://127.0.0.1:PORT
 
 
 def test_every_config_field_is_in_the_reference_table(readme: str) -> None:
@@ -706,9 +706,9 @@ def test_example_config_errors_read_as_documented(
     assert f"`{redis_problems[0]}`" in text
     assert "attrs validators stop at the first failure" in text
     assert "reports them all at once" in text
-    assert redact_url("redis://driver:s3cret@cache:6379") == "redis://driver:***@cache:6379"
-    assert "`redis://driver:s3cret@cache:6379` into `redis://driver:***@cache:6379`" in text
-    assert redact_url("redis://cache:6379?password=s3cret") == "redis://cache:6379?password=***"
+    assert redact_url("redis://driver:s3cret@cache:7000") == "redis://driver:***@cache:7000"
+    assert "`redis://driver:s3cret@cache:7000` into `redis://driver:***@cache:7000`" in text
+    assert redact_url("redis://cache:7000?password=s3cret") == "redis://cache:7000?password=***"
     assert "a query parameter such as `?password=` too" in text
 
 

@@ -20,7 +20,7 @@ class TestRedactUrl:
             ("redis://:secret@host", "redis://:***@host"),
             ("rediss://u:s3cr%40t@h:6380/2", "rediss://u:***@h:6380/2"),
             ("redis://user:p@ss@host/0", "redis://user:***@host/0"),
-            ("redis://u:pw@[::1]:6379/0", "redis://u:***@[::1]:6379/0"),
+            ("redis://u:pw@[::1]:7000/0", "redis://u:***@[::1]:7000/0"),
             ("redis://u:pw@h:1/0?ssl_cert_reqs=none", "redis://u:***@h:1/0?ssl_cert_reqs=none"),
         ],
     )
@@ -30,7 +30,7 @@ class TestRedactUrl:
 
     @pytest.mark.parametrize(
         "url",
-        ["redis://user@host:6379/0", "redis://host:6379", "rediss://h/2", "unix:///tmp/r.sock"],
+        ["redis://user@host:7000/0", "redis://host:7000", "rediss://h/2", "unix:///tmp/r.sock"],
     )
     def test_url_without_password_is_unchanged(self, url: str) -> None:
         """A URL without a password (with or without a user) comes back unchanged."""
@@ -49,23 +49,23 @@ class TestRedactUrl:
     @given(password=st.text(alphabet=string.ascii_uppercase, min_size=1, max_size=30))
     def test_no_password_survives(self, password: str) -> None:
         """Whatever the password, the redacted URL shows the user and host but not it."""
-        shown = redact_url(f"redis://user:{password}@host:6379/0")
-        assert shown == "redis://user:***@host:6379/0"
+        shown = redact_url(f"redis://user:{password}@host:7000/0")
+        assert shown == "redis://user:***@host:7000/0"
         assert password not in shown
 
     def test_password_in_query_is_masked(self) -> None:
         """A password passed as a query argument, which redis-py honours, is masked too."""
-        shown = redact_url("redis://host:6379/0?password=hunter2")
+        shown = redact_url("redis://host:7000/0?password=hunter2")
         assert "hunter2" not in shown
 
 
 @attrs.frozen
 class SecretiveConfig:
-    url: str = "redis://app:pw1@cache:6379/0"
+    url: str = "redis://app:pw1@cache:7000/0"
     password: str | None = "pw2"
     auth_token: str = "pw3"
     client_secret: str = "pw4"
-    replica_url: str = "redis://replica:6379"
+    replica_url: str = "redis://replica:7000"
     pool_size: int = 10
     label: str = "plain text"
     tls: bool = True
@@ -76,11 +76,11 @@ class TestRedactedSettings:
     def test_attrs_config(self) -> None:
         """Fields named like secrets are masked, URLs lose their password, the rest is kept."""
         assert redacted_settings(SecretiveConfig()) == {
-            "url": "redis://app:***@cache:6379/0",
+            "url": "redis://app:***@cache:7000/0",
             "password": MASK,
             "auth_token": MASK,
             "client_secret": MASK,
-            "replica_url": "redis://replica:6379",
+            "replica_url": "redis://replica:7000",
             "pool_size": 10,
             "label": "plain text",
             "tls": True,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from aa_storage import InvalidConfigError, load_config, open_storage
 from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
@@ -24,7 +26,8 @@ class TestDefaults:
         """backend = "redis" with no [storage.redis] section gives the default settings."""
         config = load_config({"storage": {"backend": "redis"}})
         assert config.drivers["redis"] == RedisStorageConfig()
-        assert RedisStorageConfig().url == "redis://127.0.0.1:6379"
+        redis_default_port = inspect.signature(redis.Redis).parameters["port"].default
+        assert RedisStorageConfig().url == f"redis://127.0.0.1:{redis_default_port}"
 
     def test_defaults_are_bounded(self) -> None:
         """Every timeout has a finite default, and the prefix is aa:."""
