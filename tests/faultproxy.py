@@ -70,6 +70,10 @@ class FaultProxy:
       data is held back (as TCP would during a partition) and flows again after a switch to
       another mode.
     * ``refuse()`` - new connections are reset right after being accepted; open ones carry on.
+
+    ``sever()`` resets every open connection, whatever the mode. The counters
+    ``replies_cut``, ``chunks_delayed``, ``chunks_held`` and ``connections_refused``
+    let a test prove that the fault it set up actually fired.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -78,6 +82,10 @@ class FaultProxy:
             raise ValueError(f"FaultProxy only forwards to loopback, not {upstream_host!r}")
         self.upstream = (upstream_host, upstream_port)
         self._accepted = 0
+        self.replies_cut = 0
+        self.chunks_delayed = 0
+        self.chunks_held = 0
+        self.connections_refused = 0
         self._mode = _Mode.PASSTHROUGH
         self._delay = 0.0
         self._cut_next_reply = False
@@ -139,6 +147,16 @@ class FaultProxy:
     def refuse(self) -> None:
         """Reset every new connection as soon as it is accepted."""
         self._switch(_Mode.REFUSE)
+
+    def sever(self) -> None:
+        """Reset every open connection, as a network that drops them would."""
+
+        async def reset_all() -> None:
+            for writer in list(self._writers):
+                _reset(writer)
+            await asyncio.sleep(0)
+
+        self._run(reset_all())
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -214,6 +232,7 @@ class FaultProxy:
 
     async def _handle(self, conn: socket.socket) -> None:
         if self._mode is _Mode.REFUSE:
+            self.connections_refused += 1
             _linger_zero(conn)
             conn.close()
             return
@@ -272,6 +291,8 @@ class FaultProxy:
         """Copy chunks until EOF, an error, or ``forward`` returning False."""
         with contextlib.suppress(OSError):
             while chunk := await reader.read(CHUNK_SIZE):
+                if not self._flowing.is_set():
+                    self.chunks_held += 1
                 await self._flowing.wait()
                 if not await forward(chunk, writer):
                     return
@@ -284,10 +305,12 @@ class FaultProxy:
     async def _to_client(self, chunk: bytes, writer: asyncio.StreamWriter) -> bool:
         if self._cut_next_reply:
             self._cut_next_reply = False
+            self.replies_cut += 1
             await self._send_fully(writer, chunk[: max(1, len(chunk) // 2)])
             _reset(writer)
             return False
         if self._delay:
+            self.chunks_delayed += 1
             await asyncio.sleep(self._delay)
             await self._flowing.wait()  # a blackhole() during the delay still holds the chunk
         writer.write(chunk)

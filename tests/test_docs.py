@@ -225,11 +225,11 @@ def one_pool_call(function: Callable[..., Any]) -> ast.Call:
     return calls[0]
 
 
-def idempotent_flag(call: ast.Call) -> bool:
-    """The constant passed as ``idempotent=`` to ``call``."""
-    flags = [kw.value for kw in call.keywords if kw.arg == "idempotent"]
-    assert len(flags) == 1, "idempotent= is passed once"
-    assert isinstance(flags[0], ast.Constant), "idempotent= is a literal"
+def read_flag(call: ast.Call) -> bool:
+    """The constant passed as ``read=`` to ``call``."""
+    flags = [kw.value for kw in call.keywords if kw.arg == "read"]
+    assert len(flags) == 1, "read= is passed once"
+    assert isinstance(flags[0], ast.Constant), "read= is a literal"
     return bool(flags[0].value)
 
 
@@ -528,17 +528,19 @@ def test_scripts_are_run_by_sha_with_eval_as_fallback() -> None:
     assert first_words == ["EVALSHA", "EVAL"]
 
 
-def test_retried_operations_are_the_idempotent_ones(readme: str) -> None:
-    """The operations the README says are retried are exactly those sent as idempotent."""
+def test_retry_rule_lists_reads_and_writes_as_sent(readme: str) -> None:
+    """The README's reads are exactly the calls sent with read=True, its writes those with False."""
     bullet = next(
         line
         for line in words(section(readme, "Failures")).split("- ")
-        if line.startswith("After a connection error")
+        if line.startswith("One rule decides what is tried again")
     )
-    retried = set(backticked(bullet.partition(" are tried again")[0]))
-    flags = {name: idempotent_flag(one_pool_call(m)) for name, (_, m) in store_methods().items()}
-    assert retried == {name for name, idempotent in flags.items() if idempotent}
-    assert {name for name, idempotent in flags.items() if not idempotent} == {"increment"}
+    reads_text, _, writes_text = bullet.partition("a write (")
+    reads = set(backticked(reads_text.partition("a read (")[2]))
+    writes = set(backticked(writes_text.partition(")")[0]))
+    flags = {name: read_flag(one_pool_call(m)) for name, (_, m) in store_methods().items()}
+    assert reads == {name for name, read in flags.items() if read}
+    assert writes == {name for name, read in flags.items() if not read}
 
 
 def test_acl_allows_exactly_the_commands_sent(readme: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis
 
 from aa_storage import AgentId, BackendError, PolicyDocument, SessionId, SessionRecord
 from aa_storage_redis import RedisBackend, RedisStorageConfig
@@ -120,25 +121,81 @@ class TestPool:
 
 
 class TestRetries:
-    async def test_idempotent_reads_are_retried_after_a_dropped_reply(
+    async def test_a_read_is_retried_after_a_dropped_reply(
         self, proxied: tuple[RedisBackend, FaultProxy]
     ) -> None:
         """A read whose reply is cut mid-way is retried on a new connection and answers right."""
         backend, proxy = proxied
         await backend.rate_limiter().increment("k", 7, 60)
+        accepted = proxy.connections_accepted
         proxy.drop_mid_reply()
         assert await bounded(backend.rate_limiter().current("k")) == 7
+        assert proxy.replies_cut == 1
+        assert proxy.connections_accepted == accepted + 1
 
-    async def test_increment_is_not_retried_once_sent(
-        self, proxied: tuple[RedisBackend, FaultProxy]
+    @pytest.mark.parametrize(
+        ("write", "command"),
+        [
+            ("save", "evalsha"),
+            ("delete", "del"),
+            ("increment", "evalsha"),
+            ("reset", "del"),
+            ("cache_policy", "set"),
+            ("invalidate", "del"),
+        ],
+    )
+    async def test_a_write_whose_reply_is_lost_runs_once(
+        self,
+        proxied: tuple[RedisBackend, FaultProxy],
+        redis_server: RedisServer,
+        raw: redis.Redis,
+        write: str,
+        command: str,
     ) -> None:
-        """An increment whose reply is lost is a BackendError, and the server counted it once."""
+        """A write whose reply is lost is a BackendError, and the server ran it exactly once:
+        running it again could undo other callers' writes acknowledged in between."""
         backend, proxy = proxied
-        await backend.rate_limiter().increment("k", 1, 60)
+        calls = operations(backend)
+        for name in ("save", "increment", "cache_policy"):  # warm, and load every script
+            await calls[name]()
+        raw.config_resetstat()
+        proxy.drop_mid_reply()
+        with pytest.raises(BackendError, match="cannot reach redis"):
+            await bounded(calls[write]())
+        assert proxy.replies_cut == 1
+        assert redis_server.commandstats().get(command) == 1
+
+    async def test_a_lost_reset_does_not_wipe_later_increments(
+        self, proxied: tuple[RedisBackend, FaultProxy], raw: redis.Redis
+    ) -> None:
+        """Increments acknowledged after a reset whose reply was lost all survive."""
+        backend, proxy = proxied
+        counter = backend.rate_limiter()
+        await counter.increment("k", 5, 60)
         proxy.drop_mid_reply()
         with pytest.raises(BackendError):
-            await bounded(backend.rate_limiter().increment("k", 1, 60))
-        assert await backend.rate_limiter().current("k") == 2
+            await bounded(counter.reset("k"))
+        assert await counter.increment("k", 2, 60) == 2
+        assert raw.get("aa:ratelimit:k") == b"2"
+
+    async def test_a_write_that_was_never_sent_is_retried(
+        self, proxied: tuple[RedisBackend, FaultProxy]
+    ) -> None:
+        """A write that could not get a connection at first is sent once one opens."""
+        _, proxy = proxied
+        proxy.refuse()
+        # A new backend has no open connection, so its first try must connect.
+        backend = connect(proxy.url, retries=10)
+        try:
+            refused = asyncio.ensure_future(backend.rate_limiter().increment("fresh", 1, 60))
+            # The proxy counts in its own thread, so there is no event to await.
+            while not proxy.connections_refused and not refused.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+            proxy.passthrough()
+            assert await bounded(refused) == 1
+            assert proxy.connections_refused >= 1
+        finally:
+            await backend.aclose()
 
     async def test_unreachable_server_is_retried_then_reported(
         self, proxied: tuple[RedisBackend, FaultProxy]
@@ -148,7 +205,7 @@ class TestRetries:
         proxy.refuse()
         with pytest.raises(BackendError, match="cannot reach redis"):
             await bounded(backend.rate_limiter().increment("k", 1, 60))
-        assert proxy.connections_accepted >= 3
+        assert proxy.connections_refused == 1 + backend.pool.config.retries
         proxy.passthrough()
         assert await bounded(backend.rate_limiter().increment("k", 1, 60)) == 1
 
@@ -190,51 +247,110 @@ class TestLateReplies:
             await backend.aclose()
 
 
+RECORD = SessionRecord(SessionId.from_hex("ab" * 16), AgentId.from_hex("cd" * 16), 42)
+POLICY = PolicyDocument(1, "p", [])
+
+
 def operations(backend: RedisBackend) -> dict[str, Callable[[], Awaitable[Any]]]:
-    record = SessionRecord(SessionId.from_hex("ab" * 16), AgentId.from_hex("cd" * 16), 42)
-    policy = PolicyDocument(1, "p", [])
     sessions, counter, policies = backend.sessions(), backend.rate_limiter(), backend.policies()
     return {
-        "save": lambda: sessions.save(record),
-        "load": lambda: sessions.load(record.session_id),
+        "save": lambda: sessions.save(RECORD),
+        "load": lambda: sessions.load(RECORD.session_id),
+        "delete": lambda: sessions.delete(RECORD.session_id),
+        "increment": lambda: counter.increment("seen", 1, 60),
         "current": lambda: counter.current("seen"),
-        "cache_policy": lambda: policies.cache_policy(record.agent_id, policy, 60),
-        "get_policy": lambda: policies.get_policy(record.agent_id),
+        "reset": lambda: counter.reset("seen"),
+        "cache_policy": lambda: policies.cache_policy(RECORD.agent_id, POLICY, 60),
+        "get_policy": lambda: policies.get_policy(RECORD.agent_id),
+        "invalidate": lambda: policies.invalidate(RECORD.agent_id),
     }
 
 
+# What each operation returns when the counter "seen" holds 3 and the session
+# and policy are stored.
 EXPECTED = {
     "save": None,
-    "load": SessionRecord(SessionId.from_hex("ab" * 16), AgentId.from_hex("cd" * 16), 42),
+    "load": RECORD,
+    "delete": None,
+    "increment": 4,
     "current": 3,
+    "reset": None,
     "cache_policy": None,
-    "get_policy": PolicyDocument(1, "p", []),
+    "get_policy": POLICY,
+    "invalidate": None,
 }
+READS = {"load", "current", "get_policy"}
+
+
+async def prepare(backend: RedisBackend) -> None:
+    """Store the session, the policy, and 3 in the counter "seen"."""
+    calls = operations(backend)
+    await calls["save"]()
+    await calls["cache_policy"]()
+    await calls["reset"]()
+    await backend.rate_limiter().increment("seen", 3, 60)
 
 
 class TestUnderFaults:
-    @pytest.mark.parametrize("fault", ["latency", "drop_mid_reply", "blackhole", "refuse"])
-    async def test_every_call_is_right_or_a_backend_error(
-        self, proxied: tuple[RedisBackend, FaultProxy], fault: str
+    """Each fault is proven to fire, then each operation gives exactly what the fault allows."""
+
+    @pytest.mark.parametrize("operation", EXPECTED)
+    async def test_latency_below_the_timeout_changes_no_result(
+        self, proxied: tuple[RedisBackend, FaultProxy], operation: str
     ) -> None:
-        """Under each fault, each operation returns the right value or raises BackendError."""
+        """Replies slower than usual but within socket_timeout give the right result."""
         backend, proxy = proxied
-        for operation in operations(backend).values():
-            await operation()
-        await backend.rate_limiter().increment("seen", 3, 60)
-        faults: dict[str, Callable[[], None]] = {
-            "latency": lambda: proxy.latency(0.2),
-            "drop_mid_reply": proxy.drop_mid_reply,
-            "blackhole": proxy.blackhole,
-            "refuse": proxy.refuse,
-        }
-        faults[fault]()
-        for name, operation in operations(backend).items():
-            try:
-                result = await bounded(operation())
-            except BackendError:
-                continue
-            assert result == EXPECTED[name], name
+        await prepare(backend)
+        proxy.latency(0.1)
+        assert await bounded(operations(backend)[operation]()) == EXPECTED[operation]
+        assert proxy.chunks_delayed >= 1
+
+    @pytest.mark.parametrize("operation", EXPECTED)
+    async def test_a_cut_reply_is_retried_for_reads_only(
+        self, proxied: tuple[RedisBackend, FaultProxy], operation: str
+    ) -> None:
+        """A reply cut mid-way: a read answers right after a retry, a write is a BackendError."""
+        backend, proxy = proxied
+        await prepare(backend)
+        proxy.drop_mid_reply()
+        call = operations(backend)[operation]
+        if operation in READS:
+            assert await bounded(call()) == EXPECTED[operation]
+        else:
+            with pytest.raises(BackendError, match="cannot reach redis"):
+                await bounded(call())
+        assert proxy.replies_cut == 1
+
+    @pytest.mark.parametrize("operation", EXPECTED)
+    async def test_a_blackhole_times_out(
+        self, proxied: tuple[RedisBackend, FaultProxy], operation: str
+    ) -> None:
+        """A network that delivers nothing gives BackendError after the timeout, then recovers."""
+        backend, proxy = proxied
+        await prepare(backend)
+        proxy.blackhole()
+        with pytest.raises(BackendError, match="did not answer in time"):
+            await bounded(operations(backend)[operation]())
+        assert proxy.chunks_held >= 1
         proxy.passthrough()
-        for name, operation in operations(backend).items():
-            assert await bounded(operation()) == EXPECTED[name], name
+        await prepare(backend)
+        assert await bounded(operations(backend)[operation]()) == EXPECTED[operation]
+
+    @pytest.mark.parametrize("operation", EXPECTED)
+    async def test_refused_connections_are_reported(
+        self, proxied: tuple[RedisBackend, FaultProxy], operation: str
+    ) -> None:
+        """With new connections refused, every operation is retried (none was sent) and then
+        fails; once connections are accepted it is right again."""
+        warm, proxy = proxied
+        await prepare(warm)
+        proxy.refuse()
+        backend = connect(proxy.url)  # no open connection: every try must connect
+        try:
+            with pytest.raises(BackendError, match="cannot reach redis"):
+                await bounded(operations(backend)[operation]())
+            assert proxy.connections_refused == 1 + backend.pool.config.retries
+            proxy.passthrough()
+            assert await bounded(operations(backend)[operation]()) == EXPECTED[operation]
+        finally:
+            await backend.aclose()

@@ -9,6 +9,7 @@ from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.pool import Pool, build_pool
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
+from aa_storage_redis.scripts import PROBE
 from aa_storage_redis.sessions import RedisSessionStore
 
 _SAFE_EVICTION_POLICY = "noeviction"
@@ -56,6 +57,7 @@ class RedisBackend:
             ("user", whoami.decode() if whoami else "unknown"),
             ("key_prefix", self.pool.keys.prefix),
             ("maxmemory_policy", policy),
+            ("scripts", await self._script_mode()),
         )
         warnings: tuple[str, ...] = ()
         if policy != _SAFE_EVICTION_POLICY:
@@ -68,12 +70,22 @@ class RedisBackend:
     async def _optional(self, *command: str) -> bytes | None:
         """The reply, or None when the user's ACL does not permit the command."""
         try:
-            reply: bytes = await self.pool.execute(*command, idempotent=True)
+            reply: bytes = await self.pool.execute(*command, read=True)
         except BackendError as exc:
             if "permission denied" not in str(exc):
                 raise
             return None
         return reply
+
+    async def _script_mode(self) -> str:
+        """How scripts reach this server: by SHA, or in full when EVALSHA is refused."""
+        # The first run sends the body, the second goes by SHA, so the second
+        # finds out whether the server accepts EVALSHA.
+        for _ in range(2):
+            await self.pool.run_script(PROBE, [], [], read=True)
+        if self.pool.evalsha_refused:
+            return "sent in full with EVAL: the server refuses EVALSHA"
+        return "by SHA (EVALSHA)"
 
     async def aclose(self) -> None:
         """Close every connection of the pool."""

@@ -26,8 +26,15 @@ def translate(exc: redis_errors.RedisError, *, server: str, secret: str | None) 
         if "CERTIFICATE_VERIFY_FAILED" in message:
             return BackendError(f"TLS certificate verification failed for {server}: {message}")
         return BackendError(f"cannot reach redis at {server}: {message}")
-    if isinstance(exc, redis_errors.NoPermissionError) or "NOPERM" in message:
+    # A command a script calls and the ACL denies comes back as a plain error.
+    if (
+        isinstance(exc, redis_errors.NoPermissionError)
+        or "NOPERM" in message
+        or "user executing the script can't run" in message
+    ):
         return BackendError(f"permission denied by redis at {server}: {message}")
+    if message.startswith("OOM") or "used memory > 'maxmemory'" in message:
+        return BackendError(f"redis at {server} is out of memory and refused the write: {message}")
     if message.startswith("WRONGTYPE"):
         return SerializationError(f"key holds the wrong type of value: {message}")
     if "overflow" in message:

@@ -25,7 +25,7 @@ class RedisPolicyStore:
         """The cached policy; ``NotFoundError`` on a miss, ``SerializationError``
         when the stored value is not a policy document."""
         agent_id = check_agent_id(agent_id)
-        reply = await self.pool.execute("GET", self.pool.keys.policy(agent_id), idempotent=True)
+        reply = await self.pool.execute("GET", self.pool.keys.policy(agent_id), read=True)
         if reply is None:
             raise NotFoundError(f"no policy cached for agent {agent_id.hex}")
         return policy_from_json(reply)
@@ -36,10 +36,10 @@ class RedisPolicyStore:
         data = policy_to_json(check_policy(policy))
         ttl_secs = check_ttl_secs(ttl_secs)
         await self.pool.execute(
-            "SET", self.pool.keys.policy(agent_id), data, "EX", ttl_secs, idempotent=True
+            "SET", self.pool.keys.policy(agent_id), data, "EX", ttl_secs, read=False
         )
 
     async def invalidate(self, agent_id: AgentId) -> None:
         """Drop the cached policy so the next read misses; idempotent."""
         key = self.pool.keys.policy(check_agent_id(agent_id))
-        await self.pool.execute("DEL", key, idempotent=True)
+        await self.pool.execute("DEL", key, read=False)

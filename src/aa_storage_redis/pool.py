@@ -43,8 +43,11 @@ class Pool:
     """A bounded pool of connections to one deployment, and the path every command takes.
 
     ``execute`` retries a call after a connection error up to ``retries``
-    times, with jittered exponential backoff, when the call is idempotent or
-    certainly never reached the server. A timeout is never retried: the
+    times, with jittered exponential backoff: a read (``read=True``) after
+    any connection error, a write only when it certainly never left this
+    process (no connection could be opened for it). A write that may have
+    run is never sent again: a retried ``DEL`` or ``SET`` would undo other
+    callers' writes acknowledged in between. A timeout is never retried: the
     server may be frozen, and the caller asked for a bounded wait. A
     connection that failed or timed out is closed, never reused, so a late
     reply can't be read as the answer to another command.
@@ -54,14 +57,21 @@ class Pool:
     keys: KeySpace
     _connections: BlockingConnectionPool = attrs.field(repr=False)
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
+    evalsha_refused: bool = attrs.field(default=False, init=False)
+    """True once the server refused ``EVALSHA`` (renamed, disabled or denied by
+    ACL) while running scripts; from then on every script is sent in full."""
 
     @property
     def server(self) -> str:
         """The deployment's URL without its password, for messages."""
         return redact_url(self.config.effective_url)
 
-    async def execute(self, *args: bytes | str | int, idempotent: bool) -> Any:
-        """Send one command and return its raw reply; failures are core errors."""
+    async def execute(self, *args: bytes | str | int, read: bool) -> Any:
+        """Send one command and return its raw reply; failures are core errors.
+
+        ``read`` says the command changes nothing, so it may be retried after
+        it reached the server.
+        """
         attempt = 0
         while True:
             try:
@@ -71,7 +81,7 @@ class Pool:
                 retry = isinstance(error, redis_errors.ConnectionError)
             except redis_errors.RedisError as exc:
                 error = exc
-                retry = idempotent and isinstance(exc, redis_errors.ConnectionError)
+                retry = read and isinstance(exc, redis_errors.ConnectionError)
             if (
                 isinstance(error, redis_errors.AuthenticationError)
                 or attempt >= self.config.retries
@@ -83,20 +93,24 @@ class Pool:
             attempt += 1
 
     async def run_script(
-        self, script: Script, keys: list[bytes], args: list[bytes | str | int], *, idempotent: bool
+        self, script: Script, keys: list[bytes], args: list[bytes | str | int], *, read: bool
     ) -> Any:
-        """Run ``script`` by SHA; the first call, and any after the server lost its
-        script cache (NOSCRIPT, which means the script did not run), sends the body."""
-        if script.sha in self._loaded_scripts:
+        """Run ``script`` by SHA. The body is sent instead the first time, after the
+        server lost its script cache (NOSCRIPT), and for good once the server
+        refuses EVALSHA itself; each of those replies means the script did not run."""
+        if script.sha in self._loaded_scripts and not self.evalsha_refused:
             try:
-                return await self.execute(
-                    "EVALSHA", script.sha, len(keys), *keys, *args, idempotent=idempotent
-                )
+                return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args, read=read)
             except _NoScript:
                 self._loaded_scripts.discard(script.sha)
-        reply = await self.execute(
-            "EVAL", script.body, len(keys), *keys, *args, idempotent=idempotent
-        )
+            except _EvalShaRefused:
+                self.evalsha_refused = True
+                logger.warning(
+                    "redis at %s refuses EVALSHA; every script call now sends the script "
+                    "in full with EVAL",
+                    self.server,
+                )
+        reply = await self.execute("EVAL", script.body, len(keys), *keys, *args, read=read)
         self._loaded_scripts.add(script.sha)
         return reply
 
@@ -116,8 +130,11 @@ class Pool:
             return await connection.read_response()
         except redis_errors.NoScriptError:
             raise _NoScript() from None
-        except redis_errors.ResponseError:
-            raise  # an error reply: the connection is still in step
+        except redis_errors.ResponseError as exc:
+            # An error reply: the connection is still in step.
+            if args[0] == "EVALSHA" and _refuses_evalsha(exc):
+                raise _EvalShaRefused() from None
+            raise
         except BaseException:
             # Timed out, broken or cancelled mid-call: a reply may still be on
             # its way, so this connection must never answer another command.
@@ -143,6 +160,19 @@ class Pool:
 
 class _NoScript(Exception):
     """The server does not have the script cached; it did not run."""
+
+
+class _EvalShaRefused(Exception):
+    """The server refused the EVALSHA command itself; the script did not run."""
+
+
+def _refuses_evalsha(exc: redis_errors.ResponseError) -> bool:
+    # "unknown command 'EVALSHA'" when renamed or disabled; NOPERM "... the
+    # 'evalsha' command" under an ACL. A NOPERM for a key the script touches
+    # names no command, so it is not mistaken for this.
+    message = str(exc).lower()
+    refused = isinstance(exc, redis_errors.NoPermissionError) or "unknown command" in message
+    return refused and "'evalsha'" in message
 
 
 def build_pool(config: RedisStorageConfig) -> Pool:

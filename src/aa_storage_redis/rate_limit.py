@@ -33,20 +33,20 @@ class RedisRateLimitCounter:
         amount = check_amount(amount)
         window_ms = check_window_secs(window_secs) * 1000
         reply = await self.pool.run_script(
-            INCREMENT, [self.pool.keys.rate_limit(key)], [amount, window_ms], idempotent=False
+            INCREMENT, [self.pool.keys.rate_limit(key)], [amount, window_ms], read=False
         )
         return _as_total(key, reply)
 
     async def current(self, key: str) -> int:
         """The window's total; 0 for an unknown or expired counter."""
         key = check_key(key)
-        reply = await self.pool.execute("GET", self.pool.keys.rate_limit(key), idempotent=True)
+        reply = await self.pool.execute("GET", self.pool.keys.rate_limit(key), read=True)
         return 0 if reply is None else _as_total(key, reply)
 
     async def reset(self, key: str) -> None:
         """Drop the counter; idempotent."""
         key = check_key(key)
-        await self.pool.execute("DEL", self.pool.keys.rate_limit(key), idempotent=True)
+        await self.pool.execute("DEL", self.pool.keys.rate_limit(key), read=False)
 
 
 _INTEGER = re.compile(rb"-?[0-9]{1,19}")

@@ -33,18 +33,29 @@ return 1
 )
 
 # Fixed-window increment. ARGV[1] = amount, ARGV[2] = window in milliseconds.
-# The window is armed only when the counter has no expiry: when this call
-# created it, or when it was found without one (so no counter lives forever).
-# Any other increment, of 0 too, leaves the window where it is. INCRBY fails
-# on overflow before changing anything. The total is read back with GET
-# because Lua numbers are doubles and would round totals past 2**53.
+# Redis does not roll a script back when a command in it fails (an ACL that
+# denies it, out of memory), so the window is armed in the same command that
+# creates the counter: SET ... PX ... NX. No counter ever exists without an
+# expiry, whatever fails after. A counter found without one (written by some
+# other client) gets the window armed before it is counted, once INCRBY 0 has
+# shown the key holds a counter: a key of another type is left untouched. Any
+# other increment, of 0 too, leaves the window where it is. INCRBY fails on
+# overflow before changing anything. The total is read back with GET because
+# Lua numbers are doubles and would round totals past 2**53.
 INCREMENT = Script(
     "increment",
     b"""
-redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if not redis.call('SET', KEYS[1], 0, 'PX', ARGV[2], 'NX') then
+  if redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('INCRBY', KEYS[1], 0)
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
 return redis.call('GET', KEYS[1])
 """,
 )
+
+# A script that changes nothing, run by ``describe`` to learn whether the
+# server accepts EVALSHA.
+PROBE = Script("probe", b"return 1")
