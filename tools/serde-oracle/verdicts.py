@@ -110,7 +110,7 @@ def cases() -> list[tuple[str, dict[str, Any]]]:
     for pattern in (b'"\\ud800"', b'"\xff"', b"1", b"null", b'""'):
         named[f"pattern {pattern!r}"] = rule(pattern=pattern)
     extras = (b"null", b"true", b"false", b"0", b"-0", b"-1", b"1.5", b"-1.5e-3", b"1E+2", b"1e400",
-              b"-1e400", b"1" * 5000, b"0." + b"1" * 5000, b'""', b'"x"', b'"\\ud800"', b'"\\udc00x"',
+              b"-1e400", b'""', b'"x"', b'"\\ud800"', b'"\\udc00x"',
               b'"\xff\xfe"', b'"\xed\xa0\x80"', b'"\\u0000"', b"[]", b"{}", b"[1,[2,{}],{\"a\":[]}]",
               b'{"\\ud800":1}', b'{"\xff":1}', b'{"a":1,"a":2}', b"[1,]", b'{"a":1,}', b"[,1]",
               b'{"a"}', b'{"a":}', b"{1:2}", b"NaN", b"Infinity", b"-Infinity", b"[NaN]", b'{"a":NaN}',
@@ -163,6 +163,9 @@ def cases() -> list[tuple[str, dict[str, Any]]]:
                 b'{"version":1,"rules":[]}', b"true", b"NaN"):
         named[f"top {top!r}"] = top
     deep = [
+        ("unknown top 5000-digit integer", b'{"x":', b"1", 5000, b"", b"", b',"version":1,"name":"d","rules":[]}'),
+        ("unknown top 5000-digit fraction", b'{"x":0.', b"1", 5000, b"", b"", b',"version":1,"name":"d","rules":[]}'),
+        ("version 5000 digits", b'{"version":', b"1", 5000, b"", b"", b',"name":"d","rules":[]}'),
         ("unknown top 1000 [", b'{"x":', b"[", 1000, b"", b"]", b',"version":1,"name":"d","rules":[]}'),
         ("unknown top 100000 [", b'{"x":', b"[", 100000, b"", b"]", b',"version":1,"name":"d","rules":[]}'),
         ("unknown top 100000 {", b'{"x":', b'{"a":', 100000, b"0", b"}", b',"version":1,"name":"d","rules":[]}'),
