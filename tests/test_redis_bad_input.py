@@ -171,15 +171,18 @@ class TestCorruptValues:
     @pytest.mark.parametrize(
         ("stored", "message"),
         [
-            (b"{not json", "stored policy is not valid JSON"),
-            (b"[1, 2]", "stored policy must be a JSON object, got list"),
-            (b'{"version":1,"name":"x"}', "policy.rules: required key missing"),
-            (b'{"version":"1","name":"x","rules":[]}', "policy.version: expected int, got str"),
+            (b"{not json", "stored policy is invalid at policy (byte 1): expected a string"),
+            (b"[1, 2]", "at policy.name (byte 4): expected a string"),
+            (b'{"version":1,"name":"x"}', "missing field 'rules'"),
+            (
+                b'{"version":"1","name":"x","rules":[]}',
+                "policy.version (byte 11): expected an integer",
+            ),
             (
                 b'{"version":1,"name":"x","rules":[{"action_pattern":"a","decision":"allow"}]}',
-                "policy.rules[0].decision: 'allow' is not one of",
+                "policy.rules[0].decision (byte 73): unknown variant 'allow'",
             ),
-            (b"\xff\xfe", "stored policy is not valid JSON"),
+            (b"\xff\xfe", "stored policy is invalid at policy (byte 0): expected a JSON object"),
         ],
     )
     async def test_corrupt_policies(

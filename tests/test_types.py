@@ -21,6 +21,7 @@ from aa_storage import (
 RAW = bytes(range(16))
 RAW_HEX = "000102030405060708090a0b0c0d0e0f"
 U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
 ID_CLASSES = [AgentId, SessionId]
 
 
@@ -211,19 +212,21 @@ class TestPolicyDocument:
         rule = PolicyRule("a", PolicyDecision.ALLOW)
         assert PolicyDocument(1, "p", [rule]) == PolicyDocument(1, "p", (rule,))
 
-    @pytest.mark.parametrize("version", [0, U64_MAX])
-    def test_version_accepts_u64_bounds(self, version: int) -> None:
-        """version may be 0 or 2**64-1."""
+    @pytest.mark.parametrize("version", [0, U32_MAX])
+    def test_version_accepts_u32_bounds(self, version: int) -> None:
+        """version may be 0 or 2**32-1, the bounds of aa-core's u32."""
         assert PolicyDocument(version, "p", []).version == version
 
-    @pytest.mark.parametrize("version", [-1, U64_MAX + 1])
+    @pytest.mark.parametrize("version", [-1, U32_MAX + 1, U64_MAX])
     def test_version_out_of_range_is_value_error(self, version: int) -> None:
-        """A version outside [0, 2**64-1] is a ValueError naming the field."""
+        """A version outside [0, 2**32-1] is a ValueError naming the field and the bound."""
         with pytest.raises(ValueError, match="must lie in") as info:
             PolicyDocument(version, "p", [])
-        assert str(info.value) == f"version must lie in [0, 2**64-1], got {version}"
+        assert str(info.value) == f"version must lie in [0, 2**32-1], got {version}"
 
-    @pytest.mark.parametrize(("version", "type_name"), [(True, "bool"), (1.0, "float")])
+    @pytest.mark.parametrize(
+        ("version", "type_name"), [(True, "bool"), (1.0, "float"), ("1", "str")]
+    )
     def test_version_of_wrong_type_is_type_error(self, version: Any, type_name: str) -> None:
         """A bool or float version is a TypeError."""
         with pytest.raises(TypeError) as info:

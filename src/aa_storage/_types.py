@@ -5,12 +5,10 @@ from __future__ import annotations
 import enum
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Self
 
 import attrs
-
-_U64_MAX = 2**64 - 1
 
 
 def _sixteen_bytes(instance: object, attribute: attrs.Attribute[bytes], value: object) -> None:
@@ -76,11 +74,17 @@ class SessionId(_Id16):
     """The id of a session: 16 raw bytes, written as 32 hex characters in keys."""
 
 
-def _u64(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
-    if not 0 <= value <= _U64_MAX:
-        raise ValueError(f"{attribute.name} must lie in [0, 2**64-1], got {value}")
+def _unsigned(bits: int) -> Callable[[object, attrs.Attribute[int], object], None]:
+    """A validator of ints in [0, 2**bits-1], the range of a Rust ``u<bits>``."""
+    largest = 2**bits - 1
+
+    def check(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
+        if not 0 <= value <= largest:
+            raise ValueError(f"{attribute.name} must lie in [0, 2**{bits}-1], got {value}")
+
+    return check
 
 
 @attrs.frozen
@@ -89,7 +93,7 @@ class SessionRecord:
 
     session_id: SessionId = attrs.field(validator=attrs.validators.instance_of(SessionId))
     agent_id: AgentId = attrs.field(validator=attrs.validators.instance_of(AgentId))
-    started_at_ns: int = attrs.field(validator=_u64)
+    started_at_ns: int = attrs.field(validator=_unsigned(64))
 
 
 class PolicyDecision(enum.Enum):
@@ -140,7 +144,7 @@ def _to_rules(rules: Iterable[PolicyRule]) -> tuple[PolicyRule, ...]:
 class PolicyDocument:
     """An agent's policy: a versioned, named, ordered list of rules."""
 
-    version: int = attrs.field(validator=_u64)
+    version: int = attrs.field(validator=_unsigned(32))
     name: str = attrs.field(validator=_text)
     rules: tuple[PolicyRule, ...] = attrs.field(converter=_to_rules)
     enforcement_mode: EnforcementMode = attrs.field(
