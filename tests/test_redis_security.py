@@ -50,8 +50,7 @@ class TestTlsContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, tls_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
         tls_redis_server.flushall()
-        config = RedisStorageConfig(url=tls_redis_server.tls_url, ca_file=tls_redis_server.ca_path)
-        backend = RedisBackend.connect(config)
+        backend = RedisBackend.connect(tls_redis_server.backend_config(tls=True))
         yield backend
         await backend.aclose()
 
