@@ -46,6 +46,9 @@ DRIVER_ACL = f"{DRIVER_USER} on >{DRIVER_PASSWORD} ~aa:* &aa:* +@all"
 # handshakes at once or a queue of 200 calls for 10 connections can take longer.
 LOADED_MACHINE_TIMEOUTS = {"connect_timeout": 10.0, "socket_timeout": 10.0, "pool_timeout": 10.0}
 
+# How long a test waits for a key cut to a 1 ms TTL to be gone before it gives up.
+EXPIRY_PATIENCE_SECS = 10.0
+
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 PORT_ATTEMPTS = 5
@@ -129,6 +132,12 @@ def build_url(
             userinfo += ":" + quote(password, safe="")
         userinfo += "@"
     return f"{scheme}://{userinfo}{host}:{port}"
+
+
+def server_clock_ms(client: redis.Redis) -> int:
+    """The server's clock (TIME) in whole milliseconds, the unit it times expiries in."""
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
 
 
 class _TlsMaterial:
