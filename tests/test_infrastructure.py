@@ -11,7 +11,7 @@ from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from faultproxy import FaultProxy, FaultProxyFactory
-from servers import RedisServer
+from servers import RedisServer, server_version
 
 FAST_TIMEOUT = 0.5
 
@@ -49,6 +49,26 @@ def test_server_answers_ping_on_loopback_port(redis_server: RedisServer) -> None
         assert client.ping()
         assert client.config_get("bind") == {"bind": "127.0.0.1"}
         assert client.client_info()["laddr"] == f"127.0.0.1:{redis_server.port}"
+
+
+def _reported_version(server: RedisServer) -> str:
+    """The product and version the running server reports in INFO, as server_version() words it."""
+    with _client(server.url) as client:
+        info = client.info("server")
+    if info.get("server_name") == "valkey":
+        return f"Valkey {info['valkey_version']}"
+    return f"Redis {info['redis_version']}"
+
+
+def test_valkey_server_is_valkey(valkey_server: RedisServer) -> None:
+    """The valkey_server fixture runs Valkey, of the version its binary reports."""
+    assert server_version(valkey_server.binary).startswith("Valkey ")
+    assert _reported_version(valkey_server) == server_version(valkey_server.binary)
+
+
+def test_redis_server_version_is_the_one_reported(redis_server: RedisServer) -> None:
+    """server_version() of the redis-server binary is what the running server reports."""
+    assert _reported_version(redis_server) == server_version(redis_server.binary)
 
 
 def test_restart_keeps_port(fresh_redis_server: RedisServer) -> None:

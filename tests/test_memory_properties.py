@@ -15,18 +15,23 @@ from aa_storage import (
     DEFAULT_POLICY_CACHE_TTL_SECS,
     SESSION_TTL_SECS,
     AgentId,
+    EnforcementMode,
     NotFoundError,
     PolicyDecision,
     PolicyDocument,
     PolicyRule,
     SessionId,
     SessionRecord,
+    StorageError,
 )
 from aa_storage.memory import MemoryBackend
 from aa_storage.testing import FakeClock
 
 SETTINGS = settings(max_examples=150, deadline=None)
 Op: TypeAlias = tuple[Any, ...]
+I64_MAX = 2**63 - 1
+# Small amounts, and amounts whose totals pass 2**53 (past a double's precision) or 2**63-1.
+_amounts = st.one_of(st.integers(0, 1000), st.integers(2**53 - 1000, I64_MAX))
 
 
 def _run(body: Coroutine[Any, Any, None]) -> None:
@@ -63,11 +68,14 @@ class WindowModel:
             return None
         return window
 
-    def increment(self, key: str, amount: int, window_secs: int) -> int:
+    def increment(self, key: str, amount: int, window_secs: int) -> int | None:
+        """The new total, or None when it would pass 2**63-1 (and nothing changes)."""
         window = self._live(key)
         if window is None:
             self.windows[key] = _Window(amount, self.now + window_secs)
             return amount
+        if window.total + amount > I64_MAX:
+            return None
         window.total += amount
         return window.total
 
@@ -88,7 +96,7 @@ def counter_programs(draw: st.DrawFn) -> tuple[list[str], list[Op]]:
         st.tuples(
             st.just("increment"),
             key,
-            st.integers(min_value=0, max_value=1000),
+            _amounts,
             st.integers(min_value=1, max_value=5),
         ),
         st.tuples(st.just("advance"), _half_seconds),
@@ -106,8 +114,9 @@ class TestRateLimitProperties:
 
         The model: the increment that finds no live counter starts a window of its
         window_secs at that instant; later increments only add to the total and never
-        move or extend the window; the counter is gone (reads 0) once now >= start +
-        window; reset drops it at once; and keys never affect one another.
+        move or extend the window; an increment that would pass 2**63-1 is a StorageError
+        and changes nothing; the counter is gone (reads 0) once now >= start + window;
+        reset drops it at once; and keys never affect one another.
         """
         keys, operations = program
 
@@ -121,8 +130,12 @@ class TestRateLimitProperties:
                     await clock.advance(args[0])
                     model.now = clock.now
                 elif name == "increment":
-                    got = await counter.increment(*args)
-                    assert got == model.increment(*args), (step, operation)
+                    expected = model.increment(*args)
+                    if expected is None:
+                        with pytest.raises(StorageError, match="overflow"):
+                            await counter.increment(*args)
+                    else:
+                        assert await counter.increment(*args) == expected, (step, operation)
                 elif name == "current":
                     assert await counter.current(args[0]) == model.current(args[0]), (
                         step,
@@ -140,7 +153,8 @@ class TestRateLimitProperties:
     @given(
         window_secs=st.integers(min_value=1, max_value=5),
         steps=st.lists(
-            st.tuples(st.integers(min_value=0, max_value=1000), st.integers(0, 9)),
+            # Up to 20 amounts whose sum stays within 2**63-1 but mostly passes 2**53.
+            st.tuples(st.integers(min_value=0, max_value=I64_MAX // 20), st.integers(0, 9)),
             min_size=1,
             max_size=20,
         ),
@@ -257,8 +271,8 @@ async def _check_session(
             await sessions.load(session_id)
 
 
-def _policy(version: int) -> PolicyDocument:
-    return PolicyDocument(version, "p", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+def _policy(version: int, mode: EnforcementMode = EnforcementMode.ENFORCE) -> PolicyDocument:
+    return PolicyDocument(version, "p", [PolicyRule("tool:*", PolicyDecision.ALLOW)], mode)
 
 
 @st.composite
@@ -270,7 +284,9 @@ def policy_programs(draw: st.DrawFn) -> list[Op]:
             st.just("cache"),
             which,
             st.integers(min_value=1, max_value=600),
-            st.integers(min_value=0, max_value=100),
+            # A u32, with both bounds drawn often.
+            st.one_of(st.sampled_from([0, 2**32 - 1]), st.integers(0, 2**32 - 1)),
+            st.sampled_from(EnforcementMode),
         ),
         st.tuples(st.just("advance"), st.integers(min_value=0, max_value=700)),
         st.tuples(st.just("get"), which),
@@ -300,9 +316,9 @@ class TestPolicyProperties:
                 if name == "advance":
                     await clock.advance(args[0])
                 elif name == "cache":
-                    index, ttl_secs, version = args
-                    await policies.cache_policy(agents[index], _policy(version), ttl_secs)
-                    cached[index] = (_policy(version), clock.now + ttl_secs)
+                    index, ttl_secs, version, mode = args
+                    await policies.cache_policy(agents[index], _policy(version, mode), ttl_secs)
+                    cached[index] = (_policy(version, mode), clock.now + ttl_secs)
                 elif name == "invalidate":
                     await policies.invalidate(agents[args[0]])
                     cached.pop(args[0], None)

@@ -1,4 +1,4 @@
-"""The Redis driver passes the contract suite on redis-server, and on valkey-server if present."""
+"""The Redis driver passes the contract suite on redis-server and on valkey-server."""
 
 from __future__ import annotations
 
@@ -23,6 +23,6 @@ class TestValkeyContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, valkey_server: RedisServer) -> AsyncIterator[RedisBackend]:
         valkey_server.flushall()
-        backend = RedisBackend.connect(RedisStorageConfig(url=valkey_server.url))
+        backend = RedisBackend.connect(valkey_server.backend_config())
         yield backend
         await backend.aclose()

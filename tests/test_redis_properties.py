@@ -1,4 +1,4 @@
-"""Hypothesis checks the TTL and window invariants against a real redis-server.
+"""Hypothesis checks the counter, window, TTL and policy invariants against a real redis-server.
 
 Each example runs on its own keys, through a fresh backend, in its own event loop.
 """
@@ -20,18 +20,21 @@ from hypothesis import strategies as st
 from aa_storage import (
     SESSION_TTL_SECS,
     AgentId,
+    EnforcementMode,
     PolicyDecision,
     PolicyDocument,
     PolicyRule,
     SessionId,
     SessionRecord,
+    StorageError,
 )
-from aa_storage_redis import RedisBackend, RedisStorageConfig
-from servers import RedisServer
+from aa_storage_redis import RedisBackend
+from servers import EXPIRY_PATIENCE_SECS, RedisServer, server_clock_ms
 
 T = TypeVar("T")
 examples = settings(max_examples=40, deadline=None)
 amounts = st.integers(min_value=0, max_value=10**12)
+I64_MAX = 2**63 - 1
 
 
 Runner = Callable[[Callable[[RedisBackend], Awaitable[T]]], T]
@@ -41,11 +44,11 @@ Runner = Callable[[Callable[[RedisBackend], Awaitable[T]]], T]
 @pytest.fixture(scope="module")
 def run(redis_server: RedisServer) -> Runner[Any]:
     """Runs ``body(backend)`` to completion on a fresh backend."""
-    redis_url = redis_server.url
+    config = redis_server.backend_config()
 
     def run_body(body: Callable[[RedisBackend], Awaitable[T]]) -> T:
         async def main() -> T:
-            backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+            backend = RedisBackend.connect(config)
             try:
                 return await body(backend)
             finally:
@@ -66,59 +69,110 @@ def fresh_key() -> str:
     return f"prop:{uuid.uuid4().hex}"
 
 
-@examples
-@given(amounts=st.lists(amounts, min_size=1, max_size=20), window=st.integers(5, 3600))
-def test_totals_are_running_sums(run: Runner[Any], amounts: list[int], window: int) -> None:
-    """Within one window, each increment returns the sum of all amounts so far."""
-    key = fresh_key()
-
-    async def body(backend: RedisBackend) -> list[int]:
-        return [await backend.rate_limiter().increment(key, n, window) for n in amounts]
-
-    expected = [sum(amounts[: i + 1]) for i in range(len(amounts))]
-    assert run(body) == expected
+@st.composite
+def amounts_past_2_to_the_53(draw: st.DrawFn) -> list[int]:
+    """Amounts whose running total ends in (2**53, 2**63-1]: past what a double holds exactly."""
+    final = draw(st.integers(2**53 + 1, I64_MAX))
+    totals = sorted(draw(st.lists(st.integers(0, final), max_size=8)))
+    return [later - earlier for earlier, later in itertools.pairwise([0, *totals, final])]
 
 
 @examples
-@given(amounts=st.lists(amounts, min_size=1, max_size=10), windows=st.data())
-def test_pttl_never_increases_within_a_window(
-    run: Runner[Any], raw: redis.Redis, amounts: list[int], windows: st.DataObject
+@given(
+    amounts=amounts_past_2_to_the_53(),
+    window=st.integers(5, 3600),
+    excess=st.integers(1, 2**53),
+)
+def test_totals_are_exact_up_to_the_i64_limit(
+    run: Runner[Any], amounts: list[int], window: int, excess: int
 ) -> None:
-    """The first increment arms 0 < PTTL <= window; later ones, whatever window they pass,
-    never raise the PTTL."""
+    """Each increment returns the exact running sum, up to 2**63-1; an amount that would
+    pass it is a StorageError that leaves the total as it was."""
     key = fresh_key()
-    first_window = windows.draw(st.integers(5, 3600))
-    later_windows = [windows.draw(st.integers(1, 7200)) for _ in amounts]
+    total = sum(amounts)
+    overflowing = I64_MAX - total + excess
 
-    async def body(backend: RedisBackend) -> list[int]:
+    async def body(backend: RedisBackend) -> tuple[list[int], int]:
         counter = backend.rate_limiter()
-        await counter.increment(key, amounts[0], first_window)
-        pttls = [raw.pttl(f"aa:ratelimit:{key}")]
-        for amount, window in zip(amounts[1:], later_windows, strict=False):
-            await counter.increment(key, amount, window)
-            pttls.append(raw.pttl(f"aa:ratelimit:{key}"))
-        return pttls
+        totals = [await counter.increment(key, n, window) for n in amounts]
+        with pytest.raises(StorageError, match="overflow"):
+            await counter.increment(key, overflowing, window)
+        return totals, await counter.current(key)
 
-    pttls = run(body)
-    assert 0 < pttls[0] <= first_window * 1000
-    assert all(later <= earlier for earlier, later in itertools.pairwise(pttls))
+    assert run(body) == (list(itertools.accumulate(amounts)), total)
 
 
-@settings(max_examples=3, deadline=None)
-@given(before=st.lists(amounts, min_size=1, max_size=3), after=amounts)
-def test_a_new_window_starts_at_its_own_amount(
-    run: Runner[Any], before: list[int], after: int
+@examples
+@given(
+    first=amounts,
+    first_window=st.integers(5, 3600),
+    later=st.lists(st.tuples(amounts, st.integers(1, 7200)), min_size=1, max_size=9),
+)
+def test_the_window_end_never_moves(
+    run: Runner[Any],
+    raw: redis.Redis,
+    first: int,
+    first_window: int,
+    later: list[tuple[int, int]],
 ) -> None:
-    """Once a 1 s window has passed, the next increment returns just its own amount."""
+    """The first increment ends its window first_window after itself, by the server's clock;
+    later increments, whatever window they pass, leave that end where it is, to the ms."""
     key = fresh_key()
+    name = f"aa:ratelimit:{key}"
 
-    async def body(backend: RedisBackend) -> int:
+    async def body(backend: RedisBackend) -> tuple[int, int, list[int]]:
+        counter = backend.rate_limiter()
+        before = server_clock_ms(raw)
+        await counter.increment(key, first, first_window)
+        after = server_clock_ms(raw)
+        ends = [raw.pexpiretime(name)]
+        for amount, window in later:
+            await counter.increment(key, amount, window)
+            ends.append(raw.pexpiretime(name))
+        return before, after, ends
+
+    before, after, ends = run(body)
+    assert before <= ends[0] - first_window * 1000 <= after
+    assert ends == [ends[0]] * len(ends)
+
+
+async def _lapse(raw: redis.Redis, name: str) -> None:
+    """Cut the key's remaining TTL to 1 ms and return once the server no longer has it."""
+    raw.pexpire(name, 1)
+    deadline = time.monotonic() + EXPIRY_PATIENCE_SECS
+    while raw.exists(name):
+        assert time.monotonic() < deadline, f"{name} outlived a 1 ms TTL"
+        await asyncio.sleep(0.001)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    before=st.lists(st.integers(1, 10**12), min_size=1, max_size=3),
+    after=amounts,
+    window=st.integers(5, 3600),
+)
+def test_a_lapsed_window_gives_way_to_a_new_one(
+    run: Runner[Any], raw: redis.Redis, before: list[int], after: int, window: int
+) -> None:
+    """Once a window has lapsed the counter reads 0, and the next increment returns just its
+    own amount and starts a window of its own length at that moment."""
+    key = fresh_key()
+    name = f"aa:ratelimit:{key}"
+
+    async def body(backend: RedisBackend) -> tuple[int, int, int, int, int]:
+        counter = backend.rate_limiter()
         for amount in before:
-            await backend.rate_limiter().increment(key, amount, 1)
-        await asyncio.sleep(1.1)
-        return await backend.rate_limiter().increment(key, after, 1)
+            await counter.increment(key, amount, window)
+        await _lapse(raw, name)  # instead of waiting out the window
+        lapsed = await counter.current(key)
+        started = server_clock_ms(raw)
+        total = await counter.increment(key, after, window)
+        armed = server_clock_ms(raw)
+        return lapsed, total, started, raw.pexpiretime(name) - window * 1000, armed
 
-    assert run(body) == after
+    lapsed, total, started, window_start, armed = run(body)
+    assert (lapsed, total) == (0, after)
+    assert started <= window_start <= armed
 
 
 @examples
@@ -141,13 +195,16 @@ def test_each_save_rearms_the_session_ttl(
     assert all(SESSION_TTL_SECS - 2 <= ttl <= SESSION_TTL_SECS for ttl in run(body))
 
 
+# A u32, with both bounds drawn often.
+versions = st.one_of(st.sampled_from([0, 2**32 - 1]), st.integers(0, 2**32 - 1))
 policies = st.builds(
     PolicyDocument,
-    version=st.integers(0, 2**32),
+    version=versions,
     name=st.text(max_size=30),
     rules=st.lists(
         st.builds(PolicyRule, st.text(max_size=20), st.sampled_from(PolicyDecision)), max_size=4
     ),
+    enforcement_mode=st.sampled_from(EnforcementMode),
 )
 
 

@@ -50,8 +50,7 @@ class TestTlsContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, tls_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
         tls_redis_server.flushall()
-        config = RedisStorageConfig(url=tls_redis_server.tls_url, ca_file=tls_redis_server.ca_path)
-        backend = RedisBackend.connect(config)
+        backend = RedisBackend.connect(tls_redis_server.backend_config(tls=True))
         yield backend
         await backend.aclose()
 
@@ -131,7 +130,7 @@ class TestLeastPrivilegeContract(ContractSuite):
     async def backend(self, acl_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
         acl_redis_server.flushall()
         url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
-        backend = RedisBackend.connect(RedisStorageConfig(url=url))
+        backend = RedisBackend.connect(acl_redis_server.backend_config(url=url))
         yield backend
         await backend.aclose()
 
@@ -169,7 +168,7 @@ class TestAcl:
     async def test_describe_works_without_info(self, acl_redis_server: RedisServer) -> None:
         """With the README rule (no INFO), describe() reports unknown facts instead of failing."""
         url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
-        backend = RedisBackend.connect(RedisStorageConfig(url=url))
+        backend = RedisBackend.connect(acl_redis_server.backend_config(url=url))
         try:
             facts = dict((await backend.describe()).facts)
             assert (facts["user"], facts["version"]) == ("unknown", "redis unknown")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
+import time
 from collections.abc import Awaitable, Callable
 from subprocess import PIPE
 from typing import Any
 
+import attrs
 import pytest
 import redis
 
-from aa_storage import AgentId, PolicyDocument, SessionId, SessionRecord
-from aa_storage_redis import SESSION_TTL_SECS, RedisBackend, RedisStorageConfig
-from servers import RedisServer
+from aa_storage import AgentId, NotFoundError, PolicyDocument, SessionId, SessionRecord
+from aa_storage_redis import SESSION_TTL_SECS, RedisBackend
+from servers import EXPIRY_PATIENCE_SECS, RedisServer, server_clock_ms
 
 pytestmark = pytest.mark.asyncio
 
@@ -55,16 +58,43 @@ class TestWindows:
 
 
 class TestTtls:
-    async def test_every_save_rearms_the_session_ttl(
+    async def test_every_save_rearms_the_full_session_ttl(
         self, redis_backend: RedisBackend, raw: redis.Redis
     ) -> None:
-        """Saving again resets the TTL to SESSION_TTL_SECS."""
+        """Saving again makes the session expire SESSION_TTL_SECS after that save, by the
+        server's clock, whatever TTL it had left."""
         record = SessionRecord(SessionId.new(), AgentId.new(), 1)
         await redis_backend.sessions().save(record)
         key = b"aa:session:" + record.session_id.hex.encode()
-        raw.expire(key, 10)
+        raw.pexpire(key, 60_000)  # a shorter TTL that only a re-arm can lift
+        before = server_clock_ms(raw)
         await redis_backend.sessions().save(record)
-        assert SESSION_TTL_SECS - 5 < raw.ttl(key) <= SESSION_TTL_SECS
+        after = server_clock_ms(raw)
+        expires_at = raw.pexpiretime(key)
+        assert before <= expires_at - SESSION_TTL_SECS * 1000 <= after
+
+    async def test_a_session_is_not_found_once_its_ttl_lapses(
+        self, redis_backend: RedisBackend, raw: redis.Redis
+    ) -> None:
+        """A session loads until its TTL lapses, then load raises NotFoundError and the key
+        is gone; saving it again brings it back."""
+        sessions = redis_backend.sessions()
+        record = SessionRecord(SessionId.new(), AgentId.new(), 1)
+        key = b"aa:session:" + record.session_id.hex.encode()
+        await sessions.save(record)
+        assert await sessions.load(record.session_id) == record
+        raw.pexpire(key, 1)  # the hour cut short
+        deadline = time.monotonic() + EXPIRY_PATIENCE_SECS
+        while True:
+            try:
+                assert await sessions.load(record.session_id) == record
+            except NotFoundError:
+                break
+            assert time.monotonic() < deadline, "the session outlived a 1 ms TTL"
+            await asyncio.sleep(0.001)
+        assert raw.exists(key) == 0
+        await sessions.save(record)
+        assert await sessions.load(record.session_id) == record
 
     async def test_policy_ttl_is_the_one_given(
         self, redis_backend: RedisBackend, raw: redis.Redis
@@ -176,9 +206,11 @@ class TestRoundTrips:
 
 
 class TestConcurrency:
-    async def test_200_concurrent_increments_on_a_small_pool(self, redis_url: str) -> None:
+    async def test_200_concurrent_increments_on_a_small_pool(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
         """200 increments racing through 4 connections sum exactly."""
-        redis_backend = RedisBackend.connect(RedisStorageConfig(url=redis_url, pool_size=4))
+        redis_backend = RedisBackend.connect(redis_server.backend_config(pool_size=4))
         try:
             counter = redis_backend.rate_limiter()
             await asyncio.gather(*(counter.increment("race", 1, 60) for _ in range(200)))
@@ -186,15 +218,18 @@ class TestConcurrency:
         finally:
             await redis_backend.aclose()
 
-    async def test_four_processes_sum_exactly(self, redis_url: str) -> None:
+    async def test_four_processes_sum_exactly(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
         """4 OS processes x 500 increments each leave the counter at exactly 2000."""
         script = textwrap.dedent(
             """
-            import asyncio, sys
+            import asyncio, json, sys
             from aa_storage_redis import RedisBackend, RedisStorageConfig
 
             async def main():
-                redis_backend = RedisBackend.connect(RedisStorageConfig(url=sys.argv[1]))
+                config = RedisStorageConfig(**json.loads(sys.argv[1]))
+                redis_backend = RedisBackend.connect(config)
                 counter = redis_backend.rate_limiter()
                 await asyncio.gather(*(counter.increment("procs", 1, 120) for _ in range(500)))
                 await redis_backend.aclose()
@@ -202,32 +237,35 @@ class TestConcurrency:
             asyncio.run(main())
             """
         )
+        config = redis_server.backend_config()
+        settings = json.dumps(attrs.asdict(config))
         workers = [
-            await asyncio.create_subprocess_exec(sys.executable, "-c", script, redis_url)
+            await asyncio.create_subprocess_exec(sys.executable, "-c", script, settings)
             for _ in range(4)
         ]
         statuses = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), 120)
         assert statuses == [0, 0, 0, 0]
-        redis_backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+        redis_backend = RedisBackend.connect(config)
         try:
             assert await redis_backend.rate_limiter().current("procs") == 2000
         finally:
             await redis_backend.aclose()
 
     async def test_a_session_saved_in_one_process_loads_in_another(
-        self, redis_backend: RedisBackend, redis_url: str
+        self, redis_backend: RedisBackend, redis_server: RedisServer
     ) -> None:
         """A record saved here is loaded, equal, by a separate Python process."""
         record = SessionRecord(SessionId.new(), AgentId.new(), 123_456_789)
         await redis_backend.sessions().save(record)
         script = textwrap.dedent(
             """
-            import asyncio, sys
+            import asyncio, json, sys
             from aa_storage import SessionId
             from aa_storage_redis import RedisBackend, RedisStorageConfig
 
             async def main():
-                redis_backend = RedisBackend.connect(RedisStorageConfig(url=sys.argv[1]))
+                config = RedisStorageConfig(**json.loads(sys.argv[1]))
+                redis_backend = RedisBackend.connect(config)
                 record = await redis_backend.sessions().load(SessionId.from_hex(sys.argv[2]))
                 print(record.agent_id.hex, record.started_at_ns)
                 await redis_backend.aclose()
@@ -235,8 +273,9 @@ class TestConcurrency:
             asyncio.run(main())
             """
         )
+        settings = json.dumps(attrs.asdict(redis_server.backend_config()))
         reader = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, redis_url, record.session_id.hex, stdout=PIPE
+            sys.executable, "-c", script, settings, record.session_id.hex, stdout=PIPE
         )
         output, _ = await asyncio.wait_for(reader.communicate(), 60)
         assert reader.returncode == 0
