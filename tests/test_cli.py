@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
+import os
 import re
 import subprocess
 import sys
+import textwrap
+import tomllib
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +25,13 @@ from aa_storage import (
     BackendInfo,
     Driver,
     Kind,
+    load_config,
 )
 from aa_storage.cli import main
 from aa_storage.hookspecs import hookimpl
 from aa_storage.memory import MemoryBackend, MemoryConfig, MemoryRateLimitCounter
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 ALL_KINDS = "policy_store, rate_limit_counter, session_store"
 HEADER = f"{'kind':<20}{'driver':<10}{'operation':<14}{'ok':<5}{'latency':>10}"
@@ -41,10 +48,11 @@ OPERATIONS = [
 ]
 MEMORY_CONFIG_TAIL = """
 effective config:
-  backend = 'memory'
-  session_store = 'memory'
-  rate_limit_counter = 'memory'
-  policy_store = 'memory'
+  [storage]
+  backend = "memory"
+  session_store = "memory"
+  rate_limit_counter = "memory"
+  policy_store = "memory"
   [storage.memory]
 """
 
@@ -126,12 +134,22 @@ class VaultConfig:
     url: str = "redis://app:hunter2@cache:7000/0"
     password: str = "s3cret"
     pool_size: int = 3
+    timeout: float = 0.5
+    verify: bool = False
+    ca_file: str | None = None
+    label: str = 'say "hi"\\\tthere'
 
 
 @attrs.define
 class VaultBackend(MemoryBackend):
     async def describe(self) -> BackendInfo:
         return BackendInfo(facts=(("server", "cache:7000"),), warnings=("not encrypted",))
+
+
+def chatty_backend() -> MemoryBackend:
+    """A memory backend, opened with a logged warning as the redis driver logs one."""
+    logging.getLogger("aa_storage_chatty").warning("traffic travels in the clear")
+    return MemoryBackend()
 
 
 def _driver(name: str, backend: Callable[[], Any], config_class: type = MemoryConfig) -> Driver:
@@ -145,6 +163,7 @@ TEST_DRIVERS = {
     "broken": _driver("broken", BrokenBackend),
     "sharded": _driver("sharded", ShardedBackend),
     "vault": _driver("vault", VaultBackend, VaultConfig),
+    "chatty": _driver("chatty", chatty_backend),
 }
 
 
@@ -231,12 +250,74 @@ class TestDrivers:
         assert f"redis     {ALL_KINDS}" in result.stdout.splitlines()
         assert result.stderr == ""
 
-    def test_a_command_is_required(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """Without a command, argparse prints the usage and exits 2."""
+    def test_bare_command_prints_the_help(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Without a command, the full help (usage, every command, --version) goes to stderr,
+        and the exit status is 2."""
+        assert main([]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith("usage: aa-storage ")
+        commands = err.split("\ncommands:\n")[1]
+        assert re.search(r"^ +drivers +list installed drivers", commands, re.M)
+        assert re.search(r"^ +check +round-trip every operation", commands, re.M)
+        assert "--version" in err
+
+    def test_version_is_the_packages(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`--version` prints the program name and the version pyproject.toml declares."""
         with pytest.raises(SystemExit) as info:
-            main([])
-        assert info.value.code == 2
-        assert capsys.readouterr().err.startswith("usage: aa-storage ")
+            main(["--version"])
+        assert info.value.code == 0
+        version = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
+        assert capsys.readouterr().out == f"aa-storage {version}\n"
+
+
+def _closed_pipe_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m aa_storage args`` with stdout a pipe whose reader is already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "aa_storage", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+class TestClosedPipe:
+    @pytest.mark.parametrize("command", ["check", "drivers"])
+    def test_reader_gone_is_a_quiet_exit(self, command: str) -> None:
+        """When the reader of stdout has gone (`| head -1`), the command exits 1 in silence:
+        no BrokenPipeError traceback and no "Exception ignored" on stderr."""
+        result = _closed_pipe_run(command)
+        assert result.stderr == ""
+        assert result.returncode == 1
+
+    @pytest.mark.parametrize("args", [["--help"], ["check", "--help"], ["--version"]])
+    def test_help_to_a_reader_that_is_gone_is_silent(self, args: list[str]) -> None:
+        """Help and version text sent to a reader that has gone leave stderr empty."""
+        assert _closed_pipe_run(*args).stderr == ""
+
+    def test_reader_that_reads_one_line(self) -> None:
+        """`aa-storage check | head -1` prints the header and no traceback."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aa_storage", "check"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        assert process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()
+        stderr = process.stderr.read()
+        process.wait(timeout=60)
+        assert first.startswith("kind ")
+        assert stderr == ""
 
 
 class TestCheck:
@@ -261,6 +342,31 @@ class TestCheck:
         path = _config(tmp_path, '[storage]\nbackend = "memory"\n[storage.memory]\n')
         assert main(["check", "--config", path]) == 0
         assert capsys.readouterr().out.endswith(MEMORY_CONFIG_TAIL)
+
+    def test_help_says_where_the_config_comes_from(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`check --help` says that without --config, AA_STORAGE_CONFIG is read, and
+        without that, the memory driver is used."""
+        with pytest.raises(SystemExit) as info:
+            main(["check", "--help"])
+        assert info.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert (
+            "--config FILE TOML config file; without it, the file named by the "
+            "AA_STORAGE_CONFIG environment variable, and when that is unset, "
+            "the embedded memory driver"
+        ) in text
+
+    def test_env_var_naming_no_file_names_the_variable(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A missing file named by AA_STORAGE_CONFIG is one ConfigError line naming the variable."""
+        path = str(tmp_path / "absent.toml")
+        monkeypatch.setenv(CONFIG_ENV_VAR, path)
+        assert _failure(capsys, ["check"]) == (
+            f"aa-storage: ConfigError: AA_STORAGE_CONFIG names {path!r}, but there is no such file"
+        )
 
     def test_env_var_is_read_without_config_option(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -364,17 +470,61 @@ class TestCheck:
         assert "\n[vault]\n  server: cache:7000\n  WARNING: not encrypted\n" in out
         assert out.endswith(
             "\neffective config:\n"
-            "  backend = 'memory'\n"
-            "  session_store = 'memory'\n"
-            "  rate_limit_counter = 'memory'\n"
-            "  policy_store = 'vault'\n"
+            "  [storage]\n"
+            '  backend = "memory"\n'
+            '  session_store = "memory"\n'
+            '  rate_limit_counter = "memory"\n'
+            '  policy_store = "vault"\n'
             "  [storage.memory]\n"
             "  [storage.vault]\n"
-            "    url = 'redis://app:***@cache:7000/0'\n"
-            "    password = '***'\n"
-            "    pool_size = 3\n"
+            '  url = "redis://app:***@cache:7000/0"\n'
+            '  password = "***"\n'
+            "  pool_size = 3\n"
+            "  timeout = 0.5\n"
+            "  verify = false\n"
+            "  # ca_file is not set\n"
+            '  label = "say \\"hi\\"\\\\\\tthere"\n'
         )
         assert "hunter2" not in out
         assert "s3cret" not in out
         policy_rows = [line.split()[:2] for line in out.splitlines() if "policy_store" in line]
         assert policy_rows[:3] == [["policy_store", "vault"]] * 3
+
+    @pytest.mark.usefixtures("fake_drivers")
+    def test_effective_config_is_toml_that_loads_back(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The effective config parses as TOML, and loading it gives the config checked
+        (the drivers' own settings included), apart from the masked secrets."""
+        path = _config(tmp_path, '[storage]\nbackend = "memory"\npolicy_store = "vault"\n')
+        assert main(["check", "--config", path]) == 0
+        printed = capsys.readouterr().out.partition("\neffective config:\n")[2]
+        document = tomllib.loads(textwrap.dedent(printed))
+        vault = document["storage"]["vault"]
+        assert vault == {
+            "url": "redis://app:***@cache:7000/0",
+            "password": "***",
+            "pool_size": 3,
+            "timeout": 0.5,
+            "verify": False,
+            "label": 'say "hi"\\\tthere',
+        }
+        expected = load_config(path)
+        unmasked = {**vault, "url": VaultConfig().url, "password": VaultConfig().password}
+        document["storage"]["vault"] = unmasked
+        loaded = load_config(document)
+        assert loaded.drivers == expected.drivers
+        assert [loaded.driver_for(kind) for kind in Kind] == [
+            expected.driver_for(kind) for kind in Kind
+        ]
+
+    @pytest.mark.usefixtures("fake_drivers")
+    def test_driver_warnings_in_the_log_are_labelled(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A warning a driver logs while check runs reaches stderr labelled WARNING, like
+        the report's own warnings."""
+        path = _config(tmp_path, '[storage]\nbackend = "chatty"\n')
+        assert main(["check", "--config", path]) == 0
+        err = capsys.readouterr().err
+        assert err == "aa-storage: WARNING: traffic travels in the clear\n"

@@ -37,6 +37,7 @@ from aa_storage import (
     SessionRecord,
     load_config,
     open_storage,
+    policy_from_json,
 )
 from aa_storage import cli as aa_storage_cli
 from aa_storage.redaction import redact_url
@@ -458,6 +459,17 @@ def test_ci_runs_dev_test() -> None:
     assert "./dev test" in [line for line in lines if not line.startswith("#")]
 
 
+def test_license_file_matches_the_declared_license() -> None:
+    """LICENSE holds the Apache License 2.0 that pyproject.toml declares, and is the
+    license file the wheel ships."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = words((ROOT / "LICENSE").read_text(encoding="utf-8"))
+    assert text.startswith("Apache License Version 2.0, January 2004")
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
 def test_quick_start_compiles_and_uses_real_names(readme: str) -> None:
     """The quick start compiles, imports only real names and calls only real store methods."""
     [block] = code_blocks(section(readme, "Quick start"), "python")
@@ -483,6 +495,31 @@ def test_quick_start_compiles_and_uses_real_names(readme: str) -> None:
     assert len(called) >= 4
     for store, method in called:
         assert callable(getattr(getattr(storage, store), method, None)), f"{store}.{method}"
+
+
+def test_quick_start_runs_on_redis(
+    readme: str,
+    raw: Any,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The quick start runs as written against a real Redis, and caches the policy it builds."""
+    [block] = code_blocks(section(readme, "Quick start"), "python")
+    (tmp_path / "agent-assembly.toml").write_text(
+        f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{redis_url}"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.code, "README.md quick start", "exec"), {"__name__": "__main__"})
+    agent = AgentId.from_hex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+    cached = policy_from_json(raw.get(f"aa:policy:{agent.hex}"))
+    assert [rule.decision for rule in cached.rules] == [
+        PolicyDecision.ALLOW,
+        PolicyDecision.REQUIRE_APPROVAL,
+        PolicyDecision.DENY,
+    ]
+    assert raw.get("aa:ratelimit:agent:42:tool-calls") == b"1"
+    assert len(raw.keys("aa:session:*")) == 1
 
 
 # --- README: what the Redis driver sends ---

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from urllib.parse import quote
 
 import attrs
 import pytest
@@ -10,6 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aa_storage.redaction import MASK, redact_url, redact_value, redacted_settings
+
+# Any text a password may hold: printable ASCII, the URL delimiters, and non-ASCII.
+passwords = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(string.printable + "/#?@:%[]"),
+        st.characters(min_codepoint=0x80, exclude_categories=["Cs"]),
+    ),
+    min_size=1,
+    max_size=30,
+)
 
 
 class TestRedactUrl:
@@ -36,22 +47,42 @@ class TestRedactUrl:
         """A URL without a password (with or without a user) comes back unchanged."""
         assert redact_url(url) == url
 
-    def test_unparseable_url_keeps_only_the_part_after_the_at(self) -> None:
-        """A URL urlsplit rejects keeps only what follows the last @, which holds no userinfo."""
-        assert redact_url("redis://user:secret@[::1") == "***@[::1"
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            ("redis://user:secret@[::1", "redis://user:***@[::1"),
+            ("redis://app:Hunter2#x@host:7000", "redis://app:***@host:7000"),
+            ("redis://app:16599#Zq9@redis.internal", "redis://app:***@redis.internal"),
+            ("redis://app:a/b?c@host/0", "redis://app:***@host/0"),
+            ("redis://pa/ss@host", "redis://***@host"),
+            ("redis://host/0?note=a#b@c", "redis://***@c"),
+        ],
+    )
+    def test_url_a_parser_misreads_is_masked_by_its_last_at(self, url: str, shown: str) -> None:
+        """Where a URL parser would misread the URL (an unencoded # / ? or @, brackets), all
+        between the user's ':' and the last '@' is masked, or all before that '@'."""
+        assert redact_url(url) == shown
 
     @pytest.mark.parametrize("text", ["http://[::1", "not a url", ""])
     def test_unparseable_or_plain_text_without_at_is_unchanged(self, text: str) -> None:
         """Text that holds no @ cannot hold userinfo and comes back unchanged."""
         assert redact_url(text) == text
 
-    @settings(max_examples=100, deadline=None)
-    @given(password=st.text(alphabet=string.ascii_uppercase, min_size=1, max_size=30))
+    @settings(max_examples=300, deadline=None)
+    @given(password=passwords)
     def test_no_password_survives(self, password: str) -> None:
-        """Whatever the password, the redacted URL shows the user and host but not it."""
+        """Whatever the password (any printable or non-ASCII text, with / # ? @ : and %),
+        the redacted URL shows the user and host but not it."""
         shown = redact_url(f"redis://user:{password}@host:7000/0")
         assert shown == "redis://user:***@host:7000/0"
-        assert password not in shown
+
+    @settings(max_examples=300, deadline=None)
+    @given(password=passwords)
+    def test_no_encoded_password_survives(self, password: str) -> None:
+        """A percent-encoded password is masked too: neither its encoded nor its decoded
+        form is shown."""
+        shown = redact_url(f"rediss://user:{quote(password, safe='')}@host:7000/0")
+        assert shown == "rediss://user:***@host:7000/0"
 
     def test_password_in_query_is_masked(self) -> None:
         """A password passed as a query argument, which redis-py honours, is masked too."""

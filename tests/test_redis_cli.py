@@ -81,3 +81,49 @@ class TestCheck:
         assert captured.err.startswith("aa-storage: BackendError: session_store save via redis:")
         assert "cannot reach redis" in captured.err
         assert "Traceback" not in captured.err + captured.out
+
+    def test_unreachable_server_is_named_once(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The message for a server that refuses connections gives its address once, then
+        the reason."""
+        (port,) = free_ports(1)
+        path = config_file(tmp_path, f"redis://127.0.0.1:{port}", retries="0")
+        assert _failure(capsys, path) == (
+            "aa-storage: BackendError: session_store save via redis: "
+            f"cannot reach redis at redis://127.0.0.1:{port}: Connection refused"
+        )
+
+    def test_missing_password_is_said_plainly(
+        self, acl_redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A server that requires a password, given none, is one line saying so, without the
+        server's long HELLO text."""
+        url = f"redis://127.0.0.1:{acl_redis_server.port}"
+        assert _failure(capsys, config_file(tmp_path, url, retries="0")) == (
+            "aa-storage: BackendError: session_store save via redis: "
+            f"redis at {url} needs a password, and the URL gives none "
+            "(redis://user:password@host:port)"
+        )
+
+    def test_tls_against_a_plain_server_hints_at_it(
+        self, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """tls = true against a server that does not speak TLS times out with a hint
+        saying that the server may not speak TLS."""
+        path = config_file(tmp_path, redis_url, tls="true", connect_timeout="0.3", retries="0")
+        tls_url = redis_url.replace("redis://", "rediss://")
+        assert _failure(capsys, path) == (
+            "aa-storage: BackendError: session_store save via redis: "
+            f"redis at {tls_url} did not answer in time: no TLS handshake; "
+            "the server may not speak TLS (tls = true, or rediss://, against a plain port)"
+        )
+
+
+def _failure(capsys: pytest.CaptureFixture[str], config: str) -> str:
+    """Run check on ``config``, which must fail; return its single stderr line."""
+    assert main(["check", "--config", config]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1, err
+    return err.rstrip("\n")

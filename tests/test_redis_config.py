@@ -5,11 +5,15 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import string
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aa_storage import InvalidConfigError, load_config, open_storage
 from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
@@ -112,6 +116,35 @@ class TestValidation:
             "storage.redis.retries: expected int, got str",
         ]
 
+    def test_problems_come_in_file_order(self, tmp_path: Path) -> None:
+        """Problems are listed in the order of their keys in the file, neither alphabetical
+        nor in the order of the config's fields."""
+        path = tmp_path / "agent-assembly.toml"
+        path.write_text(
+            '[storage]\nbackend = "redis"\n[storage.redis]\n'
+            'socket_timeout = "slow"\nzeta = 1\npool_size = "x"\ncolour = "blue"\ntls = 1\n'
+        )
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config(path)
+        assert caught.value.problems == [
+            "storage.redis.socket_timeout: expected float, got str",
+            "storage.redis.zeta: unknown key",
+            "storage.redis.pool_size: expected int, got str",
+            "storage.redis.colour: unknown key",
+            "storage.redis.tls: expected bool, got int",
+        ]
+        path.write_text(
+            '[storage]\nbackend = "redis"\n[storage.redis]\n'
+            "retries = 11\nsocket_timeout = 0\npool_size = 0\n"
+        )
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config(path)
+        assert [problem.partition(":")[0] for problem in caught.value.problems] == [
+            "storage.redis.retries",
+            "storage.redis.socket_timeout",
+            "storage.redis.pool_size",
+        ]
+
     def test_key_file_needs_cert_file(self, tmp_path: Path) -> None:
         """A client key without a client certificate is refused."""
         key = tmp_path / "client.key"
@@ -153,6 +186,125 @@ class TestRedaction:
             load_config(redis_section(url=f"http://u:{SECRET}@h:1"))
         assert SECRET not in str(caught.value)
         assert "http://u:***@h:1" in str(caught.value)
+
+
+ENCODING_HINT = (
+    "percent-encode the user name and password: urllib.parse.quote(password, safe='') "
+    "turns # into %23, / into %2F, ? into %3F, @ into %40 and % into %25"
+)
+SPECIALS = "#/?@"
+# Any text a password may hold: printable ASCII, the URL delimiters, and non-ASCII.
+password_chars = st.one_of(
+    st.sampled_from(string.printable + "/#?@:%[]"),
+    st.characters(min_codepoint=0x80, exclude_categories=["Cs"]),
+)
+unencoded_passwords = st.builds(
+    lambda head, special, tail: head + special + tail,
+    st.text(password_chars, max_size=15),
+    st.sampled_from(SPECIALS),
+    st.text(password_chars, max_size=15),
+)
+
+
+def _url_problem(url: str, caplog: pytest.LogCaptureFixture) -> tuple[str, str]:
+    """The one problem load_config reports for ``url``, and everything it shows (message,
+    repr, problems, and the log)."""
+    with pytest.raises(InvalidConfigError) as caught:
+        load_config(redis_section(url=url))
+    [problem] = caught.value.problems
+    shown = "\n".join([str(caught.value), repr(caught.value), problem, caplog.text])
+    return problem, shown
+
+
+def _fragments(password: str) -> set[str]:
+    return {password[i : i + 3] for i in range(len(password) - 2)} | {password}
+
+
+class TestUnencodedPasswords:
+    """A password with an unencoded URL delimiter makes the URL ambiguous: it is refused
+    without showing any of it, and the message says how to encode it."""
+
+    @pytest.mark.parametrize(
+        ("password", "problem"),
+        [
+            ("Hunter2#x", "it holds a '#', which would end the URL there"),
+            ("16599#Zq9", "it holds a '#', which would end the URL there"),
+            ("p@ss", "it holds more than one '@'"),
+            ("a/b", "a '/' or '?' comes before the '@', which would end the host there"),
+            ("a?b", "a '/' or '?' comes before the '@', which would end the host there"),
+            ("50%off", "a '%' before the '@' does not start a percent-encoded character"),
+            ("tab\there", "it holds a control character (a tab or a line break)"),
+            (
+                "a[b",
+                "it does not parse as a URL, or its port is not a number in [1, 65535]",
+            ),
+        ],
+    )
+    def test_each_ambiguity_is_named(
+        self, password: str, problem: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Each kind of ambiguity is one line that names it, gives the encoding hint, and
+        never quotes the URL."""
+        line, shown = _url_problem(f"redis://app:{password}@cache:7000/0", caplog)
+        assert line == f"storage.redis.url: cannot read the URL: {problem}; {ENCODING_HINT}"
+        assert password not in shown
+        assert "cache" not in line
+
+    def test_non_numeric_port_is_not_quoted(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A port that is not a number (where a parser may have cut a password) is refused
+        without quoting it."""
+        line, shown = _url_problem("redis://app:Hunter2@cache:Hunter3/0", caplog)
+        assert "Hunter" not in shown
+        assert line.endswith(ENCODING_HINT)
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(password=unencoded_passwords)
+    def test_no_part_of_the_password_is_shown(
+        self, password: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Whatever else it holds, a password with an unencoded # / ? or @ is refused, and
+        neither it nor any 3-character piece of it is shown (in the message, the repr or
+        the log), unless that piece is part of the fixed text every such message shares."""
+        caplog.clear()
+        caplog.set_level(logging.DEBUG)
+        problem, shown = _url_problem(f"redis://app:{password}@cache:7000/0", caplog)
+        assert problem.startswith("storage.redis.url: cannot read the URL: ")
+        assert problem.endswith(ENCODING_HINT)
+        leaked = {piece for piece in _fragments(password) if piece in shown}
+        assert leaked <= {piece for piece in leaked if piece in FIXED_TEXT}
+
+    @settings(max_examples=300, deadline=None)
+    @given(password=st.text(password_chars, min_size=1, max_size=30))
+    def test_encoded_passwords_are_accepted_and_hidden(self, password: str) -> None:
+        """Any password, percent-encoded, is accepted and shown as *** in the repr."""
+        url = f"redis://app:{quote(password, safe='')}@cache:7000/0"
+        config = load_config(redis_section(url=url)).drivers["redis"]
+        assert repr(config).startswith("RedisStorageConfig(url='redis://app:***@cache:7000/0'")
+
+
+# Every message about an ambiguous URL is built from these words only.
+FIXED_TEXT = "\n".join(
+    [
+        "invalid storage configuration: storage.redis.url: cannot read the URL: ",
+        ENCODING_HINT,
+        *(
+            problem
+            for problem in (
+                "it holds a '#', which would end the URL there",
+                "it holds more than one '@'",
+                "a '/' or '?' comes before the '@', which would end the host there",
+                "a '%' before the '@' does not start a percent-encoded character",
+                "it holds a control character (a tab or a line break)",
+                "it does not parse as a URL, or its port is not a number in [1, 65535]",
+            )
+        ),
+        "InvalidConfigError(",
+    ]
+)
 
 
 class TestCleartextWarning:

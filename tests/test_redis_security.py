@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import string
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
@@ -165,15 +167,110 @@ class TestAcl:
         finally:
             await backend.aclose()
 
-    async def test_describe_works_without_info(self, acl_redis_server: RedisServer) -> None:
-        """With the README rule (no INFO), describe() reports unknown facts instead of failing."""
+    async def test_describe_says_what_it_may_not_read(self, acl_redis_server: RedisServer) -> None:
+        """With the README rule (no INFO, no ACL WHOAMI), describe() says those facts are not
+        permitted, and warns of no eviction policy it could not read."""
         url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
         backend = RedisBackend.connect(acl_redis_server.backend_config(url=url))
         try:
-            facts = dict((await backend.describe()).facts)
-            assert (facts["user"], facts["version"]) == ("unknown", "redis unknown")
+            info = await backend.describe()
         finally:
             await backend.aclose()
+        facts = dict(info.facts)
+        denied_info = "not permitted (INFO is denied to this user)"
+        assert [facts[name] for name in ("version", "mode", "maxmemory_policy")] == [
+            denied_info
+        ] * 3
+        assert facts["user"] == "not permitted (ACL WHOAMI is denied to this user)"
+        assert info.warnings == ()
+
+
+class TestCheckUnderTheReadmeRule:
+    def test_passes_and_says_what_it_may_not_read(
+        self, acl_redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`aa-storage check` as a user with exactly the README's rule passes, says which
+        facts it may not read, and prints no "unknown" and no warning it cannot back."""
+        url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        config = tmp_path / "acl.toml"
+        config.write_text(f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{url}"\n')
+        assert main(["check", "--config", str(config)]) == 0
+        out, err = capsys.readouterr()
+        assert err == ""
+        report = out.partition("\n[redis]\n")[2].partition("\n\n")[0].splitlines()
+        assert report == [
+            f"  server: redis://aa-driver:***@127.0.0.1:{acl_redis_server.port}",
+            "  version: not permitted (INFO is denied to this user)",
+            "  mode: not permitted (INFO is denied to this user)",
+            "  tls: off",
+            "  user: not permitted (ACL WHOAMI is denied to this user)",
+            "  key_prefix: aa:",
+            "  maxmemory_policy: not permitted (INFO is denied to this user)",
+        ]
+        assert "unknown" not in out
+        assert "WARNING" not in out
+
+
+# --- passwords that need percent-encoding ---
+
+EVERY_SPECIAL = "#/?@:%[] !\"$&'()*+,;=<>\\^`{|}~\t\n-_.ü€🔑"
+password_chars = st.one_of(
+    st.sampled_from(string.printable + "/#?@:%[]"),
+    st.characters(min_codepoint=0x80, exclude_categories=["Cs"]),
+)
+
+
+async def _logs_in(server: RedisServer, password: str) -> str:
+    """Log in as a user with ``password`` (percent-encoded in the URL) and count once;
+    returns the backend's repr."""
+    rule = [f">{password}" if part == ">CHANGE-ME" else part for part in readme_acl_rule()]
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "aa-odd", "reset", *rule)
+    url = f"redis://aa-odd:{quote(password, safe='')}@127.0.0.1:{server.port}"
+    backend = RedisBackend.connect(load_config(redis_section(url)).drivers["redis"])
+    try:
+        assert await backend.rate_limiter().increment("odd", 1, 60) >= 1
+        return repr(backend)
+    finally:
+        await backend.aclose()
+
+
+def redis_section(url: str) -> dict[str, Any]:
+    return {"storage": {"backend": "redis", "redis": {"url": url}}}
+
+
+class TestEncodedPasswords:
+    @pytest.mark.asyncio
+    async def test_every_special_character(self, acl_redis_server: RedisServer) -> None:
+        """A password holding every URL delimiter, space, a tab, a line break and non-ASCII
+        logs in when percent-encoded, and the backend's repr shows none of it."""
+        shown = await _logs_in(acl_redis_server, EVERY_SPECIAL)
+        assert EVERY_SPECIAL not in shown
+        assert quote(EVERY_SPECIAL, safe="") not in shown
+        assert "aa-odd:***@" in shown
+
+    @settings(max_examples=25, deadline=None)
+    @given(password=st.text(password_chars, min_size=1, max_size=20))
+    def test_any_password(self, acl_redis_server: RedisServer, password: str) -> None:
+        """Any password, percent-encoded with urllib.parse.quote, logs in."""
+        asyncio.run(_logs_in(acl_redis_server, password))
+
+    def test_check_never_shows_it(
+        self, acl_redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`aa-storage check` with a percent-encoded password passes and prints the password
+        neither encoded nor decoded."""
+        asyncio.run(_logs_in(acl_redis_server, EVERY_SPECIAL))
+        encoded = quote(EVERY_SPECIAL, safe="")
+        config = tmp_path / "odd.toml"
+        config.write_text(
+            '[storage]\nbackend = "redis"\n[storage.redis]\n'
+            f'url = "redis://aa-odd:{encoded}@127.0.0.1:{acl_redis_server.port}"\n'
+        )
+        assert main(["check", "--config", str(config)]) == 0
+        out, err = capsys.readouterr()
+        for secret in (EVERY_SPECIAL, encoded, encoded[:12], "€🔑"):
+            assert secret not in out + err
 
 
 # --- tenants ---

@@ -143,12 +143,15 @@ class TestSources:
     def test_env_var_naming_a_missing_file(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A missing file named by AA_STORAGE_CONFIG is a ConfigError, not a silent default."""
+        """A missing file named by AA_STORAGE_CONFIG is a ConfigError naming the variable,
+        not a silent default."""
         path = tmp_path / "absent.toml"
         monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
         with pytest.raises(ConfigError) as info:
             open_storage()
-        assert str(info.value) == f"{path}: cannot read config file: No such file or directory"
+        assert str(info.value) == (
+            f"AA_STORAGE_CONFIG names {str(path)!r}, but there is no such file"
+        )
 
     def test_argument_wins_over_env_var(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,7 +95,8 @@ def load_config(
         try:
             drivers[name] = _converter.structure(dict(section), driver.config_class)
         except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-            problems.extend(describe_errors(exc, f"storage.{name}"))
+            path = f"storage.{name}"
+            problems.extend(_in_file_order(describe_errors(exc, path), path, section))
     if problems:
         raise InvalidConfigError(problems)
     return StorageConfig(
@@ -104,6 +106,18 @@ def load_config(
         policy_store=selected.get("policy_store"),
         drivers=drivers,
     )
+
+
+def _in_file_order(problems: list[str], path: str, section: Mapping[str, Any]) -> list[str]:
+    """``problems`` of the table at ``path``, sorted by where their key stands in
+    ``section`` (a TOML table keeps the file's order); one with no key comes first."""
+    positions = {key: index for index, key in enumerate(section)}
+
+    def position(problem: str) -> int:
+        within = problem.partition(": ")[0].removeprefix(f"{path}.")
+        return positions.get(re.split(r"[.\[]", within, maxsplit=1)[0], -1)
+
+    return sorted(problems, key=position)
 
 
 def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:

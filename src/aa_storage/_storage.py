@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -12,6 +13,7 @@ import attrs
 from aa_storage._config import StorageConfig, load_config
 from aa_storage._registry import Registry
 from aa_storage.contracts import Backend, Kind, PolicyCache, RateLimitCounter, SessionStore
+from aa_storage.errors import ConfigError
 
 CONFIG_ENV_VAR = "AA_STORAGE_CONFIG"
 
@@ -63,12 +65,15 @@ def open_storage(
 
     ``source`` is a TOML path, a mapping shaped like one, or a loaded
     :class:`StorageConfig`. With ``None``, the file named by the
-    ``AA_STORAGE_CONFIG`` environment variable is read if it is set;
-    otherwise every kind comes from the embedded ``memory`` driver.
+    ``AA_STORAGE_CONFIG`` environment variable is read if it is set (a
+    ``ConfigError`` naming the variable when it names no file); otherwise
+    every kind comes from the embedded ``memory`` driver.
     """
     registry = registry or Registry()
     if source is None:
         source = os.environ.get(CONFIG_ENV_VAR) or {"storage": {}}
+        if isinstance(source, str) and not Path(source).is_file():
+            raise ConfigError(f"{CONFIG_ENV_VAR} names {source!r}, but there is no such file")
     config = source if isinstance(source, StorageConfig) else load_config(source, registry=registry)
     backends: dict[str, Backend] = {}
 

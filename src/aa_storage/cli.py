@@ -1,23 +1,30 @@
 """``aa-storage``: list the installed drivers, and check a config end to end.
 
-``check`` loads the config (memory defaults without one), runs one real round
-trip of every operation of every kind, and prints what each cost. Any failure
-is one line on stderr and exit status 1, never a traceback.
+``check`` loads the config (the file ``--config`` or ``AA_STORAGE_CONFIG``
+names, else memory defaults), runs one real round trip of every operation of
+every kind, and prints what each cost and the effective config as TOML. Any
+failure is one line on stderr and exit status 1, never a traceback; so is a
+reader that stops early (``aa-storage check | head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
 from aa_storage import (
+    CONFIG_ENV_VAR,
     AgentId,
     ConfigError,
     Kind,
@@ -28,10 +35,14 @@ from aa_storage import (
     SessionId,
     SessionRecord,
     Storage,
+    StorageConfig,
     StorageError,
     open_storage,
 )
+from aa_storage._toml_text import toml_key, toml_value
 from aa_storage.redaction import redacted_settings
+
+_DIST = "aa-storage"
 
 
 class CheckFailed(Exception):
@@ -117,14 +128,24 @@ async def _check(config_path: str | None) -> int:
             for warning in info.warnings:
                 print(f"  WARNING: {warning}")
         print("\neffective config:")
-        print(f"  backend = {storage.config.backend!r}")
-        for kind in Kind:
-            print(f"  {kind.value} = {storage.config.driver_for(kind)!r}")
-        for name, settings in storage.config.drivers.items():
-            print(f"  [storage.{name}]")
-            for setting, shown in redacted_settings(settings).items():
-                print(f"    {setting} = {shown!r}")
+        for line in _config_as_toml(storage.config):
+            print(f"  {line}")
     return 0
+
+
+def _config_as_toml(config: StorageConfig) -> Iterator[str]:
+    """The config as TOML lines, secrets masked; unset settings are comments."""
+    yield "[storage]"
+    yield f"backend = {toml_value(config.backend)}"
+    for kind in Kind:
+        yield f"{kind.value} = {toml_value(config.driver_for(kind))}"
+    for name, settings in config.drivers.items():
+        yield f"[storage.{toml_key(name)}]"
+        for setting, shown in redacted_settings(settings).items():
+            if shown is None:
+                yield f"# {toml_key(setting)} is not set"
+            else:
+                yield f"{toml_key(setting)} = {toml_value(shown)}"
 
 
 def _drivers() -> int:
@@ -136,24 +157,83 @@ def _drivers() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="aa-storage", description="List storage drivers, and check a storage config."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("drivers", help="list installed drivers and the kinds each provides")
-    check = commands.add_parser("check", help="round-trip every operation of every kind")
-    check.add_argument("--config", metavar="FILE", help="TOML config (default: memory driver)")
-    args = parser.parse_args(argv)
     try:
-        if args.command == "drivers":
-            return _drivers()
-        return asyncio.run(_check(args.config))
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can still be handled
+    except BrokenPipeError:
+        # The reader went away (`aa-storage check | head -1`). As the Python docs
+        # advise, point stdout at devnull so the interpreter's own final flush
+        # does not fail again with a traceback, and exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        with _labelled_log_lines():
+            if args.command == "drivers":
+                return _drivers()
+            return asyncio.run(_check(args.config))
     except (ConfigError, StorageError, CheckFailed, StepFailed) as exc:
         kind = type(exc.error if isinstance(exc, StepFailed) else exc).__name__
         # One line, whatever the message held.
         message = " ".join(str(exc).split())
         print(f"aa-storage: {kind}: {message}", file=sys.stderr)
         return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aa-storage", description="List storage drivers, and check a storage config."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {importlib.metadata.version(_DIST)}"
+    )
+    commands = parser.add_subparsers(dest="command", title="commands")
+    commands.add_parser(
+        "drivers",
+        help="list installed drivers and the kinds each provides",
+        description="List the installed drivers and the kinds of store each provides.",
+    )
+    check = commands.add_parser(
+        "check",
+        help="round-trip every operation of every kind",
+        description=(
+            "Run one round trip of every operation of every kind of store, and print each "
+            "latency, what each backend reports about itself, and the effective config."
+        ),
+    )
+    check.add_argument(
+        "--config",
+        metavar="FILE",
+        help=(
+            f"TOML config file; without it, the file named by the {CONFIG_ENV_VAR} "
+            "environment variable, and when that is unset, the embedded memory driver"
+        ),
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def _labelled_log_lines() -> Iterator[None]:
+    """Show warnings that drivers log while the command runs, labelled like check's own."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("aa-storage: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 if __name__ == "__main__":

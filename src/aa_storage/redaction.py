@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -20,21 +19,26 @@ _SECRET_QUERY = re.compile(r"(^|[&;])([^&;=]*(?:password|secret|token)[^&;=]*)=[
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: ``redis://user:***@host:6379/0``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        # Unparseable: keep only what follows the last "@", which holds no userinfo.
-        return f"{MASK}@{url.rpartition('@')[2]}" if "@" in url else url
+    """``url`` with any password replaced by ``***``: ``redis://user:***@host:6379/0``.
+
+    Read from the text, not parsed, so a password that holds an unencoded
+    ``#``, ``/``, ``?`` or ``@`` (which would mislead a URL parser) is hidden
+    too: everything between the first ``:`` after the user and the last
+    ``@`` is the password. A password in the query is masked as well.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, location = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if any(mark in user for mark in "/?#"):
+        userinfo = MASK  # the "@" may not even end the userinfo: hide all before it
+    elif colon:
+        userinfo = f"{user}:{MASK}"
+    address, question, query = location.partition("?")
     # redis-py also takes ?password=... in the query string.
-    query = _SECRET_QUERY.sub(rf"\1\2={MASK}", parts.query)
-    if password is None and query == parts.query:
-        return url  # nothing to hide; urlunsplit would also normalise the text
-    if password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}")
-    return urlunsplit(parts._replace(query=query))
+    query = _SECRET_QUERY.sub(rf"\1\2={MASK}", query)
+    return f"{scheme}{separator}{userinfo}{at}{address}{question}{query}"
 
 
 def redact_value(name: str, value: object) -> object:

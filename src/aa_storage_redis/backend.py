@@ -13,6 +13,7 @@ from aa_storage_redis.scripts import PROBE
 from aa_storage_redis.sessions import RedisSessionStore
 
 _SAFE_EVICTION_POLICY = "noeviction"
+_DENIED = "not permitted ({command} is denied to this user)"
 
 
 @attrs.define
@@ -40,32 +41,45 @@ class RedisBackend:
         """Server version and mode, TLS, the user, and a warning when the
         eviction policy could silently drop counters and sessions.
 
-        A user whose ACL denies ``INFO`` or ``ACL WHOAMI`` gets "unknown" for
-        those facts; an unreachable server raises ``BackendError``.
+        A fact the user's ACL does not let it read (``INFO`` gives the version,
+        mode and eviction policy, ``ACL WHOAMI`` the user) is shown as "not
+        permitted", and no warning is given about a policy it could not read.
+        An unreachable server raises ``BackendError``.
         """
-        server = _parse_info(await self._optional("INFO", "server") or b"")
-        memory = _parse_info(await self._optional("INFO", "memory") or b"")
+        server = await self._info("server")
+        memory = await self._info("memory")
         whoami = await self._optional("ACL", "WHOAMI")
-        name = server.get("server_name", "redis")
-        version = server.get(f"{name}_version") or server.get("redis_version", "unknown")
-        policy = memory.get("maxmemory_policy", "unknown")
+        version = mode = policy = _DENIED.format(command="INFO")
+        if server is not None:
+            name = server.get("server_name", "redis")
+            number = server.get(f"{name}_version") or server.get("redis_version", "unknown")
+            version = f"{name} {number}"
+            mode = server.get("redis_mode") or server.get("server_mode", "unknown")
+        read_policy = None if memory is None else memory.get("maxmemory_policy")
+        if memory is not None:
+            policy = read_policy or "unknown"
         facts = (
             ("server", self.pool.server),
-            ("version", f"{name} {version}"),
-            ("mode", server.get("redis_mode") or server.get("server_mode", "unknown")),
+            ("version", version),
+            ("mode", mode),
             ("tls", "on" if self.pool.config.uses_tls else "off"),
-            ("user", whoami.decode() if whoami else "unknown"),
+            ("user", whoami.decode() if whoami else _DENIED.format(command="ACL WHOAMI")),
             ("key_prefix", self.pool.keys.prefix),
             ("maxmemory_policy", policy),
             ("scripts", await self._script_mode()),
         )
         warnings: tuple[str, ...] = ()
-        if policy != _SAFE_EVICTION_POLICY:
+        if read_policy not in (None, _SAFE_EVICTION_POLICY):
             warnings = (
                 f"maxmemory-policy is {policy}, not noeviction: under memory pressure the "
                 "server may evict rate-limit counters and sessions, which silently resets limits",
             )
         return BackendInfo(facts=facts, warnings=warnings)
+
+    async def _info(self, section: str) -> dict[str, str] | None:
+        """One section of ``INFO`` as a dict, or None when the ACL does not permit it."""
+        reply = await self._optional("INFO", section)
+        return None if reply is None else _parse_info(reply)
 
     async def _optional(self, *command: str) -> bytes | None:
         """The reply, or None when the user's ACL does not permit the command."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,17 +17,49 @@ DEFAULT_URL = "redis://127.0.0.1:6379"
 _SCHEMES = ("redis", "rediss")
 
 
-def _valid_url(name: str, url: str) -> None:
+_ENCODING_HINT = (
+    "percent-encode the user name and password: urllib.parse.quote(password, safe='') "
+    "turns # into %23, / into %2F, ? into %3F, @ into %40 and % into %25"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _ambiguity(url: str) -> str | None:
+    """Why the password can't be told from the rest of ``url``, or None if it can.
+
+    Built from the URL's shape alone, never from its text, so that no part of
+    what may be a password can reach a message.
+    """
+    rest = url.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")
+    if _CONTROL.search(url):
+        return "it holds a control character (a tab or a line break)"
+    if "#" in rest:
+        return "it holds a '#', which would end the URL there"
+    if rest.count("@") > 1:
+        return "it holds more than one '@'"
+    if at and ("/" in userinfo or "?" in userinfo):
+        return "a '/' or '?' comes before the '@', which would end the host there"
+    if _BAD_ESCAPE.search(userinfo):
+        return "a '%' before the '@' does not start a percent-encoded character"
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{name}: {redact_url(url)!r} is not a valid URL ({exc})") from None
+        urlsplit(url).port  # noqa: B018 - reading the port is what validates it
+    except ValueError:
+        return "it does not parse as a URL, or its port is not a number in [1, 65535]"
+    return None
+
+
+def _valid_url(name: str, url: str) -> None:
+    problem = _ambiguity(url)
+    if problem is not None:
+        raise ValueError(f"{name}: cannot read the URL: {problem}; {_ENCODING_HINT}")
+    parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
         raise ValueError(f"{name}: scheme must be redis:// or rediss://, got {redact_url(url)!r}")
     if not parts.hostname:
         raise ValueError(f"{name}: {redact_url(url)!r} names no host")
-    if port == 0:
+    if parts.port == 0:
         raise ValueError(f"{name}: {redact_url(url)!r} names port 0")
     database = parts.path.removeprefix("/")
     if database and not database.isdecimal():
