@@ -127,11 +127,24 @@ async def _check(config_path: str | None) -> int:
     return 0
 
 
+DRIVERS_DESCRIPTION = (
+    "List the installed drivers and the kinds each provides. A plugin that fails to load "
+    "is listed as broken, with its error, after which the others are still listed; the "
+    "exit status is then 1, else 0."
+)
+
+
 def _drivers() -> int:
-    for driver in Registry().drivers():
-        kinds = ", ".join(sorted(kind.value for kind in driver.kinds))
-        print(f"{driver.name:<10}{kinds}")
-    return 0
+    """List every driver with its kinds, a broken plugin with its error; 1 if any is broken."""
+    found = Registry().load_all()
+    width = max([10, *(len(name) + 2 for name in found)])
+    for name, loaded in found.items():
+        if isinstance(loaded, ConfigError):
+            shown = "broken: " + " ".join(str(loaded).split())
+        else:
+            shown = ", ".join(sorted(kind.value for kind in loaded.kinds))
+        print(f"{name:<{width}}{shown}")
+    return 1 if any(isinstance(loaded, ConfigError) for loaded in found.values()) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="aa-storage", description="List storage drivers, and check a storage config."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("drivers", help="list installed drivers and the kinds each provides")
+    commands.add_parser(
+        "drivers",
+        help="list installed drivers and their kinds (exit 1 if a plugin is broken)",
+        description=DRIVERS_DESCRIPTION,
+    )
     check = commands.add_parser("check", help="round-trip every operation of every kind")
     check.add_argument("--config", metavar="FILE", help="TOML config (default: memory driver)")
     args = parser.parse_args(argv)
