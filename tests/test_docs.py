@@ -6,9 +6,11 @@ import argparse
 import ast
 import asyncio
 import importlib
+import importlib.metadata
 import inspect
 import os
 import re
+import subprocess
 import sys
 import textwrap
 import tomllib
@@ -49,22 +51,27 @@ from aa_storage_redis import (
 )
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.pool import Pool
-
-pytest_plugins = ["pytester"]
+from test_contract_suite import suite_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PLUGINS = ROOT / "plugins.md"
-REDIS_SRC = ROOT / "src" / "aa_storage_redis"
 STORES = (RedisSessionStore, RedisRateLimitCounter, RedisPolicyStore)
 # The README shows these None defaults in words, not as a value.
 WORD_DEFAULTS = {"ca_file": "system CAs", "cert_file": "none", "key_file": "none"}
-EXAMPLE_DRIVER = "aa_storage_dict.py"
+EXAMPLE_MODULE = "aa_storage_dict"
+EXAMPLE_FILES = (
+    "pyproject.toml",
+    f"{EXAMPLE_MODULE}.py",
+    "try_dict.py",
+    "agent-assembly.toml",
+    "test_dict_contract.py",
+)
 
 # --- reading Markdown ---
 
 _FENCE = re.compile(r"^```(?P<lang>[\w-]*)[ \t]*\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
-_MARKER = re.compile(r"# (?P<kind>file|excerpt): (?P<name>\S+)")
+_FILE_MARKER = re.compile(r"# file: (?P<name>\S+)")
 
 
 @attrs.frozen
@@ -76,15 +83,10 @@ class Block:
     line: int
 
     @property
-    def marker(self) -> tuple[str, str] | None:
-        """``("file", name)`` or ``("excerpt", path)``, from the block's first line."""
-        match = _MARKER.fullmatch(self.code.partition("\n")[0])
-        return (match["kind"], match["name"]) if match else None
-
-    @property
-    def body(self) -> str:
-        """The code without its marker line."""
-        return self.code.partition("\n")[2] if self.marker else self.code
+    def file_name(self) -> str | None:
+        """``NAME`` when the block's first line is ``# file: NAME``: a complete file."""
+        match = _FILE_MARKER.fullmatch(self.code.partition("\n")[0])
+        return match["name"] if match else None
 
 
 def code_blocks(text: str, lang: str | None = None) -> list[Block]:
@@ -167,13 +169,6 @@ def readme() -> str:
 @pytest.fixture(scope="module")
 def plugins_md() -> str:
     return PLUGINS.read_text(encoding="utf-8")
-
-
-def file_block(text: str, name: str) -> Block:
-    """The one block of ``text`` that starts with ``# file: <name>``."""
-    found = [block for block in code_blocks(text) if block.marker == ("file", name)]
-    assert len(found) == 1, f"expected one block '# file: {name}', found {len(found)}"
-    return found[0]
 
 
 # --- reading the Redis driver's source ---
@@ -603,16 +598,11 @@ def test_acl_allows_exactly_the_commands_sent(readme: str) -> None:
 
 
 def test_plugins_python_blocks_compile(plugins_md: str) -> None:
-    """Every Python block of plugins.md compiles (an excerpt once dedented)."""
+    """Every Python block of plugins.md compiles."""
     blocks = code_blocks(plugins_md, "python")
-    assert len(blocks) > 10
-    failures = []
+    assert len(blocks) >= 3
     for block in blocks:
-        try:
-            compile(textwrap.dedent(block.body), f"plugins.md:{block.line}", "exec")
-        except SyntaxError as exc:
-            failures.append(f"line {block.line}: {exc}")
-    assert not failures
+        compile(block.code, f"plugins.md:{block.line}", "exec")
 
 
 def test_plugins_toml_blocks_parse(plugins_md: str) -> None:
@@ -623,72 +613,60 @@ def test_plugins_toml_blocks_parse(plugins_md: str) -> None:
         tomllib.loads(block.code)
 
 
-def _appears_in(chunk: str, source: str) -> bool:
-    """Whether the lines of ``chunk`` occur whole and in order in ``source``, at any indent."""
-    chunk = textwrap.dedent(chunk).strip("\n")
-    return any(
-        f"\n{textwrap.indent(chunk, ' ' * indent)}\n" in f"\n{source}\n"
-        for indent in range(0, 17, 4)
+# --- plugins.md: the example project, built from its `# file:` blocks ---
+
+
+@pytest.fixture
+def example_project(plugins_md: str, tmp_path: Path) -> Path:
+    """A directory holding every `# file:` block of plugins.md, as a reader would copy them."""
+    blocks = [block for block in code_blocks(plugins_md) if block.file_name]
+    assert sorted(str(block.file_name) for block in blocks) == sorted(EXAMPLE_FILES)
+    for block in blocks:
+        (tmp_path / str(block.file_name)).write_text(block.code, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture
+def example_registry(example_project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
+    """The installed drivers plus the example, found through the example pyproject's entry point."""
+    pyproject = tomllib.loads((example_project / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = pyproject["project"]["entry-points"][ENTRY_POINT_GROUP]
+    monkeypatch.syspath_prepend(str(example_project))
+    found = [
+        *importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+        *(importlib.metadata.EntryPoint(n, v, ENTRY_POINT_GROUP) for n, v in declared.items()),
+    ]
+    yield Registry(found=found)
+    sys.modules.pop(EXAMPLE_MODULE, None)
+
+
+def run_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run this Python with ``args`` in ``directory``, as a reader would run the example."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=directory, capture_output=True, text=True, timeout=300
     )
 
 
-def test_plugins_excerpts_are_verbatim(plugins_md: str) -> None:
-    """Each `# excerpt: PATH` block is copied, apart from `...` elisions, from that file."""
-    excerpts = [
-        block for block in code_blocks(plugins_md) if block.marker and block.marker[0] == "excerpt"
-    ]
-    assert len(excerpts) >= 15
-    for block in excerpts:
-        assert block.marker is not None
-        path = block.marker[1]
-        if path.endswith(".py") and "/" not in path:
-            source = file_block(plugins_md, path).body
-        else:
-            assert (ROOT / path).is_file(), f"line {block.line}: no file {path}"
-            source = (ROOT / path).read_text(encoding="utf-8")
-        chunks = re.split(r"^[ \t]*\.\.\.[ \t]*$", block.body, flags=re.M)
-        for chunk in chunks:
-            if chunk.strip():
-                assert _appears_in(chunk, source), f"line {block.line}: not in {path}:\n{chunk}"
+def run_example_suite(project: Path) -> subprocess.CompletedProcess[str]:
+    """Run the example's tests with every warning an error, each test's outcome on its line."""
+    return run_in(project, "-m", "pytest", "-W", "error", "-v", "-rs", "-p", "no:cacheprovider")
 
 
-# --- plugins.md: the example driver ---
-
-
-@pytest.fixture
-def example_driver(plugins_md: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """The example driver of plugins.md, executed as the module its `# file:` line names."""
-    name = EXAMPLE_DRIVER.removesuffix(".py")
-    module = types.ModuleType(name)
-    module.__file__ = f"{PLUGINS}:{EXAMPLE_DRIVER}"
-    monkeypatch.setitem(sys.modules, name, module)
-    code = file_block(plugins_md, EXAMPLE_DRIVER).code
-    exec(compile(code, module.__file__, "exec"), module.__dict__)
-    return module
-
-
-@pytest.fixture
-def example_registry(example_driver: types.ModuleType) -> Registry:
-    """The installed drivers plus the example driver."""
-    registry = Registry()
-    registry.add_plugin(example_driver)
-    return registry
-
-
-def test_example_driver_registers(example_driver: types.ModuleType) -> None:
-    """The example module's register() hook gives the driver `dict` with all three kinds."""
-    driver = Registry().add_plugin(example_driver)
-    assert driver.name == "dict"
+def test_example_driver_is_found_through_its_entry_point(example_registry: Registry) -> None:
+    """The pyproject's entry point names a module whose register() gives the `dict` driver."""
+    driver = example_registry.driver("dict")
     assert driver.kinds == frozenset(Kind)
-    assert driver.config_class is example_driver.DictConfig
+    assert driver.config_class.__module__ == EXAMPLE_MODULE
     assert driver.config_class().max_entries >= 1
 
 
-def test_example_driver_works_through_open_storage(example_registry: Registry) -> None:
-    """Calls through open_storage reach the example driver's stores and follow the contracts."""
+def test_example_driver_works_through_open_storage(
+    example_project: Path, example_registry: Registry
+) -> None:
+    """The example TOML selects the example driver, whose stores follow the contracts."""
 
     async def exercise() -> None:
-        config = {"storage": {"backend": "dict"}}
+        config = example_project / "agent-assembly.toml"
         async with open_storage(config, registry=example_registry) as storage:
             assert set(storage.backends) == {"dict"}
             record = SessionRecord(SessionId.new(), AgentId.new(), 42)
@@ -696,16 +674,13 @@ def test_example_driver_works_through_open_storage(example_registry: Registry) -
             assert await storage.sessions.load(record.session_id) == record
             assert await storage.rate_limiter.increment("agent:1", 2, window_secs=60) == 2
             assert await storage.rate_limiter.increment("agent:1", 3, window_secs=60) == 5
-            assert await storage.rate_limiter.current("agent:1") == 5
             agent = AgentId.new()
             policy = PolicyDocument(1, "p", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
-            await storage.policies.cache_policy(agent, policy, ttl_secs=60)  # type: ignore[attr-defined]
+            await storage.policies.cache_policy(agent, policy, ttl_secs=60)
             assert await storage.policies.get_policy(agent) == policy
             await storage.policies.invalidate(agent)
             with pytest.raises(NotFoundError):
                 await storage.policies.get_policy(agent)
-            with pytest.raises(TypeError):
-                await storage.sessions.load(agent)  # type: ignore[arg-type]
             info = await storage.backends["dict"].describe()
             assert ("entries", "2") in info.facts
 
@@ -721,12 +696,14 @@ def test_example_driver_works_through_open_storage(example_registry: Registry) -
 def test_example_config_errors_read_as_documented(
     plugins_md: str, example_registry: Registry
 ) -> None:
-    """The config errors plugins.md quotes are the ones load_config gives, path and all."""
+    """The config errors and the redaction plugins.md quotes are the ones the code gives."""
     text = words(plugins_md)
 
-    def problems(section_: Mapping[str, object], name: str = "dict") -> list[str]:
+    def problems(section_: Mapping[str, object]) -> list[str]:
         with pytest.raises(InvalidConfigError) as caught:
-            load_config({"storage": {"backend": name, name: section_}}, registry=example_registry)
+            load_config(
+                {"storage": {"backend": "dict", "dict": section_}}, registry=example_registry
+            )
         return caught.value.problems
 
     for section_, expected in [
@@ -737,73 +714,73 @@ def test_example_config_errors_read_as_documented(
         assert f"`{expected}`" in text
     for wrong in ("10", True, 1.5):
         assert problems({"max_entries": wrong})[0].startswith("storage.dict.max_entries: ")
-    redis_problems = problems({"pool_size": 0, "retries": 99}, "redis")
-    assert redis_problems == [
-        "storage.redis.pool_size: must lie in [1, 10000], got 0",
-        "storage.redis.retries: must lie in [0, 10], got 99",
-    ]
-    assert f"`{redis_problems[0]}`" in text
-    assert "attrs validators stop at the first failure" in text
-    assert "reports them all at once" in text
     assert redact_url("redis://driver:s3cret@cache:7000") == "redis://driver:***@cache:7000"
     assert "`redis://driver:s3cret@cache:7000` into `redis://driver:***@cache:7000`" in text
-    assert redact_url("redis://cache:7000?password=s3cret") == "redis://cache:7000?password=***"
-    assert "a query parameter such as `?password=` too" in text
 
 
 def test_example_try_script_prints_what_the_text_says(
-    plugins_md: str, example_driver: types.ModuleType, capsys: pytest.CaptureFixture[str]
+    plugins_md: str, example_project: Path
 ) -> None:
-    """The `try_dict.py` example runs and prints 1 then 3, as plugins.md says."""
-    code = file_block(plugins_md, "try_dict.py").code
-    exec(compile(code, f"{PLUGINS}:try_dict.py", "exec"), {"__name__": "__main__"})
-    assert capsys.readouterr().out.splitlines() == ["1", "3"]
+    """`python try_dict.py` in the example project prints 1 then 3, as plugins.md says."""
+    result = run_in(example_project, "try_dict.py")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == ["1", "3"]
     assert "It prints `1`, then `3`" in words(plugins_md)
 
 
-def test_example_toml_configs_load(plugins_md: str, example_registry: Registry) -> None:
-    """Every TOML block of plugins.md with a [storage] table loads, the example's with its value."""
-    configs = [tomllib.loads(block.code) for block in code_blocks(plugins_md, "toml")]
-    with_storage = [config for config in configs if "storage" in config]
-    assert len(with_storage) >= 2
-    for config in with_storage:
-        load_config(config, registry=example_registry)
-    example = tomllib.loads(file_block(plugins_md, "agent-assembly.toml").code)
-    loaded = load_config(example, registry=example_registry)
-    assert loaded.backend == "dict"
-    assert loaded.drivers["dict"].max_entries == example["storage"]["dict"]["max_entries"]
+def test_example_contract_suite_passes_without_a_warning(example_project: Path) -> None:
+    """`pytest -W error` in the example project passes the whole contract suite, none skipped."""
+    result = run_example_suite(example_project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.splitlines()[-1]
+    match = re.fullmatch(r"=+ (\d+) passed in [\d.]+s =+", summary)
+    assert match, summary
+    assert int(match[1]) > len(suite_tests())
 
 
-def test_example_pyproject_declares_the_example_driver(
-    plugins_md: str, example_driver: types.ModuleType
+def test_example_pytest_config_is_what_silences_pytest_asyncio(example_project: Path) -> None:
+    """Without the shown asyncio_default_fixture_loop_scope, `pytest -W error` fails (a control)."""
+    pyproject = example_project / "pyproject.toml"
+    shown = pyproject.read_text(encoding="utf-8")
+    setting = 'asyncio_default_fixture_loop_scope = "function"\n'
+    assert setting in shown
+    pyproject.write_text(shown.replace(setting, ""), encoding="utf-8")
+    result = run_example_suite(example_project)
+    assert result.returncode != 0
+    assert "asyncio_default_fixture_loop_scope" in result.stdout + result.stderr
+
+
+def test_example_as_a_partial_driver_runs_only_its_kinds(
+    plugins_md: str, example_project: Path
 ) -> None:
-    """The example pyproject.toml maps the driver's name to the example module."""
-    pyproject = tomllib.loads(file_block(plugins_md, "pyproject.toml").code)
-    assert pyproject["build-system"]["build-backend"]
-    entry_points = pyproject["project"]["entry-points"]
-    assert list(entry_points) == [ENTRY_POINT_GROUP]
-    driver = Registry().add_plugin(example_driver)
-    assert entry_points[ENTRY_POINT_GROUP] == {driver.name: EXAMPLE_DRIVER.removesuffix(".py")}
-
-
-def test_example_contract_suite_passes(plugins_md: str, pytester: pytest.Pytester) -> None:
-    """The example test module of plugins.md runs the whole contract suite green on a FakeClock."""
-    pytester.makepyfile(
-        **{
-            name.removesuffix(".py"): file_block(plugins_md, name).code
-            for name in (EXAMPLE_DRIVER, "test_dict_contract.py")
-        }
+    """Listing one kind in the example's register() makes its suite run that kind's tests only,
+    skipping the rest with a reason naming their kind, as plugins.md says."""
+    module = example_project / f"{EXAMPLE_MODULE}.py"
+    every_kind = "kinds=set(Kind)"
+    assert every_kind in module.read_text(encoding="utf-8")
+    partial = module.read_text(encoding="utf-8").replace(
+        every_kind, "kinds={Kind.RATE_LIMIT_COUNTER}"
     )
-    result = pytester.runpytest_inprocess(
-        "-q", "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function"
+    module.write_text(partial, encoding="utf-8")
+    result = run_example_suite(example_project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcomes: dict[str, set[Kind | None]] = {}
+    for test, outcome in re.findall(
+        r"::TestDictContract::(\w+)\S* (PASSED|SKIPPED)", result.stdout
+    ):
+        outcomes.setdefault(outcome, set()).add(suite_tests()[test])
+    assert outcomes == {
+        "PASSED": {Kind.RATE_LIMIT_COUNTER},
+        "SKIPPED": {Kind.SESSION_STORE, Kind.POLICY_STORE},
+    }
+    for kind in (Kind.SESSION_STORE, Kind.POLICY_STORE):
+        assert f"the driver does not provide {kind.value}" in result.stdout
+    assert "skips the tests of any other kind, each with a reason naming the kind" in words(
+        plugins_md
     )
-    outcomes = result.parseoutcomes()
-    assert result.ret == 0, result.stdout.str()
-    assert outcomes["passed"] >= 25
-    assert "skipped" not in outcomes, "with a FakeClock no contract test is skipped"
 
 
-# --- plugins.md: names, modules and links ---
+# --- plugins.md: names and links ---
 
 
 def resolve(dotted: str) -> object:
@@ -823,7 +800,7 @@ def test_plugins_aa_storage_names_exist(plugins_md: str) -> None:
     names = {name.rstrip(".") for name in re.findall(r"\baa_storage(?:\.\w+)+\.?", plugins_md)}
     assert ENTRY_POINT_GROUP in names
     names.discard(ENTRY_POINT_GROUP)
-    assert len(names) >= 15
+    assert len(names) >= 10
     missing = []
     for name in sorted(names):
         try:
@@ -831,31 +808,6 @@ def test_plugins_aa_storage_names_exist(plugins_md: str) -> None:
         except ImportError:
             missing.append(name)
     assert not missing, f"plugins.md names what does not exist: {missing}"
-
-
-def test_plugins_redis_modules_exist(plugins_md: str) -> None:
-    """Every aa_storage_redis module plugins.md names exists; the walk-through covers them all."""
-    named = set(re.findall(r"\baa_storage_redis(?:\.\w+)+", plugins_md))
-    assert "aa_storage_redis.hooks" in named
-    for name in named:
-        assert isinstance(resolve(name), types.ModuleType), f"{name} is not a module"
-    walkthrough = section(plugins_md, "The Redis driver, a worked example")
-    mentioned = set(re.findall(r"`(\w+\.py)`", walkthrough))
-    modules = {path.name for path in REDIS_SRC.glob("*.py")} - {"__init__.py"}
-    assert mentioned == modules
-    for module in modules:
-        importlib.import_module(f"aa_storage_redis.{module.removesuffix('.py')}")
-
-
-def test_only_pool_and_errors_import_redis_py(plugins_md: str) -> None:
-    """As plugins.md says, no module of the Redis driver but pool.py and errors.py imports redis."""
-    assert "Only `pool.py` and `errors.py` import redis-py" in words(plugins_md)
-    importing = {
-        path.name
-        for path in REDIS_SRC.glob("*.py")
-        if re.search(r"^\s*(import redis\b|from redis\b)", path.read_text(encoding="utf-8"), re.M)
-    }
-    assert importing == {"pool.py", "errors.py"}
 
 
 @pytest.mark.parametrize("doc", [README, PLUGINS], ids=lambda path: path.name)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import EntryPoint
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from aa_storage import (
@@ -18,10 +23,14 @@ from aa_storage import (
     Driver,
     DuplicateDriverError,
     Kind,
+    MissingKindError,
     PluginError,
     Registry,
     UnknownDriverError,
+    load_config,
+    open_storage,
 )
+from aa_storage.cli import main
 from aa_storage.hookspecs import hookimpl
 from aa_storage.memory import MemoryBackend, MemoryConfig
 
@@ -57,6 +66,49 @@ def _module_plugin(module_name: str, **hooks: Callable[[], Any]) -> types.Module
     return module
 
 
+# The imports a plugin module written by a test starts with.
+PLUGIN_PRELUDE = (
+    "from aa_storage import Driver, Kind; from aa_storage.hookspecs import hookimpl; "
+    "from aa_storage.memory import MemoryBackend, MemoryConfig"
+)
+
+
+@attrs.frozen
+class PluginModules:
+    """Real modules written to ``path``, which is on sys.path for the test."""
+
+    path: Path
+    written: list[str] = attrs.field(factory=list)
+
+    def write(self, name: str, source: str) -> EntryPoint:
+        """Write module ``name`` and return an entry point, named alike, that targets it."""
+        (self.path / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        self.written.append(name)
+        importlib.invalidate_caches()
+        return _entry_point(name.removeprefix("aa_storage_test_"), name)
+
+    def install(self, distribution: str, *found: EntryPoint) -> None:
+        """Install metadata of ``distribution`` declaring ``found``, as pip would."""
+        info = self.path / f"{distribution}-0.dist-info"
+        info.mkdir()
+        metadata = f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0\n"
+        (info / "METADATA").write_text(metadata, encoding="utf-8")
+        lines = [f"{entry_point.name} = {entry_point.value}" for entry_point in found]
+        (info / "entry_points.txt").write_text(
+            "\n".join([f"[{ENTRY_POINT_GROUP}]", *lines, ""]), encoding="utf-8"
+        )
+
+
+@pytest.fixture
+def plugin_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginModules]:
+    """A place to write plugin modules; those imported are forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = PluginModules(tmp_path)
+    yield modules
+    for name in modules.written:
+        sys.modules.pop(name, None)
+
+
 def _run_python(code: str) -> Any:
     """Run ``code`` in a fresh interpreter and return the JSON it prints last."""
     result = subprocess.run(
@@ -81,11 +133,30 @@ class TestDiscovery:
         registry.add_plugin(NamedPlugin("alpha"))
         assert registry.names() == ["alpha", "memory", "zeta"]
 
-    def test_names_do_not_import_plugins(self) -> None:
-        """Listing names imports no driver module, not even a broken one."""
-        registry = Registry(found=[_entry_point("ghost", "no_such_module_xyz.hooks")])
-        assert registry.names() == ["ghost"]
-        assert "no_such_module_xyz" not in sys.modules
+    def test_plugins_not_named_by_the_config_are_never_imported(
+        self, plugin_modules: PluginModules
+    ) -> None:
+        """Listing names and loading and opening a memory config never import another plugin."""
+        marker = plugin_modules.path / "probe-imported"
+        probe = plugin_modules.write(
+            "aa_storage_test_probe",
+            f"""
+            import pathlib
+            pathlib.Path({str(marker)!r}).touch()
+            {PLUGIN_PRELUDE}
+            @hookimpl
+            def register():
+                return Driver("probe", MemoryConfig, set(Kind), MemoryBackend.connect)
+            """,
+        )
+        registry = Registry(found=[probe, MEMORY_EP])
+        assert registry.names() == ["memory", "probe"]
+        config = load_config({"storage": {"backend": "memory"}}, registry=registry)
+        assert set(open_storage(config, registry=registry).backends) == {"memory"}
+        assert not marker.exists()
+        # The control: asking for the driver does run the module, so the check can fail.
+        assert registry.driver("probe").name == "probe"
+        assert marker.exists()
 
     def test_names_in_a_fresh_process_import_no_driver(self) -> None:
         """In a fresh interpreter, Registry().names() imports neither driver's module."""
@@ -177,15 +248,19 @@ class TestLazyLoading:
 
 class TestDuplicates:
     def test_two_entry_points_with_one_name(self) -> None:
-        """Two installed entry points named alike are a DuplicateDriverError naming both."""
+        """Asking for a name two entry points claim is a DuplicateDriverError naming both."""
         found = [_entry_point("twin", "pkg_a.hooks"), _entry_point("twin", "pkg_b.hooks")]
+        registry = Registry(found=[*found, MEMORY_EP])
+        assert registry.names() == ["memory", "twin"]
         with pytest.raises(DuplicateDriverError) as info:
-            Registry(found=found)
+            registry.driver("twin")
         assert (
             str(info.value)
             == "driver 'twin' is registered twice: by pkg_a.hooks and by pkg_b.hooks"
         )
         assert info.value.name == "twin"
+        # The clash spoils that name only.
+        assert registry.driver("memory").name == "memory"
 
     def test_same_entry_point_seen_twice_is_one_driver(self) -> None:
         """The same entry point listed twice (one package on two paths) is not a duplicate."""
@@ -339,3 +414,132 @@ class TestBrokenPlugins:
         assert (
             messages == ["register() of entry point flaky = aa_storage_test_flaky failed: boom"] * 2
         )
+
+
+def _install_counter(plugin_modules: PluginModules, distribution: str) -> EntryPoint:
+    """Write and install a working plugin whose driver ``counter`` is a rate-limit counter."""
+    counter = plugin_modules.write(
+        "aa_storage_test_counter",
+        f"""
+        {PLUGIN_PRELUDE}
+        @hookimpl
+        def register():
+            kinds = {{Kind.RATE_LIMIT_COUNTER}}
+            return Driver("counter", MemoryConfig, kinds, MemoryBackend.connect)
+        """,
+    )
+    plugin_modules.install(distribution, counter)
+    return counter
+
+
+def test_drivers_command_exits_0_when_every_plugin_loads(
+    plugin_modules: PluginModules, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With only working plugins installed, `aa-storage drivers` lists them all and exits 0."""
+    _install_counter(plugin_modules, "aa_storage_test_counter")
+    assert main(["drivers"]) == 0
+    out = capsys.readouterr().out
+    assert "counter   rate_limit_counter\n" in out
+    assert "broken" not in out
+
+
+@pytest.fixture
+def broken_plugins(plugin_modules: PluginModules) -> None:
+    """Installed distributions: one plugin that fails to import, one whose register() raises,
+    two that claim one name, and a working rate-limit-only driver."""
+    _install_counter(plugin_modules, "aa_storage_test_counter")
+    halfway = plugin_modules.write(
+        "aa_storage_test_halfway",
+        """
+        raise ImportError("libfoo.so.1: cannot open shared object file\\n(reinstall libfoo)")
+        """,
+    )
+    sulky = plugin_modules.write(
+        "aa_storage_test_sulky",
+        f"""
+        {PLUGIN_PRELUDE}
+        @hookimpl
+        def register():
+            raise RuntimeError("no licence key")
+        """,
+    )
+    plugin_modules.install("aa_storage_test_broken", halfway, sulky)
+    plugin_modules.install("aa_storage_test_twin_a", _entry_point("twin", "twin_a.hooks"))
+    plugin_modules.install("aa_storage_test_twin_b", _entry_point("twin", "twin_b.hooks"))
+
+
+HALFWAY_ERROR = (
+    "cannot import driver 'halfway' (entry point halfway = aa_storage_test_halfway): "
+    "libfoo.so.1: cannot open shared object file (reinstall libfoo)"
+)
+SULKY_ERROR = "register() of entry point sulky = aa_storage_test_sulky failed: no licence key"
+TWIN_ERROR = "driver 'twin' is registered twice: by twin_a.hooks and by twin_b.hooks"
+
+
+@pytest.mark.usefixtures("broken_plugins")
+class TestBrokenPluginsHideNoOthers:
+    def test_load_all_reports_each_broken_plugin_and_loads_the_rest(self) -> None:
+        """load_all() maps each broken plugin to its one-line error and loads every other."""
+        found = Registry().load_all()
+        assert list(found) == sorted(found)
+        assert {"counter", "halfway", "memory", "redis", "sulky", "twin"} <= set(found)
+        errors = {
+            name: str(error) for name, error in found.items() if not isinstance(error, Driver)
+        }
+        assert errors == {"halfway": HALFWAY_ERROR, "sulky": SULKY_ERROR, "twin": TWIN_ERROR}
+        assert isinstance(found["twin"], DuplicateDriverError)
+        assert [driver.name for driver in Registry().drivers()] == [
+            name for name in found if name not in errors
+        ]
+
+    def test_drivers_command_lists_broken_plugins_among_the_rest(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`aa-storage drivers` lists every driver, each broken one with its error, and exits 1."""
+        assert main(["drivers"]) == 1
+        out, err = capsys.readouterr()
+        every_kind = "policy_store, rate_limit_counter, session_store"
+        lines = out.splitlines()
+        for line in [
+            f"counter   {Kind.RATE_LIMIT_COUNTER.value}",
+            f"halfway   broken: {HALFWAY_ERROR}",
+            f"memory    {every_kind}",
+            f"redis     {every_kind}",
+            f"sulky     broken: {SULKY_ERROR}",
+            f"twin      broken: {TWIN_ERROR}",
+        ]:
+            assert line in lines
+        assert lines == sorted(lines)
+        assert err == ""
+
+    def test_config_naming_working_drivers_loads_and_runs(self) -> None:
+        """A config naming only working drivers loads and serves calls beside broken plugins."""
+
+        async def increment() -> int:
+            config = {"storage": {"backend": "memory", "rate_limit_counter": "counter"}}
+            async with open_storage(config) as storage:
+                assert set(storage.backends) == {"counter", "memory"}
+                return await storage.rate_limiter.increment("k", 3, 60)
+
+        assert asyncio.run(increment()) == 3
+
+    def test_missing_kind_names_the_working_providers(self) -> None:
+        """Asking a driver for a kind it lacks is a MissingKindError naming working providers."""
+        with pytest.raises(MissingKindError) as info:
+            load_config({"storage": {"backend": "counter"}})
+        assert str(info.value).startswith(
+            "storage.backend: driver 'counter' does not provide a session_store; "
+            "drivers that do: memory, redis"
+        )
+
+    @pytest.mark.parametrize(
+        ("name", "error"),
+        [("halfway", HALFWAY_ERROR), ("sulky", SULKY_ERROR), ("twin", TWIN_ERROR)],
+        ids=["import-fails", "register-fails", "name-clash"],
+    )
+    def test_config_naming_a_broken_plugin_fails_with_its_error(
+        self, name: str, error: str
+    ) -> None:
+        """A config that names a broken plugin fails with that plugin's error."""
+        with pytest.raises((PluginError, DuplicateDriverError), match="^" + re.escape(error) + "$"):
+            load_config({"storage": {"backend": name}})

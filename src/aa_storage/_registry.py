@@ -8,7 +8,12 @@ import pluggy
 
 from aa_storage import hookspecs
 from aa_storage.contracts import Driver
-from aa_storage.errors import DuplicateDriverError, PluginError, UnknownDriverError
+from aa_storage.errors import (
+    ConfigError,
+    DuplicateDriverError,
+    PluginError,
+    UnknownDriverError,
+)
 
 ENTRY_POINT_GROUP = "aa_storage.drivers"
 
@@ -18,21 +23,28 @@ class Registry:
 
     Listing names reads entry-point metadata only; a driver's module is
     imported the first time :meth:`driver` asks for it, so a configuration that
-    only names ``memory`` never imports ``redis``. Tests (and embedders) can add
-    a plugin object directly with :meth:`add_plugin`.
+    only names ``memory`` never imports ``redis``, and a broken plugin fails
+    only the configurations that name it. Tests (and embedders) can add a
+    plugin object directly with :meth:`add_plugin`.
     """
 
     def __init__(self, found: list[EntryPoint] | None = None) -> None:
         self._manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._manager.add_hookspecs(hookspecs)
         self._entry_points: dict[str, EntryPoint] = {}
+        # Names claimed by two different entry points: unusable, but only they are.
+        self._clashes: dict[str, DuplicateDriverError] = {}
         self._loaded: dict[str, tuple[Driver, str]] = {}
         listed = entry_points(group=ENTRY_POINT_GROUP) if found is None else found
         for entry_point in listed:
             known = self._entry_points.get(entry_point.name)
             if known is not None and known.value != entry_point.value:
-                raise DuplicateDriverError(entry_point.name, known.value, entry_point.value)
-            self._entry_points[entry_point.name] = entry_point
+                # Sorted, so the message doesn't depend on the order of sys.path.
+                first, second = sorted([known.value, entry_point.value])
+                self._clashes.setdefault(
+                    entry_point.name, DuplicateDriverError(entry_point.name, first, second)
+                )
+            self._entry_points.setdefault(entry_point.name, entry_point)
 
     def names(self) -> list[str]:
         """The names of every installed or added driver, sorted, without importing any."""
@@ -42,11 +54,14 @@ class Registry:
         """The driver called ``name``, importing its plugin on first use.
 
         ``where`` is the config path that named it, for the error message.
-        Raises ``UnknownDriverError`` if no such driver is installed and
-        ``PluginError`` if its plugin is broken.
+        Raises ``UnknownDriverError`` if no such driver is installed,
+        ``DuplicateDriverError`` if two installed entry points claim the name,
+        and ``PluginError`` if its plugin is broken.
         """
         if name in self._loaded:
             return self._loaded[name][0]
+        if name in self._clashes:
+            raise self._clashes[name]
         entry_point = self._entry_points.get(name)
         if entry_point is None:
             raise UnknownDriverError(name, self.names(), where=where)
@@ -54,7 +69,9 @@ class Registry:
         try:
             plugin = entry_point.load()
         except Exception as exc:
-            raise PluginError(f"cannot import driver {name!r} ({origin}): {exc}") from None
+            raise PluginError(
+                f"cannot import driver {name!r} ({origin}): {_one_line(exc)}"
+            ) from None
         driver = self._register(plugin, origin)
         if driver.name != name:
             self._forget(driver.name, plugin)
@@ -74,9 +91,23 @@ class Registry:
             raise DuplicateDriverError(driver.name, f"entry point {entry_point.value}", origin)
         return driver
 
+    def load_all(self) -> dict[str, Driver | ConfigError]:
+        """Every installed or added driver by name, in name order, importing each plugin.
+
+        A broken plugin maps to the error that asking for it raises, and does
+        not stop the others from loading.
+        """
+        loaded: dict[str, Driver | ConfigError] = {}
+        for name in self.names():
+            try:
+                loaded[name] = self.driver(name)
+            except ConfigError as exc:
+                loaded[name] = exc
+        return loaded
+
     def drivers(self) -> list[Driver]:
-        """Every installed driver, importing each plugin."""
-        return [self.driver(name) for name in self.names()]
+        """Every driver whose plugin loads, in name order; broken ones are left out."""
+        return [found for found in self.load_all().values() if isinstance(found, Driver)]
 
     def _register(self, plugin: object, origin: str) -> Driver:
         """Register ``plugin`` and call its hook; on any failure it is left unregistered."""

@@ -148,11 +148,24 @@ def _config_as_toml(config: StorageConfig) -> Iterator[str]:
                 yield f"{toml_key(setting)} = {toml_value(shown)}"
 
 
+DRIVERS_DESCRIPTION = (
+    "List the installed drivers and the kinds each provides. A plugin that fails to load "
+    "is listed as broken, with its error, after which the others are still listed; the "
+    "exit status is then 1, else 0."
+)
+
+
 def _drivers() -> int:
-    for driver in Registry().drivers():
-        kinds = ", ".join(sorted(kind.value for kind in driver.kinds))
-        print(f"{driver.name:<10}{kinds}")
-    return 0
+    """List every driver with its kinds, a broken plugin with its error; 1 if any is broken."""
+    found = Registry().load_all()
+    width = max([10, *(len(name) + 2 for name in found)])
+    for name, loaded in found.items():
+        if isinstance(loaded, ConfigError):
+            shown = "broken: " + " ".join(str(loaded).split())
+        else:
+            shown = ", ".join(sorted(kind.value for kind in loaded.kinds))
+        print(f"{name:<{width}}{shown}")
+    return 1 if any(isinstance(loaded, ConfigError) for loaded in found.values()) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,8 +213,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", title="commands")
     commands.add_parser(
         "drivers",
-        help="list installed drivers and the kinds each provides",
-        description="List the installed drivers and the kinds of store each provides.",
+        help="list installed drivers and their kinds (exit 1 if a plugin is broken)",
+        description=DRIVERS_DESCRIPTION,
     )
     check = commands.add_parser(
         "check",

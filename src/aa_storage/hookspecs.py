@@ -14,7 +14,7 @@ and in ``my_package/hooks.py``::
     def register() -> Driver:
         return Driver(name="mydriver", config_class=MyConfig, kinds=..., open=MyBackend)
 
-See ``plugins.md`` for the whole walk-through.
+See ``plugins.md`` for the guide.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def register() -> Driver:  # type: ignore[empty-body]
     """Return the driver this plugin provides.
 
-    Called once, when a configuration first names the driver. The returned
+    Called once, the first time the driver is asked for (a configuration names
+    it, or ``aa-storage drivers`` lists it). The returned
     :class:`~aa_storage.contracts.Driver`'s ``name`` must equal the plugin's
-    entry-point name.
+    entry-point name; an exception raised here marks only this plugin broken.
     """

@@ -3,12 +3,16 @@
 A driver author subclasses :class:`ContractSuite` in a test module and
 overrides two fixtures: ``backend`` (a fresh, empty backend of the driver,
 closed afterwards) and, when the driver can be given a fake clock,
-``clock``::
+``clock``. A driver that provides only some kinds of store lists them in
+``kinds``; the tests of the other kinds are skipped::
 
     import pytest_asyncio
+    from aa_storage import Kind
     from aa_storage.testing import ContractSuite
 
     class TestMyDriver(ContractSuite):
+        kinds = frozenset({Kind.RATE_LIMIT_COUNTER})
+
         @pytest_asyncio.fixture
         async def backend(self):
             backend = MyBackend.connect(MyConfig())
@@ -22,15 +26,28 @@ TTL tests wait about a second each; tests that would wait an hour are skipped.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Set
+from typing import Any, ClassVar, TypeVar
 
 import attrs
-import pytest
+
+try:
+    import pytest
+
+    # Not used by name: its plugin is what runs the suite's asyncio-marked tests.
+    import pytest_asyncio  # noqa: F401
+except ImportError as exc:
+    raise ImportError(
+        f"aa_storage.testing needs {exc.name}, which the testing extra installs: "
+        "pip install 'aa-storage[testing]'",
+        name=exc.name,
+    ) from None
 
 from aa_storage import (
     SESSION_TTL_SECS,
     AgentId,
     EnforcementMode,
+    Kind,
     NotFoundError,
     PolicyDecision,
     PolicyDocument,
@@ -41,6 +58,11 @@ from aa_storage import (
 )
 
 I64_MAX = 2**63 - 1
+# The attribute that tags a suite test with the kind of store it exercises.
+_KIND_ATTRIBUTE = "contract_kind"
+_Test = TypeVar("_Test", bound=Callable[..., Any])
+# Parameters are fixed values: random ones would change the test ids on every run.
+_FIXED_ID = bytes(range(16))
 # Real-clock waits: past a 1 s window, with room for scheduling jitter.
 PAST_ONE_SECOND = 1.2
 
@@ -88,10 +110,40 @@ def a_session(started_at_ns: int = 1_700_000_000_000_000_000) -> SessionRecord:
     return SessionRecord(SessionId.new(), AgentId.new(), started_at_ns)
 
 
+def _exercises(kind: Kind) -> Callable[[_Test], _Test]:
+    """Tag a suite test with ``kind``, so a driver that lacks the kind skips it."""
+
+    def tag(test: _Test) -> _Test:
+        setattr(test, _KIND_ATTRIBUTE, kind)
+        return test
+
+    return tag
+
+
 class ContractSuite:
-    """Tests every driver must pass. Override ``backend``, and ``clock`` if it can be faked."""
+    """Tests every driver must pass. Override ``backend``, and ``clock`` if it can be faked.
+
+    ``kinds`` is the set of :class:`~aa_storage.Kind` the driver provides (every
+    kind unless overridden, e.g. with its ``Driver.kinds``); the tests of other
+    kinds are skipped, each with a reason naming its kind.
+    """
 
     pytestmark = pytest.mark.asyncio
+    kinds: ClassVar[Set[Kind]] = frozenset(Kind)
+
+    @pytest.fixture(autouse=True)
+    def _skip_kinds_not_provided(self, request: pytest.FixtureRequest) -> None:
+        kinds = self.kinds
+        if not (isinstance(kinds, Set) and kinds and all(isinstance(k, Kind) for k in kinds)):
+            raise TypeError(
+                f"{type(self).__name__}.kinds must be a non-empty set of aa_storage.Kind, "
+                f"got {kinds!r}"
+            )
+        kind = getattr(request.function, _KIND_ATTRIBUTE, None)
+        if kind is not None and kind not in kinds:
+            pytest.skip(
+                f"the driver does not provide {kind.value} (not in {type(self).__name__}.kinds)"
+            )
 
     @pytest.fixture
     def backend(self) -> Any:
@@ -103,12 +155,14 @@ class ContractSuite:
 
     # --- sessions ---
 
+    @_exercises(Kind.SESSION_STORE)
     async def test_saved_session_loads_equal(self, backend: Any) -> None:
         """A saved record loads back equal, including the largest timestamp."""
         record = a_session(2**64 - 1)
         await backend.sessions().save(record)
         assert await backend.sessions().load(record.session_id) == record
 
+    @_exercises(Kind.SESSION_STORE)
     async def test_save_replaces_record_with_same_id(self, backend: Any) -> None:
         """Saving a record with an existing id replaces the old one."""
         first = a_session(1)
@@ -117,11 +171,13 @@ class ContractSuite:
         await backend.sessions().save(second)
         assert await backend.sessions().load(first.session_id) == second
 
+    @_exercises(Kind.SESSION_STORE)
     async def test_load_of_absent_session_is_not_found(self, backend: Any) -> None:
         """Loading an id never saved raises NotFoundError."""
         with pytest.raises(NotFoundError):
             await backend.sessions().load(SessionId.new())
 
+    @_exercises(Kind.SESSION_STORE)
     async def test_delete_is_idempotent(self, backend: Any) -> None:
         """Delete removes the record, and deleting again is not an error."""
         record = a_session()
@@ -131,6 +187,7 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.sessions().load(record.session_id)
 
+    @_exercises(Kind.SESSION_STORE)
     async def test_session_expires_after_ttl_unless_saved_again(
         self, backend: Any, clock: Any
     ) -> None:
@@ -147,18 +204,31 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.sessions().load(record.session_id)
 
+    @_exercises(Kind.SESSION_STORE)
+    async def test_session_ids_of_the_wrong_kind_are_rejected(self, backend: Any) -> None:
+        """An AgentId where a SessionId belongs, raw bytes or a non-record is a TypeError."""
+        with pytest.raises(TypeError):
+            await backend.sessions().load(AgentId.new())
+        with pytest.raises(TypeError):
+            await backend.sessions().delete(SessionId.new().bytes)
+        with pytest.raises(TypeError):
+            await backend.sessions().save("not a record")
+
     # --- rate limits ---
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_increments_sum_within_a_window(self, backend: Any) -> None:
         """Each increment returns the running total, and current() agrees."""
         counter = backend.rate_limiter()
         assert [await counter.increment("k", n, 60) for n in (1, 0, 5, 2)] == [1, 1, 6, 8]
         assert await counter.current("k") == 8
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_unknown_counter_is_zero(self, backend: Any) -> None:
         """current() of a counter never incremented is 0."""
         assert await backend.rate_limiter().current("never") == 0
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_counters_are_independent(self, backend: Any) -> None:
         """Incrementing one key leaves every other key alone."""
         counter = backend.rate_limiter()
@@ -166,6 +236,7 @@ class ContractSuite:
         await counter.increment("b", 4, 60)
         assert (await counter.current("a"), await counter.current("b")) == (3, 4)
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_reset_is_idempotent(self, backend: Any) -> None:
         """reset() drops the counter, and resetting again is not an error."""
         counter = backend.rate_limiter()
@@ -175,6 +246,7 @@ class ContractSuite:
         assert await counter.current("k") == 0
         assert await counter.increment("k", 1, 60) == 1
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_window_expiry_starts_a_new_window(self, backend: Any, clock: Any) -> None:
         """After the window passes the counter reads 0 and the next increment starts afresh."""
         counter = backend.rate_limiter()
@@ -183,6 +255,7 @@ class ContractSuite:
         assert await counter.current("k") == 0
         assert await counter.increment("k", 2, 1) == 2
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_later_increments_never_move_the_window(self, backend: Any, clock: Any) -> None:
         """The window is fixed at the first increment: later ones, of 0 too, don't extend it."""
         counter = backend.rate_limiter()
@@ -193,6 +266,7 @@ class ContractSuite:
         await clock.advance(1.2)
         assert await counter.current("k") == 0
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_overflow_is_an_error_and_keeps_the_total(self, backend: Any) -> None:
         """Going past 2**63-1 raises StorageError and leaves the counter as it was."""
         counter = backend.rate_limiter()
@@ -201,6 +275,7 @@ class ContractSuite:
             await counter.increment("k", 1, 60)
         assert await counter.current("k") == I64_MAX
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_concurrent_increments_sum_exactly(self, backend: Any) -> None:
         """200 increments racing in one event loop lose none and repeat none."""
         counter = backend.rate_limiter()
@@ -208,6 +283,7 @@ class ContractSuite:
         assert sorted(totals) == list(range(1, 201))
         assert await counter.current("race") == 200
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     @pytest.mark.parametrize(
         ("key", "amount", "window_secs", "error"),
         [
@@ -234,17 +310,20 @@ class ContractSuite:
 
     # --- policies ---
 
+    @_exercises(Kind.POLICY_STORE)
     async def test_cached_policy_reads_back_equal(self, backend: Any) -> None:
         """A cached policy reads back equal, non-ASCII text and all."""
         agent = AgentId.new()
         await backend.policies().cache_policy(agent, a_policy("r\u00e8gles \U0001f512"), 60)
         assert await backend.policies().get_policy(agent) == a_policy("r\u00e8gles \U0001f512")
 
+    @_exercises(Kind.POLICY_STORE)
     async def test_missing_policy_is_not_found(self, backend: Any) -> None:
         """get_policy of an agent with nothing cached raises NotFoundError."""
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(AgentId.new())
 
+    @_exercises(Kind.POLICY_STORE)
     async def test_invalidate_is_idempotent(self, backend: Any) -> None:
         """invalidate() makes the next read miss, and invalidating again is not an error."""
         agent = AgentId.new()
@@ -254,6 +333,7 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
 
+    @_exercises(Kind.POLICY_STORE)
     async def test_cached_policy_expires_after_its_ttl(self, backend: Any, clock: Any) -> None:
         """A policy cached for 1 s is gone after it."""
         agent = AgentId.new()
@@ -262,14 +342,15 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
 
+    @_exercises(Kind.POLICY_STORE)
     @pytest.mark.parametrize(
         ("agent", "policy", "ttl_secs", "error"),
         [
-            (SessionId.new(), a_policy(), 60, TypeError),
-            (AgentId.new().bytes, a_policy(), 60, TypeError),
-            (AgentId.new(), {"version": 1}, 60, TypeError),
-            (AgentId.new(), a_policy(), 0, ValueError),
-            (AgentId.new(), a_policy(), 2.5, TypeError),
+            pytest.param(SessionId(_FIXED_ID), a_policy(), 60, TypeError, id="session-id"),
+            pytest.param(_FIXED_ID, a_policy(), 60, TypeError, id="raw-bytes"),
+            pytest.param(AgentId(_FIXED_ID), {"version": 1}, 60, TypeError, id="not-a-policy"),
+            pytest.param(AgentId(_FIXED_ID), a_policy(), 0, ValueError, id="zero-ttl"),
+            pytest.param(AgentId(_FIXED_ID), a_policy(), 2.5, TypeError, id="float-ttl"),
         ],
     )
     async def test_bad_cache_arguments_are_rejected(
@@ -282,13 +363,10 @@ class ContractSuite:
             with pytest.raises(NotFoundError):
                 await backend.policies().get_policy(agent)
 
-    async def test_ids_of_the_wrong_kind_are_rejected(self, backend: Any) -> None:
-        """An AgentId where a SessionId belongs (and raw bytes) is a TypeError."""
-        with pytest.raises(TypeError):
-            await backend.sessions().load(AgentId.new())
-        with pytest.raises(TypeError):
-            await backend.sessions().delete(SessionId.new().bytes)
+    @_exercises(Kind.POLICY_STORE)
+    async def test_policy_ids_of_the_wrong_kind_are_rejected(self, backend: Any) -> None:
+        """A SessionId (or raw bytes) where an AgentId belongs is a TypeError."""
         with pytest.raises(TypeError):
             await backend.policies().get_policy(SessionId.new())
         with pytest.raises(TypeError):
-            await backend.sessions().save("not a record")
+            await backend.policies().invalidate(AgentId.new().bytes)
