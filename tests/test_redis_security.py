@@ -206,6 +206,7 @@ class TestCheckUnderTheReadmeRule:
             "  user: not permitted (ACL WHOAMI is denied to this user)",
             "  key_prefix: aa:",
             "  maxmemory_policy: not permitted (INFO is denied to this user)",
+            "  scripts: by SHA (EVALSHA)",
         ]
         assert "unknown" not in out
         assert "WARNING" not in out
