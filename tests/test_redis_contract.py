@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from aa_storage.testing import ContractSuite
-from aa_storage_redis import RedisBackend, RedisStorageConfig
+from aa_storage_redis import RedisBackend
 from servers import RedisServer
 
 
 class TestRedisContract(ContractSuite):
     @pytest_asyncio.fixture
-    async def backend(self, redis_url: str) -> AsyncIterator[RedisBackend]:
-        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+    async def backend(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> AsyncIterator[RedisBackend]:
+        # redis_url empties the server first.
+        backend = RedisBackend.connect(redis_server.backend_config())
         yield backend
         await backend.aclose()
 

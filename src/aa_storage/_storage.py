@@ -6,13 +6,22 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import attrs
 
 from aa_storage._config import StorageConfig, load_config
 from aa_storage._registry import Registry
-from aa_storage.contracts import Backend, Kind, PolicyCache, RateLimitCounter, SessionStore
+from aa_storage.contracts import (
+    Backend,
+    Kind,
+    PolicyBackend,
+    PolicyCache,
+    RateLimitBackend,
+    RateLimitCounter,
+    SessionBackend,
+    SessionStore,
+)
 from aa_storage.errors import ConfigError
 
 CONFIG_ENV_VAR = "AA_STORAGE_CONFIG"
@@ -85,10 +94,12 @@ def open_storage(
             backends[name] = driver.open(settings)
         return backends[name]
 
+    # The registry has checked that each driver provides the kind it serves
+    # here, so its backend has that kind's accessor.
     return Storage(
-        sessions=backend_for(Kind.SESSION_STORE).sessions(),
-        rate_limiter=backend_for(Kind.RATE_LIMIT_COUNTER).rate_limiter(),
-        policies=backend_for(Kind.POLICY_STORE).policies(),
+        sessions=cast(SessionBackend, backend_for(Kind.SESSION_STORE)).sessions(),
+        rate_limiter=cast(RateLimitBackend, backend_for(Kind.RATE_LIMIT_COUNTER)).rate_limiter(),
+        policies=cast(PolicyBackend, backend_for(Kind.POLICY_STORE)).policies(),
         config=config,
         backends=backends,
     )

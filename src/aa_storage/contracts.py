@@ -91,22 +91,40 @@ class BackendInfo:
 
 
 class Backend(Protocol):
-    """One configured driver instance: it owns the connections its stores share."""
+    """One configured driver instance: it owns the connections its stores share.
 
-    def sessions(self) -> SessionStore:
-        """The session store (only called when the driver provides that kind)."""
-
-    def rate_limiter(self) -> RateLimitCounter:
-        """The rate-limit counter (only called when the driver provides that kind)."""
-
-    def policies(self) -> PolicyCache:
-        """The policy store and cache (only called when the driver provides that kind)."""
+    Besides these two methods, a backend has the accessor of each kind its
+    driver provides, and only those: ``sessions()`` (:class:`SessionBackend`),
+    ``rate_limiter()`` (:class:`RateLimitBackend`) and ``policies()``
+    (:class:`PolicyBackend`). Each is called only when the driver lists its kind.
+    """
 
     async def describe(self) -> BackendInfo:
         """Facts and warnings about the live backend; may do I/O."""
 
     async def aclose(self) -> None:
         """Release every connection; the stores must not be used afterwards."""
+
+
+class SessionBackend(Backend, Protocol):
+    """A backend of a driver that provides ``Kind.SESSION_STORE``."""
+
+    def sessions(self) -> SessionStore:
+        """The session store."""
+
+
+class RateLimitBackend(Backend, Protocol):
+    """A backend of a driver that provides ``Kind.RATE_LIMIT_COUNTER``."""
+
+    def rate_limiter(self) -> RateLimitCounter:
+        """The rate-limit counter."""
+
+
+class PolicyBackend(Backend, Protocol):
+    """A backend of a driver that provides ``Kind.POLICY_STORE``."""
+
+    def policies(self) -> PolicyCache:
+        """The policy store and cache."""
 
 
 @attrs.frozen
