@@ -11,7 +11,8 @@ import pytest
 import pytest_asyncio
 import redis
 
-from aa_storage_redis import RedisBackend
+from aa_storage_redis import RedisBackend, RedisStorageConfig
+from executor_support import PATIENT, OpenBackend
 from faultproxy import FaultProxy, FaultProxyFactory
 from servers import (
     ADMIN_PASSWORD,
@@ -146,3 +147,19 @@ async def redis_backend(redis_server: RedisServer, redis_url: str) -> AsyncItera
     backend = RedisBackend.connect(redis_server.backend_config())
     yield backend
     await backend.aclose()
+
+
+@pytest_asyncio.fixture
+async def open_backend() -> AsyncIterator[OpenBackend]:
+    """``open_backend(url, **settings)``: a driver backend with PATIENT timeouts unless
+    ``settings`` say otherwise; every one is closed after the test."""
+    made: list[RedisBackend] = []
+
+    def make(url: str, **settings: Any) -> RedisBackend:
+        backend = RedisBackend.connect(RedisStorageConfig(url=url, **{**PATIENT, **settings}))
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await backend.aclose()
