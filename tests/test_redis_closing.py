@@ -25,8 +25,6 @@ from faultproxy import FaultProxyFactory
 from servers import RedisServer
 from waiting import bounded, eventually
 
-pytestmark = pytest.mark.asyncio
-
 SLOT = KNOWN[0]
 
 
@@ -49,6 +47,7 @@ def every_call(backend: RedisBackend) -> dict[str, Callable[[], Awaitable[Any]]]
     }
 
 
+@pytest.mark.asyncio
 class TestAfterClose:
     @pytest.mark.parametrize("used", [True, False], ids=["used", "never-used"])
     async def test_every_call_after_aclose_says_the_backend_is_closed(
@@ -78,6 +77,7 @@ class TestAfterClose:
         assert backend.stats().connections_opened == accepted
 
 
+@pytest.mark.asyncio
 class TestClosingWithCallsInFlight:
     async def test_calls_in_flight_finish_or_fail_and_no_connection_stays(
         self, fresh_redis_server: RedisServer, open_backend: OpenBackend
