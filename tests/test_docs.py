@@ -822,3 +822,10 @@ def test_relative_links_resolve(doc: Path) -> None:
         assert target.is_file(), link
         if anchor:
             assert anchor in anchors(target.read_text(encoding="utf-8")), link
+
+
+@pytest.mark.parametrize("doc", [README, PLUGINS], ids=lambda path: path.name)
+def test_no_merge_conflict_markers(doc: Path) -> None:
+    """No line of the doc is a leftover merge-conflict marker."""
+    markers = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.M)
+    assert not markers.findall(doc.read_text(encoding="utf-8"))
