@@ -129,6 +129,8 @@ class RedisStorageConfig:
     socket_timeout: float = _checked(1.0, _positive_seconds)
     max_pending: int = _checked(10_000, _within(1, 1_000_000))
     retries: int = _checked(2, _within(0, 10))
+    wait_replicas: int = _checked(0, _within(0, 100))
+    wait_timeout: float = _checked(0.5, _positive_seconds)
     sentinel_username: str | None = None
     sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)
@@ -138,6 +140,12 @@ class RedisStorageConfig:
     def __attrs_post_init__(self) -> None:
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file: needs cert_file too")
+        if self.wait_replicas and self.wait_timeout >= self.socket_timeout:
+            # WAIT holds its reply up to wait_timeout: a longer one would trip socket_timeout.
+            raise ValueError(
+                f"wait_timeout: must be below socket_timeout ({self.socket_timeout}), "
+                f"got {self.wait_timeout}"
+            )
         check_fields(self)
 
     @property

@@ -60,10 +60,18 @@ class Pool:
     _topology: Topology = attrs.field(repr=False)
     _password: str | None = attrs.field(repr=False)
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
+    _wait: bytes | None = attrs.field(init=False, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
     evalsha_refused: bool = attrs.field(default=False, init=False)
     """True once the server refused ``EVALSHA`` (renamed, disabled or denied by
     ACL) while running scripts; from then on every script is sent in full."""
+
+    @_wait.default
+    def _wait_command(self) -> bytes | None:
+        if not self.config.wait_replicas:
+            return None
+        milliseconds = max(1, round(self.config.wait_timeout * 1000))
+        return pack("WAIT", self.config.wait_replicas, milliseconds)
 
     @property
     def server(self) -> str:
@@ -93,7 +101,10 @@ class Pool:
                 if asking is not None:
                     asking = None
                     # ASKING holds for the next command on its connection only.
-                    return await node.submit_asking(packed)
+                    _, future = node.submit_together(_ASKING, packed)
+                    return await future
+                if self._wait is not None and not read:
+                    return await self._confirmed(*node.submit_together(packed, self._wait))
                 return await node.submit(packed)
             except NotSent as failure:
                 error = failure.cause
@@ -137,6 +148,8 @@ class Pool:
                     raise _EvalShaRefused() from None
                 error = exc
                 retry = False
+            except _Unconfirmed as exc:
+                raise BackendError(str(exc)) from None
             except Overloaded:
                 raise BackendError(
                     f"too many commands pending on {self.server} "
@@ -150,6 +163,23 @@ class Pool:
                 raise translate(error, server=self.server, secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
+
+    async def _confirmed(self, write: asyncio.Future[Any], wait: asyncio.Future[Any]) -> Any:
+        """The write's reply once ``WAIT`` says enough replicas have it."""
+        wait.add_done_callback(_retrieve)  # a failed write leaves WAIT's reply unread
+        reply = await write
+        replicas = self.config.wait_replicas
+        try:
+            confirmed = await wait
+        except (NotSent, ReplyLost, redis_errors.RedisError):
+            confirmed = 0
+        if confirmed < replicas:
+            raise _Unconfirmed(
+                f"the write is applied on the primary of {self.server} but only {confirmed} "
+                f"of wait_replicas={replicas} replicas confirmed it within "
+                f"wait_timeout={self.config.wait_timeout}s; it was not retried"
+            )
+        return reply
 
     async def run_script(
         self, script: Script, keys: list[bytes], args: list[bytes | str | int], *, read: bool
@@ -182,6 +212,18 @@ class Pool:
         then close every connection. Idempotent."""
         self._closed = True
         await self._topology.aclose()
+
+
+class _Unconfirmed(Exception):
+    """A write ran on the primary, but fewer replicas than asked confirmed it."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+_ASKING = pack("ASKING")
 
 
 class _NoScript(Exception):
