@@ -1,4 +1,4 @@
-"""wait_replicas: a write followed by WAIT in the same round trip, and what too few replicas mean."""
+"""wait_replicas: each write followed by WAIT in the same round trip; too few replicas."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class TestWaitReplicas:
         raw.config_resetstat()
         backend = waiting(redis_server, 1)
         try:
-            with pytest.raises(BackendError, match="applied on the primary .* only 0 of"):
+            with pytest.raises(BackendError, match=r"applied on the primary .* only 0 of"):
                 await backend.rate_limiter().increment("k", 5, 60)
         finally:
             await backend.aclose()
