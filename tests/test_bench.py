@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from aa_storage.cli import main
-from aa_storage_redis.bench.operations import OPERATIONS
+from aa_storage_redis import RedisBackend
+from aa_storage_redis.bench.operations import OPERATIONS, Caller, Operation, Subject
 from servers import DRIVER_PASSWORD, DRIVER_USER, RedisServer, free_ports
 from test_redis_cli import config_file
 
@@ -25,6 +27,8 @@ TIMEOUTS = {"connect_timeout": "10.0", "socket_timeout": "10.0"}
 # Long enough that a signal sent during the first case finds it still running.
 PATIENCE_SECS = 30.0
 
+# What RedisServer.commandstats() itself sends: a new connection's HELLO, and INFO.
+_HELPER_COMMANDS = {"hello", "info"}
 _NUMBER = r"[\d,]+(?:\.\d+)?"
 _ROW = re.compile(
     rf"(?P<operation>\w+) +(?P<mode>sequential|\d+ callers) +"
@@ -217,6 +221,31 @@ def test_interrupt_deletes_the_keys_made_so_far(redis_server: RedisServer, confi
         process.send_signal(signal.SIGINT)
         assert process.wait(PATIENCE_SECS) == 130
         assert admin.dbsize() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.name)
+async def test_raw_redis_py_sends_the_drivers_command(
+    operation: Operation, redis_server: RedisServer, redis_backend: RedisBackend
+) -> None:
+    """For each operation, raw redis-py makes the server run exactly the commands the
+    driver's call makes it run, those its script calls included."""
+    async with aioredis.Redis.from_url(redis_server.url) as raw:
+        subject, caller = Subject.over(redis_backend, raw), Caller.new()
+        await operation.prepare(subject, caller)
+        sent = {}
+        for side, call in (("driver", operation.driver), ("raw", operation.raw)):
+            await call(subject, caller)  # connections opened, scripts cached
+            before = redis_server.commandstats()
+            await call(subject, caller)
+            after = redis_server.commandstats()
+            sent[side] = {
+                command: after[command] - before.get(command, 0)
+                for command in after
+                if command not in _HELPER_COMMANDS and after[command] != before.get(command, 0)
+            }
+    assert sent["driver"]
+    assert sent["raw"] == sent["driver"]
 
 
 @pytest.mark.parametrize(
