@@ -36,10 +36,21 @@ class TestDefaults:
     def test_defaults_are_bounded(self) -> None:
         """Every timeout has a finite default, and the prefix is aa:."""
         config = RedisStorageConfig()
-        assert (config.pool_size, config.key_prefix, config.tls) == (10, "aa:", False)
+        assert (config.pool_size, config.key_prefix, config.tls) == (2, "aa:", False)
         assert 0 < config.connect_timeout <= 5
         assert 0 < config.socket_timeout <= 5
-        assert 0 < config.pool_timeout <= 5
+        assert 0 < config.max_pending <= 100_000
+
+    def test_pool_timeout_is_gone_and_says_what_replaced_it(self) -> None:
+        """A config that still sets pool_timeout is an error naming what bounds a call now."""
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config(redis_section(pool_size=0, pool_timeout=1.0))
+        assert caught.value.problems == [
+            "storage.redis.pool_size: must lie in [1, 64], got 0",
+            "storage.redis.pool_timeout: removed: callers no longer wait for a free connection, "
+            "since every call shares the multiplexed connections; connect_timeout + "
+            "socket_timeout bound each call, and max_pending bounds how many may wait",
+        ]
 
     def test_toml_file_is_structured(self, tmp_path: Path) -> None:
         """A TOML file's [storage.redis] section becomes a RedisStorageConfig."""
@@ -65,7 +76,7 @@ class TestValidation:
         ("settings", "problem"),
         [
             ({"pool_sise": 3}, "storage.redis.pool_sise: unknown key"),
-            ({"pool_size": 0}, "storage.redis.pool_size: must lie in [1, 10000], got 0"),
+            ({"pool_size": 0}, "storage.redis.pool_size: must lie in [1, 64], got 0"),
             ({"pool_size": "10"}, "storage.redis.pool_size: expected int, got str"),
             ({"pool_size": 2.5}, "storage.redis.pool_size: expected int, got float"),
             ({"tls": "yes"}, "storage.redis.tls: expected bool, got str"),
@@ -292,7 +303,7 @@ FIXED_TEXT = "\n".join(
         "invalid storage configuration: storage.redis.url: cannot read the URL: ",
         ENCODING_HINT,
         *(
-            problem
+            f"storage.redis.url: cannot read the URL: {problem}; {ENCODING_HINT}"
             for problem in (
                 "it holds a '#', which would end the URL there",
                 "it holds more than one '@'",
@@ -360,7 +371,7 @@ class TestDirectConstruction:
         with pytest.raises(ValueError, match="pool_size") as caught:
             RedisStorageConfig(pool_size=0, retries=11, socket_timeout=0)
         assert str(caught.value).splitlines() == [
-            "pool_size: must lie in [1, 10000], got 0",
+            "pool_size: must lie in [1, 64], got 0",
             "socket_timeout: must be a positive number of seconds, got 0",
             "retries: must lie in [0, 10], got 11",
         ]

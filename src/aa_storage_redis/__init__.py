@@ -23,11 +23,13 @@ from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.pool import Pool, build_pool
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.sessions import RedisSessionStore
+from aa_storage_redis.stats import ExecutorStats
 
 __all__ = [
     "DEFAULT_POLICY_CACHE_TTL_SECS",
     "DRIVER_NAME",
     "SESSION_TTL_SECS",
+    "ExecutorStats",
     "Pool",
     "RedisBackend",
     "RedisPolicyStore",

@@ -11,6 +11,7 @@ from aa_storage_redis.pool import Pool, build_pool
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.scripts import PROBE
 from aa_storage_redis.sessions import RedisSessionStore
+from aa_storage_redis.stats import ExecutorStats
 
 _SAFE_EVICTION_POLICY = "noeviction"
 _DENIED = "not permitted ({command} is denied to this user)"
@@ -36,6 +37,11 @@ class RedisBackend:
 
     def policies(self) -> RedisPolicyStore:
         return RedisPolicyStore(self.pool)
+
+    def stats(self) -> ExecutorStats:
+        """Counters of the execution core: commands, socket writes, reconnects,
+        timeouts, pending commands. Costs no I/O and no lock."""
+        return self.pool.stats()
 
     async def describe(self) -> BackendInfo:
         """Server version and mode, TLS, the user, and a warning when the
@@ -67,6 +73,7 @@ class RedisBackend:
             ("key_prefix", self.pool.keys.prefix),
             ("maxmemory_policy", policy),
             ("scripts", await self._script_mode()),
+            ("traffic", _traffic(self.stats())),
         )
         warnings: tuple[str, ...] = ()
         if read_policy not in (None, _SAFE_EVICTION_POLICY):
@@ -113,3 +120,13 @@ def _parse_info(reply: bytes) -> dict[str, str]:
         if separator and not line.startswith("#"):
             fields[name] = value
     return fields
+
+
+def _traffic(stats: ExecutorStats) -> str:
+    return (
+        f"{stats.commands_sent} commands in {stats.socket_writes} socket writes "
+        f"(mean {stats.mean_commands_per_write:.1f}, "
+        f"max {stats.max_commands_per_write} per write), "
+        f"{stats.connections_opened} connections opened, {stats.reconnects} reconnects, "
+        f"{stats.timeouts} timeouts, peak {stats.peak_pending} pending"
+    )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -110,19 +111,30 @@ class RedisStorageConfig:
     ``url`` may carry a user and password (``redis://user:pw@host:port/db``);
     the password never appears in a repr, log line or error. ``tls = true``
     upgrades ``redis://`` to ``rediss://``. Certificates are always verified,
-    against ``ca_file`` when given, else the system's CAs. Timeouts bound each
-    phase of every call: connecting, each socket read and write, and waiting
-    for a free connection in the pool. ``retries`` is how many more times a
-    call is tried after a connection error (see the README on which calls).
+    against ``ca_file`` when given, else the system's CAs. ``pool_size`` is
+    the number of multiplexed connections that every caller shares, and
+    ``max_pending`` bounds the commands waiting on them. ``connect_timeout``
+    bounds opening a connection (TCP, TLS, login) and ``socket_timeout`` the
+    wait for each reply, so every call ends within their sum plus backoff.
+    ``retries`` is how many more times a call is tried after a connection
+    error (see the README on which calls).
     """
 
+    removed_settings: ClassVar[Mapping[str, str]] = {
+        "pool_timeout": (
+            "removed: callers no longer wait for a free connection, since every call "
+            "shares the multiplexed connections; connect_timeout + socket_timeout bound "
+            "each call, and max_pending bounds how many may wait"
+        ),
+    }
+
     url: str = _checked(DEFAULT_URL, _valid_url, repr=_redacted_repr)
-    pool_size: int = _checked(10, _within(1, 10_000))
+    pool_size: int = _checked(2, _within(1, 64))
     tls: bool = False
     key_prefix: str = _checked("aa:", _non_empty)
     connect_timeout: float = _checked(1.0, _positive_seconds)
     socket_timeout: float = _checked(1.0, _positive_seconds)
-    pool_timeout: float = _checked(1.0, _positive_seconds)
+    max_pending: int = _checked(10_000, _within(1, 1_000_000))
     retries: int = _checked(2, _within(0, 10))
     ca_file: str | None = _checked(None, _readable_file)
     cert_file: str | None = _checked(None, _readable_file)

@@ -18,7 +18,7 @@ def translate(exc: redis_errors.RedisError, *, server: str, secret: str | None) 
     """
     if (
         isinstance(exc, redis_errors.TimeoutError)
-        and str(exc) == "Timeout connecting to server"
+        and str(exc).startswith("Timeout connecting to server")
         and server.startswith("rediss://")
     ):
         return BackendError(

@@ -1,8 +1,9 @@
 """The one execution path: every command the driver sends goes through :class:`Pool`.
 
-It owns what all commands share: borrowing a connection, the timeouts, the
-retry policy, running scripts by SHA, and turning redis-py's exceptions into
-the core errors. Stores never touch redis-py themselves.
+It owns what all commands share: the retry rule, running scripts by SHA,
+turning failures into the core errors, closing, and stats. Below it, a
+:class:`~aa_storage_redis.node.Node` multiplexes the commands of every caller
+over a few connections. Stores never see redis-py, connections or nodes.
 """
 
 from __future__ import annotations
@@ -10,19 +11,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from functools import partial
 from typing import Any
 
 import attrs
+import hiredis
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, parse_url
-from redis.backoff import EqualJitterBackoff
+from redis.asyncio.connection import Connection, parse_url
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.retry import Retry
 
-from aa_storage import BackendError
+from aa_storage import BackendError, StorageError
 from aa_storage.redaction import redact_url
 from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.connection import Closed, NotSent, ReplyLost
 from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
+from aa_storage_redis.stats import ExecutorStats
 
 logger = logging.getLogger("aa_storage_redis")
 
@@ -30,33 +37,30 @@ logger = logging.getLogger("aa_storage_redis")
 # so that many clients reconnecting at once spread out.
 _BACKOFF = EqualJitterBackoff(cap=0.2, base=0.01)
 
-
-class _NotSent(Exception):
-    """Wraps a failure to get a connection: the command never left this process."""
-
-    def __init__(self, cause: redis_errors.RedisError) -> None:
-        self.cause = cause
+# Failures a retry cannot mend: a server too slow to answer would only keep
+# the caller waiting longer, and a refused login stays refused.
+_FINAL = (redis_errors.TimeoutError, redis_errors.AuthenticationError, redis_errors.ResponseError)
 
 
 @attrs.define
 class Pool:
-    """A bounded pool of connections to one deployment, and the path every command takes.
+    """The handle every store is built over: it runs commands on one deployment.
 
     ``execute`` retries a call after a connection error up to ``retries``
     times, with jittered exponential backoff: a read (``read=True``) after
     any connection error, a write only when it certainly never left this
     process (no connection could be opened for it). A write that may have
     run is never sent again: a retried ``DEL`` or ``SET`` would undo other
-    callers' writes acknowledged in between. A timeout is never retried: the
-    server may be frozen, and the caller asked for a bounded wait. A
-    connection that failed or timed out is closed, never reused, so a late
-    reply can't be read as the answer to another command.
+    callers' writes acknowledged in between. Timeouts and refused logins are
+    never retried. After :meth:`aclose`, every call raises ``StorageError``.
     """
 
     config: RedisStorageConfig
     keys: KeySpace
-    _connections: BlockingConnectionPool = attrs.field(repr=False)
+    _node: Node = attrs.field(repr=False)
+    _password: str | None = attrs.field(repr=False)
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
+    _closed: bool = attrs.field(default=False, init=False)
     evalsha_refused: bool = attrs.field(default=False, init=False)
     """True once the server refused ``EVALSHA`` (renamed, disabled or denied by
     ACL) while running scripts; from then on every script is sent in full."""
@@ -72,22 +76,37 @@ class Pool:
         ``read`` says the command changes nothing, so it may be retried after
         it reached the server.
         """
+        # hiredis' stub types the argument as a 1-tuple; it takes any length.
+        packed = hiredis.pack_command(args)  # type: ignore[arg-type]
         attempt = 0
         while True:
+            if self._closed:
+                raise StorageError(f"the backend for {self.server} is closed")
             try:
-                return await self._send(args)
-            except _NotSent as failure:
+                return await self._node.submit(packed)
+            except NotSent as failure:
                 error = failure.cause
-                retry = isinstance(error, redis_errors.ConnectionError)
+                retry = not isinstance(error, _FINAL)
+            except ReplyLost as failure:
+                error = failure.cause
+                retry = read and not isinstance(error, _FINAL)
+            except redis_errors.NoScriptError:
+                raise _NoScript() from None
             except redis_errors.RedisError as exc:
+                # An error reply: the command ran or was refused, and the
+                # connection is still in step.
+                if args[0] == "EVALSHA" and _refuses_evalsha(exc):
+                    raise _EvalShaRefused() from None
                 error = exc
-                retry = read and isinstance(exc, redis_errors.ConnectionError)
-            if (
-                isinstance(error, redis_errors.AuthenticationError)
-                or attempt >= self.config.retries
-            ):
                 retry = False
-            if not retry:
+            except Overloaded:
+                raise BackendError(
+                    f"too many commands pending on {self.server} "
+                    f"(max_pending={self._node.max_pending}): the server is not keeping up"
+                ) from None
+            except Closed:
+                raise StorageError(f"the backend for {self.server} is closed") from None
+            if not retry or attempt >= self.config.retries:
                 raise translate(error, server=self.server, secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
@@ -114,48 +133,15 @@ class Pool:
         self._loaded_scripts.add(script.sha)
         return reply
 
+    def stats(self) -> ExecutorStats:
+        """What the connections have done so far; reading it costs no I/O and no lock."""
+        return self._node.counters.snapshot()
+
     async def aclose(self) -> None:
-        """Close every connection, in use or idle."""
-        await self._connections.disconnect(inuse_connections=True)
-
-    @property
-    def _password(self) -> str | None:
-        password = self._connections.connection_kwargs.get("password")
-        return password if isinstance(password, str) else None
-
-    async def _send(self, args: tuple[bytes | str | int, ...]) -> Any:
-        connection = await self._borrow()
-        try:
-            await connection.send_command(*args)
-            return await connection.read_response()
-        except redis_errors.NoScriptError:
-            raise _NoScript() from None
-        except redis_errors.ResponseError as exc:
-            # An error reply: the connection is still in step.
-            if args[0] == "EVALSHA" and _refuses_evalsha(exc):
-                raise _EvalShaRefused() from None
-            raise
-        except BaseException:
-            # Timed out, broken or cancelled mid-call: a reply may still be on
-            # its way, so this connection must never answer another command.
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            await self._connections.release(connection)
-
-    async def _borrow(self) -> AbstractConnection:
-        try:
-            connection: AbstractConnection = await self._connections.get_connection()  # type: ignore[no-untyped-call]
-            return connection
-        except redis_errors.ConnectionError as exc:
-            if isinstance(exc.__cause__, asyncio.TimeoutError):
-                raise BackendError(
-                    f"no connection to {self.server} came free within "
-                    f"{self.config.pool_timeout}s (pool_size={self.config.pool_size})"
-                ) from None
-            raise _NotSent(exc) from None
-        except redis_errors.RedisError as exc:
-            raise _NotSent(exc) from None
+        """Refuse new calls, let those in flight finish or fail within the timeouts,
+        then close every connection. Idempotent."""
+        self._closed = True
+        await self._node.aclose()
 
 
 class _NoScript(Exception):
@@ -166,7 +152,7 @@ class _EvalShaRefused(Exception):
     """The server refused the EVALSHA command itself; the script did not run."""
 
 
-def _refuses_evalsha(exc: redis_errors.ResponseError) -> bool:
+def _refuses_evalsha(exc: redis_errors.RedisError) -> bool:
     # "unknown command 'EVALSHA'" when renamed or disabled; NOPERM "... the
     # 'evalsha' command" under an ACL. A NOPERM for a key the script touches
     # names no command, so it is not mistaken for this.
@@ -183,6 +169,7 @@ def build_pool(config: RedisStorageConfig) -> Pool:
     """
     url = config.effective_url
     options: dict[str, Any] = dict(parse_url(url))
+    connection_class = options.pop("connection_class", Connection)
     if config.uses_tls:
         options.update(
             ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
@@ -192,17 +179,29 @@ def build_pool(config: RedisStorageConfig) -> Pool:
             "connecting to %s without TLS: traffic and the password travel in the clear",
             redact_url(url),
         )
-    connections = BlockingConnectionPool(
+    open_connection = partial(
+        connection_class,
         **options,
-        max_connections=config.pool_size,
-        timeout=config.pool_timeout,
         socket_connect_timeout=config.connect_timeout,
         socket_timeout=config.socket_timeout,
-        # Retries are this module's job: redis-py's own would repeat increments.
-        retry=None,
+        # Retries are the Pool's job: redis-py's own would repeat writes.
+        retry=Retry(NoBackoff(), 0),
         driver_info=None,
+        protocol=2,
     )
-    return Pool(config=config, keys=KeySpace(config.key_prefix), connections=connections)
+    node = Node(
+        open_connection,
+        size=config.pool_size,
+        max_pending=config.max_pending,
+        connect_timeout=config.connect_timeout,
+        socket_timeout=config.socket_timeout,
+    )
+    return Pool(
+        config=config,
+        keys=KeySpace(config.key_prefix),
+        node=node,
+        password=options.get("password"),
+    )
 
 
 def _is_loopback(host: str) -> bool:
