@@ -91,8 +91,8 @@ def stats_lines(stats: ExecutorStats) -> Iterator[str]:
     """The driver's execution counters over the whole run, one per line."""
     yield "driver stats over the run:"
     for name, value in attrs.asdict(stats).items():
-        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        yield f"  {name}: {shown}"
+        yield f"  {name}: {value}"
+    yield f"  mean_commands_per_write: {stats.mean_commands_per_write:.2f}"
 
 
 class Progress:
