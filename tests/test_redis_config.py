@@ -82,12 +82,14 @@ class TestValidation:
             ({"tls": "yes"}, "storage.redis.tls: expected bool, got str"),
             (
                 {"url": "http://127.0.0.1:1"},
-                "storage.redis.url: scheme must be redis:// or rediss://, got 'http://127.0.0.1:1'",
+                "storage.redis.url: the scheme must be one of redis://, rediss://, "
+                "redis+cluster://, "
+                "rediss+cluster://, redis+sentinel://, rediss+sentinel://, got 'http'",
             ),
-            ({"url": "redis://"}, "storage.redis.url: 'redis://' names no host"),
+            ({"url": "redis://"}, "storage.redis.url: the URL names no host"),
             (
                 {"url": "redis://h:1/abc"},
-                "storage.redis.url: the database in 'redis://h:1/abc' must be a number",
+                "storage.redis.url: the database must be a number, as in /0",
             ),
             (
                 {"url": "redis://h:1/0?socket_timeout=5"},
@@ -192,11 +194,11 @@ class TestRedaction:
             assert SECRET not in str(thing)
 
     def test_bad_url_errors_hide_the_password(self) -> None:
-        """A rejected URL is quoted in the error without its password."""
+        """A rejected URL's error names the problem and never its password."""
         with pytest.raises(InvalidConfigError) as caught:
             load_config(redis_section(url=f"http://u:{SECRET}@h:1"))
         assert SECRET not in str(caught.value)
-        assert "http://u:***@h:1" in str(caught.value)
+        assert str(caught.value).endswith("got 'http'")
 
 
 ENCODING_HINT = (
@@ -245,10 +247,6 @@ class TestUnencodedPasswords:
             ("a?b", "a '/' or '?' comes before the '@', which would end the host there"),
             ("50%off", "a '%' before the '@' does not start a percent-encoded character"),
             ("tab\there", "it holds a control character (a tab or a line break)"),
-            (
-                "a[b",
-                "it does not parse as a URL, or its port is not a number in [1, 65535]",
-            ),
         ],
     )
     def test_each_ambiguity_is_named(

@@ -6,8 +6,9 @@ import attrs
 
 from aa_storage import BackendError, BackendInfo
 from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.deployment import build_pool
 from aa_storage_redis.policies import RedisPolicyStore
-from aa_storage_redis.pool import Pool, build_pool
+from aa_storage_redis.pool import Pool
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.scripts import PROBE
 from aa_storage_redis.sessions import RedisSessionStore

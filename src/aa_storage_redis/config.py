@@ -7,15 +7,14 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import attrs
 
 from aa_storage.redaction import redact_url
 from aa_storage.validation import CHECK, FieldCheck, check_fields
+from aa_storage_redis.urls import Deployment, HostError, parse_deployment
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
-_SCHEMES = ("redis", "rediss")
 
 
 _ENCODING_HINT = (
@@ -44,10 +43,6 @@ def _ambiguity(url: str) -> str | None:
         return "a '/' or '?' comes before the '@', which would end the host there"
     if _BAD_ESCAPE.search(userinfo):
         return "a '%' before the '@' does not start a percent-encoded character"
-    try:
-        urlsplit(url).port  # noqa: B018 - reading the port is what validates it
-    except ValueError:
-        return "it does not parse as a URL, or its port is not a number in [1, 65535]"
     return None
 
 
@@ -55,22 +50,20 @@ def _valid_url(name: str, url: str) -> None:
     problem = _ambiguity(url)
     if problem is not None:
         raise ValueError(f"{name}: cannot read the URL: {problem}; {_ENCODING_HINT}")
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES:
-        raise ValueError(f"{name}: scheme must be redis:// or rediss://, got {redact_url(url)!r}")
-    if not parts.hostname:
-        raise ValueError(f"{name}: {redact_url(url)!r} names no host")
-    if parts.port == 0:
-        raise ValueError(f"{name}: {redact_url(url)!r} names port 0")
-    database = parts.path.removeprefix("/")
-    if database and not database.isdecimal():
-        raise ValueError(f"{name}: the database in {redact_url(url)!r} must be a number")
-    if parts.query:
+    if "?" in url:
         # redis-py would read settings from the query and clash with this section's.
         raise ValueError(
             f"{name}: query parameters are not supported in {redact_url(url)!r}; "
             "use the [storage.redis] settings, and user:password@ for credentials"
         )
+    try:
+        parse_deployment(url)
+    except HostError:
+        problem = "it does not parse as a URL, or its port is not a number in [1, 65535]"
+        raise ValueError(f"{name}: cannot read the URL: {problem}; {_ENCODING_HINT}") from None
+    except ValueError as exc:
+        # Never the URL itself: a host or path may hold a cut-off password.
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _redacted_repr(url: str) -> str:
@@ -136,6 +129,8 @@ class RedisStorageConfig:
     socket_timeout: float = _checked(1.0, _positive_seconds)
     max_pending: int = _checked(10_000, _within(1, 1_000_000))
     retries: int = _checked(2, _within(0, 10))
+    sentinel_username: str | None = None
+    sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)
     cert_file: str | None = _checked(None, _readable_file)
     key_file: str | None = _checked(None, _readable_file)
@@ -147,12 +142,17 @@ class RedisStorageConfig:
 
     @property
     def effective_url(self) -> str:
-        """``url``, upgraded to ``rediss://`` when ``tls`` is set."""
-        if self.tls and self.url.startswith("redis://"):
-            return "rediss://" + self.url.removeprefix("redis://")
+        """``url``, upgraded to its TLS scheme (``rediss``...) when ``tls`` is set."""
+        if self.tls and self.url.startswith("redis"):
+            return "rediss" + self.url.removeprefix("rediss").removeprefix("redis")
         return self.url
+
+    @property
+    def deployment(self) -> Deployment:
+        """The servers ``effective_url`` names, and how to reach them."""
+        return parse_deployment(self.effective_url)
 
     @property
     def uses_tls(self) -> bool:
         """Whether connections are encrypted."""
-        return self.effective_url.startswith("rediss://")
+        return self.deployment.tls

@@ -35,6 +35,13 @@ from redis.asyncio.connection import AbstractConnection
 from aa_storage_redis.stats import Counters
 
 
+def pack(*args: bytes | str | int) -> bytes:
+    """One command in the Redis protocol, packed by hiredis."""
+    # hiredis' stub types the argument as a 1-tuple; it takes any length.
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+    return packed
+
+
 class NotSent(Exception):
     """The command never left this process; ``cause`` says why."""
 

@@ -60,6 +60,26 @@ class Node:
                     chosen = connection
         return chosen.submit(packed)
 
+    def submit_asking(self, packed: bytes) -> asyncio.Future[Any]:
+        """``ASKING`` then ``packed``, back to back on one connection, as a cluster
+        asks for a slot being imported; the future holds the command's reply."""
+        if self.counters.pending + 1 >= self.max_pending:
+            raise Overloaded()
+        connection = self._connections[0]
+        # Nothing can come between: both are queued before this returns.
+        asking = connection.submit(_ASKING)
+        asking.add_done_callback(_consume)
+        return connection.submit(packed)
+
     async def aclose(self) -> None:
         """Close every connection once what is in flight has finished or failed."""
         await asyncio.gather(*(connection.aclose() for connection in self._connections))
+
+
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    # ASKING's own reply (or error) matters to no caller: the command's tells all.
+    if not future.cancelled():
+        future.exception()

@@ -9,33 +9,33 @@ over a few connections. Stores never see redis-py, connections or nodes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-from functools import partial
 from typing import Any
 
 import attrs
-import hiredis
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import Connection, parse_url
-from redis.backoff import EqualJitterBackoff, NoBackoff
-from redis.retry import Retry
+from redis.backoff import EqualJitterBackoff
 
 from aa_storage import BackendError, StorageError
 from aa_storage.redaction import redact_url
+from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.config import RedisStorageConfig
-from aa_storage_redis.connection import Closed, NotSent, ReplyLost
+from aa_storage_redis.connection import Closed, NotSent, ReplyLost, pack
 from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
-from aa_storage_redis.stats import ExecutorStats
+from aa_storage_redis.stats import ExecutorStats, sum_counters
+from aa_storage_redis.topology import Topology
 
 logger = logging.getLogger("aa_storage_redis")
 
 # Backoff between retries: 10 ms doubling to at most 200 ms, half of it random
 # so that many clients reconnecting at once spread out.
 _BACKOFF = EqualJitterBackoff(cap=0.2, base=0.01)
+
+# Redirections followed for one call before giving up: more means the map keeps changing.
+_MAX_REDIRECTS = 5
 
 # Failures a retry cannot mend: a server too slow to answer would only keep
 # the caller waiting longer, and a refused login stays refused.
@@ -57,7 +57,7 @@ class Pool:
 
     config: RedisStorageConfig
     keys: KeySpace
-    _node: Node = attrs.field(repr=False)
+    _topology: Topology = attrs.field(repr=False)
     _password: str | None = attrs.field(repr=False)
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -74,16 +74,27 @@ class Pool:
         """Send one command and return its raw reply; failures are core errors.
 
         ``read`` says the command changes nothing, so it may be retried after
-        it reached the server.
+        it reached the server. Cluster redirections (MOVED, ASK) and a busy
+        cluster (TRYAGAIN, CLUSTERDOWN) are followed without counting as retries:
+        each means the command did not run.
         """
-        # hiredis' stub types the argument as a 1-tuple; it takes any length.
-        packed = hiredis.pack_command(args)  # type: ignore[arg-type]
-        attempt = 0
+        packed = pack(*args)
+        key = _routing_key(args)
+        attempt = redirects = 0
+        asking: Node | None = None  # where a cluster's ASK sent this command
         while True:
             if self._closed:
                 raise StorageError(f"the backend for {self.server} is closed")
+            node = asking or self._topology.node_for(key)
             try:
-                return await self._node.submit(packed)
+                if node is None:
+                    await self._topology.discover()
+                    continue
+                if asking is not None:
+                    asking = None
+                    # ASKING holds for the next command on its connection only.
+                    return await node.submit_asking(packed)
+                return await node.submit(packed)
             except NotSent as failure:
                 error = failure.cause
                 retry = not isinstance(error, _FINAL)
@@ -92,6 +103,33 @@ class Pool:
                 retry = read and not isinstance(error, _FINAL)
             except redis_errors.NoScriptError:
                 raise _NoScript() from None
+            except redis_errors.AskError as exc:  # MOVED is one too
+                redirects += 1
+                if redirects <= _MAX_REDIRECTS:
+                    cluster = self._topology
+                    assert isinstance(cluster, Cluster), "only a cluster redirects"
+                    address = (exc.host, int(exc.port))
+                    if isinstance(exc, redis_errors.MovedError):
+                        cluster.moved(exc.slot_id, address)
+                    else:
+                        asking = cluster.node(address)
+                    continue
+                error = exc
+                retry = False
+            except (
+                redis_errors.TryAgainError,
+                redis_errors.ClusterDownError,
+                redis_errors.ReadOnlyError,
+            ) as exc:
+                # None of these ran the command. READONLY: the primary was demoted.
+                if isinstance(exc, redis_errors.ReadOnlyError) and node is not None:
+                    self._topology.failed(node)
+                redirects += 1
+                if redirects <= _MAX_REDIRECTS:
+                    await asyncio.sleep(_BACKOFF.compute(redirects))
+                    continue
+                error = exc
+                retry = False
             except redis_errors.RedisError as exc:
                 # An error reply: the command ran or was refused, and the
                 # connection is still in step.
@@ -102,10 +140,12 @@ class Pool:
             except Overloaded:
                 raise BackendError(
                     f"too many commands pending on {self.server} "
-                    f"(max_pending={self._node.max_pending}): the server is not keeping up"
+                    f"(max_pending={self.config.max_pending}): the server is not keeping up"
                 ) from None
             except Closed:
                 raise StorageError(f"the backend for {self.server} is closed") from None
+            if node is not None and isinstance(error, redis_errors.ConnectionError):
+                self._topology.failed(node)
             if not retry or attempt >= self.config.retries:
                 raise translate(error, server=self.server, secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
@@ -121,7 +161,7 @@ class Pool:
             try:
                 return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args, read=read)
             except _NoScript:
-                self._loaded_scripts.discard(script.sha)
+                pass  # this node lost or never had it: EVAL loads it there
             except _EvalShaRefused:
                 self.evalsha_refused = True
                 logger.warning(
@@ -135,13 +175,13 @@ class Pool:
 
     def stats(self) -> ExecutorStats:
         """What the connections have done so far; reading it costs no I/O and no lock."""
-        return self._node.counters.snapshot()
+        return sum_counters(node.counters for node in self._topology.nodes())
 
     async def aclose(self) -> None:
         """Refuse new calls, let those in flight finish or fail within the timeouts,
         then close every connection. Idempotent."""
         self._closed = True
-        await self._node.aclose()
+        await self._topology.aclose()
 
 
 class _NoScript(Exception):
@@ -161,53 +201,14 @@ def _refuses_evalsha(exc: redis_errors.RedisError) -> bool:
     return refused and "'evalsha'" in message
 
 
-def build_pool(config: RedisStorageConfig) -> Pool:
-    """A :class:`Pool` for ``config``. No I/O happens until the first command.
-
-    Logs one warning when the connection would carry data in the clear to a
-    host that is not this machine.
-    """
-    url = config.effective_url
-    options: dict[str, Any] = dict(parse_url(url))
-    connection_class = options.pop("connection_class", Connection)
-    if config.uses_tls:
-        options.update(
-            ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
-        )
-    elif not _is_loopback(options.get("host", "")):
-        logger.warning(
-            "connecting to %s without TLS: traffic and the password travel in the clear",
-            redact_url(url),
-        )
-    open_connection = partial(
-        connection_class,
-        **options,
-        socket_connect_timeout=config.connect_timeout,
-        socket_timeout=config.socket_timeout,
-        # Retries are the Pool's job: redis-py's own would repeat writes.
-        retry=Retry(NoBackoff(), 0),
-        driver_info=None,
-        protocol=2,
-    )
-    node = Node(
-        open_connection,
-        size=config.pool_size,
-        max_pending=config.max_pending,
-        connect_timeout=config.connect_timeout,
-        socket_timeout=config.socket_timeout,
-    )
-    return Pool(
-        config=config,
-        keys=KeySpace(config.key_prefix),
-        node=node,
-        password=options.get("password"),
-    )
+def _routing_key(args: tuple[bytes | str | int, ...]) -> bytes | None:
+    """The key a cluster routes the command by; ``None`` for a keyless command."""
+    if args[0] in ("EVAL", "EVALSHA"):
+        key = args[3] if args[2] else None
+    else:
+        key = args[1] if len(args) > 1 and args[0] in _KEYED else None
+    return key if isinstance(key, bytes) else None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+# The commands whose first argument is their key: the ones the stores send.
+_KEYED = frozenset({"GET", "SET", "DEL", "HMGET", "HSET", "EXPIRE", "PTTL"})

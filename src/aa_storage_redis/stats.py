@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
 
@@ -54,6 +56,15 @@ class Counters:
         self.socket_writes += 1
         self.max_commands_per_write = max(self.max_commands_per_write, commands)
 
+    def add(self, other: Counters) -> None:
+        """Fold ``other``'s counts into these; the maxima stay maxima."""
+        for field in attrs.fields(Counters):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            merged = (
+                max(mine, theirs) if field.name.startswith(("max_", "peak_")) else mine + theirs
+            )
+            setattr(self, field.name, merged)
+
     def snapshot(self) -> ExecutorStats:
         return ExecutorStats(
             commands_sent=self.commands_sent,
@@ -65,3 +76,11 @@ class Counters:
             pending=self.pending,
             peak_pending=self.peak_pending,
         )
+
+
+def sum_counters(counters: Iterable[Counters]) -> ExecutorStats:
+    """One snapshot of several nodes' counters: sums, and the largest maxima."""
+    total = Counters()
+    for each in counters:
+        total.add(each)
+    return total.snapshot()
