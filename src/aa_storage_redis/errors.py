@@ -1,4 +1,4 @@
-"""Mapping redis-py exceptions onto the core errors. Only the pool calls this."""
+"""Mapping redis-py exceptions onto the core errors, for the pool and the benchmark's raw client."""
 
 from __future__ import annotations
 
