@@ -201,6 +201,7 @@ class TestCheckUnderTheReadmeRule:
         assert re.fullmatch(r"  traffic: \d+ commands in \d+ socket writes .*", traffic)
         assert report == [
             f"  server: redis://aa-driver:***@127.0.0.1:{acl_redis_server.port}",
+            "  topology: standalone",
             "  version: not permitted (INFO is denied to this user)",
             "  mode: not permitted (INFO is denied to this user)",
             "  tls: off",

@@ -53,6 +53,7 @@ class RedisBackend:
         permitted", and no warning is given about a policy it could not read.
         An unreachable server raises ``BackendError``.
         """
+        shape, shape_warnings = await self.pool.describe_topology()
         server = await self._info("server")
         memory = await self._info("memory")
         whoami = await self._optional("ACL", "WHOAMI")
@@ -67,6 +68,7 @@ class RedisBackend:
             policy = read_policy or "unknown"
         facts = (
             ("server", self.pool.server),
+            *shape,
             ("version", version),
             ("mode", mode),
             ("tls", "on" if self.pool.config.uses_tls else "off"),
@@ -82,7 +84,7 @@ class RedisBackend:
                 f"maxmemory-policy is {policy}, not noeviction: under memory pressure the "
                 "server may evict rate-limit counters and sessions, which silently resets limits",
             )
-        return BackendInfo(facts=facts, warnings=warnings)
+        return BackendInfo(facts=facts, warnings=shape_warnings + warnings)
 
     async def _info(self, section: str) -> dict[str, str] | None:
         """One section of ``INFO`` as a dict, or None when the ACL does not permit it."""

@@ -10,7 +10,7 @@ from redis import exceptions as redis_errors
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from aa_storage_redis.node import Node
-from aa_storage_redis.topology import Address, NodeFactory, ask
+from aa_storage_redis.topology import Address, Facts, NodeFactory, ask
 
 
 class Cluster:
@@ -65,6 +65,27 @@ class Cluster:
 
     def nodes(self) -> Iterable[Node]:
         return tuple(self._nodes.values())
+
+    async def describe(self) -> tuple[Facts, tuple[str, ...]]:
+        """Primaries, replicas and slot coverage, from a fresh ``CLUSTER SLOTS``."""
+        await self.discover()
+        reply = await ask(self._primaries[0], "CLUSTER", "SLOTS")
+        covered = sum(end - start + 1 for start, end, *_ in reply)
+        primaries = len({(entry[2][0], entry[2][1]) for entry in reply})
+        replicas = len({(node[0], node[1]) for entry in reply for node in entry[3:]})
+        facts = (
+            ("topology", "cluster"),
+            ("primaries", str(primaries)),
+            ("replicas", str(replicas)),
+            ("slots_covered", f"{covered} of {REDIS_CLUSTER_HASH_SLOTS}"),
+        )
+        warnings: tuple[str, ...] = ()
+        if covered < REDIS_CLUSTER_HASH_SLOTS:
+            warnings = (
+                f"{REDIS_CLUSTER_HASH_SLOTS - covered} slots have no primary: "
+                "commands for their keys fail until the cluster covers them",
+            )
+        return facts, warnings
 
     async def aclose(self) -> None:
         if self._refresh is not None:

@@ -58,6 +58,7 @@ def build_pool(config: RedisStorageConfig) -> Pool:
         host, port = address
         return Node(
             partial(connection_class, host=host, port=port, **options),
+            address=f"{host}:{port}",
             size=config.pool_size,
             max_pending=config.max_pending,
             connect_timeout=config.connect_timeout,

@@ -30,11 +30,14 @@ class Node:
         self,
         open_connection: Callable[[], AbstractConnection],
         *,
+        address: str,
         size: int,
         max_pending: int,
         connect_timeout: float,
         socket_timeout: float,
     ) -> None:
+        self.address = address
+        """``host:port``, for messages."""
         self.counters = Counters()
         self.max_pending = max_pending
         self._connections = [

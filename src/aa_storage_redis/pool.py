@@ -26,7 +26,7 @@ from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
 from aa_storage_redis.stats import ExecutorStats, sum_counters
-from aa_storage_redis.topology import Topology
+from aa_storage_redis.topology import Facts, Topology
 
 logger = logging.getLogger("aa_storage_redis")
 
@@ -202,6 +202,13 @@ class Pool:
         reply = await self.execute("EVAL", script.body, len(keys), *keys, *args, read=read)
         self._loaded_scripts.add(script.sha)
         return reply
+
+    async def describe_topology(self) -> tuple[Facts, tuple[str, ...]]:
+        """The deployment's shape as ``check`` shows it; failures are core errors."""
+        try:
+            return await self._topology.describe()
+        except redis_errors.RedisError as exc:
+            raise translate(exc, server=self.server, secret=self._password) from None
 
     def stats(self) -> ExecutorStats:
         """What the connections have done so far; reading it costs no I/O and no lock."""

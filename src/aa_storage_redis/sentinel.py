@@ -12,7 +12,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.node import Node
-from aa_storage_redis.topology import Address, NodeFactory, ask
+from aa_storage_redis.topology import Address, Facts, NodeFactory, ask
 
 logger = logging.getLogger("aa_storage_redis")
 
@@ -71,6 +71,35 @@ class Sentinel:
 
     def nodes(self) -> Iterable[Node]:
         return (*self._retired, *((self._primary,) if self._primary else ()))
+
+    async def describe(self) -> tuple[Facts, tuple[str, ...]]:
+        """The service, its primary, and how many sentinels and replicas answer."""
+        await self.discover()
+        answering = 0
+        replicas: list[Any] = []
+        for sentinel in self._sentinels:
+            try:
+                found = await self.ask_sentinel(sentinel, "SENTINEL", "REPLICAS", self._service)
+            except redis_errors.RedisError:
+                continue
+            answering += 1
+            replicas = replicas or found
+        primary = self._primary.address if self._primary is not None else "unknown"
+        healthy = [fields for fields in replicas if b"s_down" not in _flags(fields)]
+        facts = (
+            ("topology", "sentinel"),
+            ("service", self._service),
+            ("primary", primary),
+            ("sentinels_answering", f"{answering} of {len(self._sentinels)}"),
+            ("replicas", f"{len(healthy)} up of {len(replicas)}"),
+        )
+        warnings: tuple[str, ...] = ()
+        if answering < 3:
+            warnings = (
+                f"only {answering} sentinels answer: fewer than 3 cannot safely agree "
+                "on a failover",
+            )
+        return facts, warnings
 
     async def aclose(self) -> None:
         for task in (self._discovery, self._watcher):
@@ -150,3 +179,10 @@ class Sentinel:
                     await connection.disconnect(nowait=True)
                 attempt += 1
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+
+
+def _flags(fields: list[Any]) -> bytes:
+    """The ``flags`` of one SENTINEL REPLICAS entry (a flat name, value list)."""
+    pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+    flags: bytes = pairs.get(b"flags", b"")
+    return flags

@@ -19,6 +19,7 @@ from aa_storage_redis.node import Node
 logger = logging.getLogger("aa_storage_redis")
 Address = tuple[str, int]
 NodeFactory = Callable[[Address], Node]
+Facts = tuple[tuple[str, str], ...]
 
 
 class Topology(Protocol):
@@ -35,6 +36,9 @@ class Topology(Protocol):
 
     def nodes(self) -> Iterable[Node]:
         """Every node opened so far."""
+
+    async def describe(self) -> tuple[Facts, tuple[str, ...]]:
+        """What ``aa-storage check`` shows of the deployment's shape, and warnings."""
 
     async def aclose(self) -> None:
         """Close every node."""
@@ -57,6 +61,9 @@ class Standalone:
 
     def nodes(self) -> Iterable[Node]:
         return (self._node,)
+
+    async def describe(self) -> tuple[Facts, tuple[str, ...]]:
+        return (("topology", "standalone"),), ()
 
     async def aclose(self) -> None:
         await self._node.aclose()
