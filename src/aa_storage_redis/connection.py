@@ -27,37 +27,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import hiredis
 from redis import exceptions as redis_errors
-from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection
 
+from aa_storage_redis.replies import ReplyReader, resolve
 from aa_storage_redis.stats import Counters
-
-
-def pack(*args: bytes | str | int) -> bytes:
-    """One command in the Redis protocol, packed by hiredis."""
-    # hiredis' stub types the argument as a 1-tuple; it takes any length.
-    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
-    return packed
-
-
-class NotSent(Exception):
-    """The command never left this process; ``cause`` says why."""
-
-    def __init__(self, cause: redis_errors.RedisError) -> None:
-        self.cause = cause
-
-
-class ReplyLost(Exception):
-    """The command was written but its reply never came; the server may have run it."""
-
-    def __init__(self, cause: redis_errors.RedisError) -> None:
-        self.cause = cause
-
-
-class Closed(Exception):
-    """The connection was closed for good while the command waited."""
+from aa_storage_redis.wire import Closed, NotSent, ReplyLost
 
 
 class _Request:
@@ -93,7 +68,7 @@ class MultiplexedConnection:
         self._transport: asyncio.WriteTransport | None = None
         # Held only to keep it alive: a collected StreamWriter closes its transport.
         self._stream_writer: asyncio.StreamWriter | None = None
-        self._replies: _Replies | None = None
+        self._replies: ReplyReader | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._opened_at = 0.0
@@ -202,7 +177,7 @@ class MultiplexedConnection:
         writer = connection._writer
         assert writer is not None
         transport = writer.transport
-        self._replies = _Replies(self, asyncio.get_running_loop().create_future())
+        self._replies = ReplyReader(self, asyncio.get_running_loop().create_future())
         transport.set_protocol(self._replies)
         # From here on this object owns the socket, so redis-py must not close it.
         connection._reader = connection._writer = None
@@ -211,9 +186,9 @@ class MultiplexedConnection:
         self._state = _OPEN
         self._opened_at = asyncio.get_running_loop().time()
 
-    # --- reading (called by _Replies from the transport) -----------------------------
+    # --- reading (called by ReplyReader from the transport) -----------------------------
 
-    def deliver(self, replies: _Replies, reply: Any) -> None:
+    def deliver(self, replies: ReplyReader, reply: Any) -> None:
         """Hand ``reply`` to the oldest pending request, or drop it if its caller left."""
         if replies is not self._replies:
             return  # from a socket already given up
@@ -230,9 +205,9 @@ class MultiplexedConnection:
             else:
                 future.set_result(reply)
         if not self._pending and self._drained is not None:
-            _resolve(self._drained)
+            resolve(self._drained)
 
-    def lost(self, replies: _Replies, cause: redis_errors.RedisError) -> None:
+    def lost(self, replies: ReplyReader, cause: redis_errors.RedisError) -> None:
         """The socket under ``replies`` failed or was closed by the server."""
         if replies is self._replies:
             self._break(cause)
@@ -283,38 +258,7 @@ class MultiplexedConnection:
                 failure = written() if index < first_unwritten else unwritten()
                 request.future.set_exception(failure)
         if self._drained is not None:
-            _resolve(self._drained)
-
-
-class _Replies(asyncio.Protocol):
-    """The transport's protocol once a connection is open: parses replies as bytes arrive."""
-
-    def __init__(self, owner: MultiplexedConnection, closed: asyncio.Future[None]) -> None:
-        self._owner = owner
-        # Error replies become redis-py's exception classes, as in redis-py itself.
-        self._reader = hiredis.Reader(
-            protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error
-        )
-        self.closed = closed
-        """Resolved once the transport is closed."""
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
-        try:
-            while (reply := reader.gets()) is not False:
-                self._owner.deliver(self, reply)
-        except redis_errors.InvalidResponse as exc:
-            self._owner.lost(self, exc)
-
-    def eof_received(self) -> bool:
-        return False  # let the transport close; connection_lost reports it
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        cause = redis_errors.ConnectionError("Connection closed by server.")
-        cause.__context__ = exc
-        self._owner.lost(self, cause)
-        _resolve(self.closed)
+            resolve(self._drained)
 
 
 async def _prove_alive(connection: AbstractConnection) -> None:
@@ -328,11 +272,6 @@ async def _prove_alive(connection: AbstractConnection) -> None:
     await connection.send_command("PING", check_health=False)
     with contextlib.suppress(redis_errors.ResponseError):
         await connection.read_response()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _connect_failure(exc: BaseException, connect_timeout: float) -> redis_errors.RedisError:

@@ -20,13 +20,13 @@ from aa_storage import BackendError, StorageError
 from aa_storage.redaction import redact_url
 from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.config import RedisStorageConfig
-from aa_storage_redis.connection import Closed, NotSent, ReplyLost, pack
 from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
 from aa_storage_redis.stats import ExecutorStats, sum_counters
 from aa_storage_redis.topology import Facts, Topology
+from aa_storage_redis.wire import Closed, NotSent, ReplyLost, pack
 
 logger = logging.getLogger("aa_storage_redis")
 

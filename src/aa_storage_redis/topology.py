@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from aa_storage_redis.connection import NotSent, ReplyLost, pack
 from aa_storage_redis.node import Node
+from aa_storage_redis.wire import NotSent, ReplyLost, pack
 
 logger = logging.getLogger("aa_storage_redis")
 Address = tuple[str, int]
