@@ -44,7 +44,7 @@ DRIVER_ACL = f"{DRIVER_USER} on >{DRIVER_PASSWORD} ~aa:* &aa:* +@all"
 
 # The driver's 1 s defaults suit production; on a test machine busy with other work, ten TLS
 # handshakes at once or a queue of 200 calls for 10 connections can take longer.
-LOADED_MACHINE_TIMEOUTS = {"connect_timeout": 10.0, "socket_timeout": 10.0, "pool_timeout": 10.0}
+LOADED_MACHINE_TIMEOUTS = {"connect_timeout": 10.0, "socket_timeout": 10.0}
 
 # How long a test waits for a key cut to a 1 ms TTL to be gone before it gives up.
 EXPIRY_PATIENCE_SECS = 10.0

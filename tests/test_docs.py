@@ -58,7 +58,13 @@ README = ROOT / "README.md"
 PLUGINS = ROOT / "plugins.md"
 STORES = (RedisSessionStore, RedisRateLimitCounter, RedisPolicyStore)
 # The README shows these None defaults in words, not as a value.
-WORD_DEFAULTS = {"ca_file": "system CAs", "cert_file": "none", "key_file": "none"}
+WORD_DEFAULTS = {
+    "ca_file": "system CAs",
+    "cert_file": "none",
+    "key_file": "none",
+    "sentinel_username": "none",
+    "sentinel_password": "none",
+}
 EXAMPLE_MODULE = "aa_storage_dict"
 EXAMPLE_FILES = (
     "pyproject.toml",
@@ -293,7 +299,7 @@ def test_reference_table_types_and_ranges_match_the_validators(readme: str) -> N
     for name, (_, type_cell, _, _) in config_rows(readme).items():
         declared = type_name(attrs.fields_dict(RedisStorageConfig)[name])
         if declared == "str | None":
-            assert type_cell == "path", name
+            assert type_cell == ("path" if name.endswith("_file") else "str"), name
             continue
         assert type_cell.split(",")[0].split(" ")[0] == declared, f"{name}: {type_cell!r}"
         if match := re.search(r"(\d+)\N{EN DASH}(\d+)", type_cell):
@@ -822,3 +828,10 @@ def test_relative_links_resolve(doc: Path) -> None:
         assert target.is_file(), link
         if anchor:
             assert anchor in anchors(target.read_text(encoding="utf-8")), link
+
+
+@pytest.mark.parametrize("doc", [README, PLUGINS], ids=lambda path: path.name)
+def test_no_merge_conflict_markers(doc: Path) -> None:
+    """No line of the doc is a leftover merge-conflict marker."""
+    markers = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.M)
+    assert not markers.findall(doc.read_text(encoding="utf-8"))

@@ -197,9 +197,11 @@ class TestCheckUnderTheReadmeRule:
         assert main(["check", "--config", str(config)]) == 0
         out, err = capsys.readouterr()
         assert err == ""
-        report = out.partition("\n[redis]\n")[2].partition("\n\n")[0].splitlines()
+        *report, traffic = out.partition("\n[redis]\n")[2].partition("\n\n")[0].splitlines()
+        assert re.fullmatch(r"  traffic: \d+ commands in \d+ socket writes .*", traffic)
         assert report == [
             f"  server: redis://aa-driver:***@127.0.0.1:{acl_redis_server.port}",
+            "  topology: standalone",
             "  version: not permitted (INFO is denied to this user)",
             "  mode: not permitted (INFO is denied to this user)",
             "  tls: off",

@@ -47,7 +47,7 @@ def describe_errors(exc: BaseException, path: str) -> list[str]:
 
     Field checks name their field as ``"field: problem"``, one per line; each
     such line is moved onto the path, so every line reads
-    ``storage.redis.pool_size: must lie in [1, 10000], got 0``.
+    ``storage.redis.pool_size: must lie in [1, 64], got 0``.
     """
     if isinstance(exc, ClassValidationError | IterableValidationError):
         noted, unnoted = exc.group_exceptions()

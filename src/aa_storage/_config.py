@@ -92,11 +92,17 @@ def load_config(
     drivers: dict[str, Any] = {}
     for name, section in sections.items():
         driver = registry.driver(name, where=f"storage.{name}")
+        path = f"storage.{name}"
+        # A driver names the settings it dropped, so an old config is told what
+        # replaced them rather than "unknown key".
+        removed: Mapping[str, str] = getattr(driver.config_class, "removed_settings", {})
+        found = [f"{path}.{key}: {removed[key]}" for key in section if key in removed]
+        kept = {key: value for key, value in section.items() if key not in removed}
         try:
-            drivers[name] = _converter.structure(dict(section), driver.config_class)
+            drivers[name] = _converter.structure(kept, driver.config_class)
         except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-            path = f"storage.{name}"
-            problems.extend(_in_file_order(describe_errors(exc, path), path, section))
+            found += describe_errors(exc, path)
+        problems.extend(_in_file_order(found, path, section))
     if problems:
         raise InvalidConfigError(problems)
     return StorageConfig(

@@ -1,4 +1,5 @@
-"""``aa-storage``: list the installed drivers, and check a config end to end.
+"""``aa-storage``: list the installed drivers, check a config end to end, and
+benchmark the Redis driver.
 
 ``check`` loads the config (the file ``--config`` or ``AA_STORAGE_CONFIG``
 names, else memory defaults), runs one real round trip of every operation of
@@ -168,6 +169,15 @@ def _drivers() -> int:
     return 1 if any(isinstance(loaded, ConfigError) for loaded in found.values()) else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    # The benchmark compares the Redis driver with raw redis-py, so it lives with
+    # that driver; importing it only here keeps redis out of every other command.
+    from aa_storage_redis.bench import Budget, command
+
+    budget = Budget(seconds=args.seconds, requests=args.requests)
+    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     try:
@@ -194,6 +204,8 @@ def _run(argv: Sequence[str] | None) -> int:
         with _labelled_log_lines():
             if args.command == "drivers":
                 return _drivers()
+            if args.command == "bench":
+                return _bench(args)
             return asyncio.run(_check(args.config))
     except (ConfigError, StorageError, CheckFailed, StepFailed) as exc:
         kind = type(exc.error if isinstance(exc, StepFailed) else exc).__name__
@@ -205,7 +217,8 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="aa-storage", description="List storage drivers, and check a storage config."
+        prog="aa-storage",
+        description="List storage drivers, check a storage config, and benchmark the Redis driver.",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {importlib.metadata.version(_DIST)}"
@@ -232,7 +245,65 @@ def _parser() -> argparse.ArgumentParser:
             "environment variable, and when that is unset, the embedded memory driver"
         ),
     )
+    _add_bench(commands)
     return parser
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure the Redis driver's throughput and latency beside raw redis-py",
+        description=(
+            "Run each store operation sequentially and with C concurrent callers, through "
+            "the Redis driver and as the same command sent with raw redis-py, and print "
+            "ops/s, p50 and p99 latency, and their ratio. Progress goes to stderr, the "
+            "table to stdout. Keys are made under <key_prefix>bench-<random>: and deleted "
+            "at the end."
+        ),
+    )
+    bench.add_argument(
+        "--config",
+        metavar="FILE",
+        help=(
+            "TOML config whose [storage.redis] section names the server; without it, a "
+            "throwaway redis-server from PATH on a free loopback port"
+        ),
+    )
+    bench.add_argument(
+        "--concurrency",
+        metavar="C",
+        type=_at_least(2, int),
+        default=50,
+        help="callers of the concurrent cases (default 50)",
+    )
+    budget = bench.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--seconds",
+        type=_at_least(0.001, float),
+        default=2.0,
+        help="how long each case runs (default 2)",
+    )
+    budget.add_argument(
+        "--requests",
+        metavar="N",
+        type=_at_least(1, int),
+        help="calls per case, instead of --seconds",
+    )
+
+
+def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: ``number(text)``, refused below ``low``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = number(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {number.__name__}, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
 
 
 @contextlib.contextmanager

@@ -66,7 +66,7 @@ class InvalidConfigError(ConfigError):
     """One or more values in the configuration are invalid.
 
     ``problems`` holds one line per bad value, each starting with the value's
-    path, e.g. ``storage.redis.pool_size: must lie in [1, 10000], got 0``; the
+    path, e.g. ``storage.redis.pool_size: must lie in [1, 64], got 0``; the
     message joins them with ``"; "``.
     """
 

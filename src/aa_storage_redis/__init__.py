@@ -18,16 +18,19 @@ its stores, or build each store directly over a shared :class:`Pool` from
 from aa_storage.contracts import DEFAULT_POLICY_CACHE_TTL_SECS, SESSION_TTL_SECS
 from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.deployment import build_pool
 from aa_storage_redis.hooks import DRIVER_NAME, register
 from aa_storage_redis.policies import RedisPolicyStore
-from aa_storage_redis.pool import Pool, build_pool
+from aa_storage_redis.pool import Pool
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.sessions import RedisSessionStore
+from aa_storage_redis.stats import ExecutorStats
 
 __all__ = [
     "DEFAULT_POLICY_CACHE_TTL_SECS",
     "DRIVER_NAME",
     "SESSION_TTL_SECS",
+    "ExecutorStats",
     "Pool",
     "RedisBackend",
     "RedisPolicyStore",

@@ -6,11 +6,13 @@ import attrs
 
 from aa_storage import BackendError, BackendInfo
 from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.deployment import build_pool
 from aa_storage_redis.policies import RedisPolicyStore
-from aa_storage_redis.pool import Pool, build_pool
+from aa_storage_redis.pool import Pool
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.scripts import PROBE
 from aa_storage_redis.sessions import RedisSessionStore
+from aa_storage_redis.stats import ExecutorStats
 
 _SAFE_EVICTION_POLICY = "noeviction"
 _DENIED = "not permitted ({command} is denied to this user)"
@@ -37,6 +39,11 @@ class RedisBackend:
     def policies(self) -> RedisPolicyStore:
         return RedisPolicyStore(self.pool)
 
+    def stats(self) -> ExecutorStats:
+        """Counters of the execution core: commands, socket writes, reconnects,
+        timeouts, pending commands. Costs no I/O and no lock."""
+        return self.pool.stats()
+
     async def describe(self) -> BackendInfo:
         """Server version and mode, TLS, the user, and a warning when the
         eviction policy could silently drop counters and sessions.
@@ -46,6 +53,7 @@ class RedisBackend:
         permitted", and no warning is given about a policy it could not read.
         An unreachable server raises ``BackendError``.
         """
+        shape, shape_warnings = await self.pool.describe_topology()
         server = await self._info("server")
         memory = await self._info("memory")
         whoami = await self._optional("ACL", "WHOAMI")
@@ -60,6 +68,7 @@ class RedisBackend:
             policy = read_policy or "unknown"
         facts = (
             ("server", self.pool.server),
+            *shape,
             ("version", version),
             ("mode", mode),
             ("tls", "on" if self.pool.config.uses_tls else "off"),
@@ -67,6 +76,7 @@ class RedisBackend:
             ("key_prefix", self.pool.keys.prefix),
             ("maxmemory_policy", policy),
             ("scripts", await self._script_mode()),
+            ("traffic", _traffic(self.stats())),
         )
         warnings: tuple[str, ...] = ()
         if read_policy not in (None, _SAFE_EVICTION_POLICY):
@@ -74,7 +84,7 @@ class RedisBackend:
                 f"maxmemory-policy is {policy}, not noeviction: under memory pressure the "
                 "server may evict rate-limit counters and sessions, which silently resets limits",
             )
-        return BackendInfo(facts=facts, warnings=warnings)
+        return BackendInfo(facts=facts, warnings=shape_warnings + warnings)
 
     async def _info(self, section: str) -> dict[str, str] | None:
         """One section of ``INFO`` as a dict, or None when the ACL does not permit it."""
@@ -113,3 +123,13 @@ def _parse_info(reply: bytes) -> dict[str, str]:
         if separator and not line.startswith("#"):
             fields[name] = value
     return fields
+
+
+def _traffic(stats: ExecutorStats) -> str:
+    return (
+        f"{stats.commands_sent} commands in {stats.socket_writes} socket writes "
+        f"(mean {stats.mean_commands_per_write:.1f}, "
+        f"max {stats.max_commands_per_write} per write), "
+        f"{stats.connections_opened} connections opened, {stats.reconnects} reconnects, "
+        f"{stats.timeouts} timeouts, peak {stats.peak_pending} pending"
+    )

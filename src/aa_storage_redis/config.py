@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, ClassVar
 
 import attrs
 
 from aa_storage.redaction import redact_url
 from aa_storage.validation import CHECK, FieldCheck, check_fields
+from aa_storage_redis.urls import Deployment, HostError, parse_deployment
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
-_SCHEMES = ("redis", "rediss")
 
 
 _ENCODING_HINT = (
@@ -43,10 +43,6 @@ def _ambiguity(url: str) -> str | None:
         return "a '/' or '?' comes before the '@', which would end the host there"
     if _BAD_ESCAPE.search(userinfo):
         return "a '%' before the '@' does not start a percent-encoded character"
-    try:
-        urlsplit(url).port  # noqa: B018 - reading the port is what validates it
-    except ValueError:
-        return "it does not parse as a URL, or its port is not a number in [1, 65535]"
     return None
 
 
@@ -54,22 +50,20 @@ def _valid_url(name: str, url: str) -> None:
     problem = _ambiguity(url)
     if problem is not None:
         raise ValueError(f"{name}: cannot read the URL: {problem}; {_ENCODING_HINT}")
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES:
-        raise ValueError(f"{name}: scheme must be redis:// or rediss://, got {redact_url(url)!r}")
-    if not parts.hostname:
-        raise ValueError(f"{name}: {redact_url(url)!r} names no host")
-    if parts.port == 0:
-        raise ValueError(f"{name}: {redact_url(url)!r} names port 0")
-    database = parts.path.removeprefix("/")
-    if database and not database.isdecimal():
-        raise ValueError(f"{name}: the database in {redact_url(url)!r} must be a number")
-    if parts.query:
+    if "?" in url:
         # redis-py would read settings from the query and clash with this section's.
         raise ValueError(
             f"{name}: query parameters are not supported in {redact_url(url)!r}; "
             "use the [storage.redis] settings, and user:password@ for credentials"
         )
+    try:
+        parse_deployment(url)
+    except HostError:
+        problem = "it does not parse as a URL, or its port is not a number in [1, 65535]"
+        raise ValueError(f"{name}: cannot read the URL: {problem}; {_ENCODING_HINT}") from None
+    except ValueError as exc:
+        # Never the URL itself: a host or path may hold a cut-off password.
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _redacted_repr(url: str) -> str:
@@ -110,20 +104,35 @@ class RedisStorageConfig:
     ``url`` may carry a user and password (``redis://user:pw@host:port/db``);
     the password never appears in a repr, log line or error. ``tls = true``
     upgrades ``redis://`` to ``rediss://``. Certificates are always verified,
-    against ``ca_file`` when given, else the system's CAs. Timeouts bound each
-    phase of every call: connecting, each socket read and write, and waiting
-    for a free connection in the pool. ``retries`` is how many more times a
-    call is tried after a connection error (see the README on which calls).
+    against ``ca_file`` when given, else the system's CAs. ``pool_size`` is
+    the number of multiplexed connections that every caller shares, and
+    ``max_pending`` bounds the commands waiting on them. ``connect_timeout``
+    bounds opening a connection (TCP, TLS, login) and ``socket_timeout`` the
+    wait for each reply, so every call ends within their sum plus backoff.
+    ``retries`` is how many more times a call is tried after a connection
+    error (see the README on which calls).
     """
 
+    removed_settings: ClassVar[Mapping[str, str]] = {
+        "pool_timeout": (
+            "removed: callers no longer wait for a free connection, since every call "
+            "shares the multiplexed connections; connect_timeout + socket_timeout bound "
+            "each call, and max_pending bounds how many may wait"
+        ),
+    }
+
     url: str = _checked(DEFAULT_URL, _valid_url, repr=_redacted_repr)
-    pool_size: int = _checked(10, _within(1, 10_000))
+    pool_size: int = _checked(2, _within(1, 64))
     tls: bool = False
     key_prefix: str = _checked("aa:", _non_empty)
     connect_timeout: float = _checked(1.0, _positive_seconds)
     socket_timeout: float = _checked(1.0, _positive_seconds)
-    pool_timeout: float = _checked(1.0, _positive_seconds)
+    max_pending: int = _checked(10_000, _within(1, 1_000_000))
     retries: int = _checked(2, _within(0, 10))
+    wait_replicas: int = _checked(0, _within(0, 100))
+    wait_timeout: float = _checked(0.5, _positive_seconds)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)
     cert_file: str | None = _checked(None, _readable_file)
     key_file: str | None = _checked(None, _readable_file)
@@ -131,16 +140,27 @@ class RedisStorageConfig:
     def __attrs_post_init__(self) -> None:
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file: needs cert_file too")
+        if self.wait_replicas and self.wait_timeout >= self.socket_timeout:
+            # WAIT holds its reply up to wait_timeout: a longer one would trip socket_timeout.
+            raise ValueError(
+                f"wait_timeout: must be below socket_timeout ({self.socket_timeout}), "
+                f"got {self.wait_timeout}"
+            )
         check_fields(self)
 
     @property
     def effective_url(self) -> str:
-        """``url``, upgraded to ``rediss://`` when ``tls`` is set."""
-        if self.tls and self.url.startswith("redis://"):
-            return "rediss://" + self.url.removeprefix("redis://")
+        """``url``, upgraded to its TLS scheme (``rediss``...) when ``tls`` is set."""
+        if self.tls and self.url.startswith("redis"):
+            return "rediss" + self.url.removeprefix("rediss").removeprefix("redis")
         return self.url
+
+    @property
+    def deployment(self) -> Deployment:
+        """The servers ``effective_url`` names, and how to reach them."""
+        return parse_deployment(self.effective_url)
 
     @property
     def uses_tls(self) -> bool:
         """Whether connections are encrypted."""
-        return self.effective_url.startswith("rediss://")
+        return self.deployment.tls

@@ -1,4 +1,4 @@
-"""Mapping redis-py exceptions onto the core errors. Only the pool calls this."""
+"""Mapping redis-py exceptions onto the core errors, for the pool and the benchmark's raw client."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def translate(exc: redis_errors.RedisError, *, server: str, secret: str | None) 
     """
     if (
         isinstance(exc, redis_errors.TimeoutError)
-        and str(exc) == "Timeout connecting to server"
+        and str(exc).startswith("Timeout connecting to server")
         and server.startswith("rediss://")
     ):
         return BackendError(

@@ -1,28 +1,32 @@
 """The one execution path: every command the driver sends goes through :class:`Pool`.
 
-It owns what all commands share: borrowing a connection, the timeouts, the
-retry policy, running scripts by SHA, and turning redis-py's exceptions into
-the core errors. Stores never touch redis-py themselves.
+It owns what all commands share: the retry rule, running scripts by SHA,
+turning failures into the core errors, closing, and stats. Below it, a
+:class:`~aa_storage_redis.node.Node` multiplexes the commands of every caller
+over a few connections. Stores never see redis-py, connections or nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from typing import Any
 
 import attrs
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, parse_url
 from redis.backoff import EqualJitterBackoff
 
-from aa_storage import BackendError
+from aa_storage import BackendError, StorageError
 from aa_storage.redaction import redact_url
+from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
+from aa_storage_redis.stats import ExecutorStats, sum_counters
+from aa_storage_redis.topology import Facts, Topology
+from aa_storage_redis.wire import Closed, NotSent, ReplyLost, pack
 
 logger = logging.getLogger("aa_storage_redis")
 
@@ -30,36 +34,44 @@ logger = logging.getLogger("aa_storage_redis")
 # so that many clients reconnecting at once spread out.
 _BACKOFF = EqualJitterBackoff(cap=0.2, base=0.01)
 
+# Redirections followed for one call before giving up: more means the map keeps changing.
+_MAX_REDIRECTS = 5
 
-class _NotSent(Exception):
-    """Wraps a failure to get a connection: the command never left this process."""
-
-    def __init__(self, cause: redis_errors.RedisError) -> None:
-        self.cause = cause
+# Failures a retry cannot mend: a server too slow to answer would only keep
+# the caller waiting longer, and a refused login stays refused.
+_FINAL = (redis_errors.TimeoutError, redis_errors.AuthenticationError, redis_errors.ResponseError)
 
 
 @attrs.define
 class Pool:
-    """A bounded pool of connections to one deployment, and the path every command takes.
+    """The handle every store is built over: it runs commands on one deployment.
 
     ``execute`` retries a call after a connection error up to ``retries``
     times, with jittered exponential backoff: a read (``read=True``) after
     any connection error, a write only when it certainly never left this
     process (no connection could be opened for it). A write that may have
     run is never sent again: a retried ``DEL`` or ``SET`` would undo other
-    callers' writes acknowledged in between. A timeout is never retried: the
-    server may be frozen, and the caller asked for a bounded wait. A
-    connection that failed or timed out is closed, never reused, so a late
-    reply can't be read as the answer to another command.
+    callers' writes acknowledged in between. Timeouts and refused logins are
+    never retried. After :meth:`aclose`, every call raises ``StorageError``.
     """
 
     config: RedisStorageConfig
     keys: KeySpace
-    _connections: BlockingConnectionPool = attrs.field(repr=False)
+    _topology: Topology = attrs.field(repr=False)
+    _password: str | None = attrs.field(repr=False)
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
+    _wait: bytes | None = attrs.field(init=False, repr=False)
+    _closed: bool = attrs.field(default=False, init=False)
     evalsha_refused: bool = attrs.field(default=False, init=False)
     """True once the server refused ``EVALSHA`` (renamed, disabled or denied by
     ACL) while running scripts; from then on every script is sent in full."""
+
+    @_wait.default
+    def _wait_command(self) -> bytes | None:
+        if not self.config.wait_replicas:
+            return None
+        milliseconds = max(1, round(self.config.wait_timeout * 1000))
+        return pack("WAIT", self.config.wait_replicas, milliseconds)
 
     @property
     def server(self) -> str:
@@ -70,27 +82,104 @@ class Pool:
         """Send one command and return its raw reply; failures are core errors.
 
         ``read`` says the command changes nothing, so it may be retried after
-        it reached the server.
+        it reached the server. Cluster redirections (MOVED, ASK) and a busy
+        cluster (TRYAGAIN, CLUSTERDOWN) are followed without counting as retries:
+        each means the command did not run.
         """
-        attempt = 0
+        packed = pack(*args)
+        key = _routing_key(args)
+        attempt = redirects = 0
+        asking: Node | None = None  # where a cluster's ASK sent this command
         while True:
+            if self._closed:
+                raise StorageError(f"the backend for {self.server} is closed")
+            node = asking or self._topology.node_for(key)
             try:
-                return await self._send(args)
-            except _NotSent as failure:
+                if node is None:
+                    await self._topology.discover()
+                    continue
+                if asking is not None:
+                    asking = None
+                    # ASKING holds for the next command on its connection only.
+                    _, future = node.submit_together(_ASKING, packed)
+                    return await future
+                if self._wait is not None and not read:
+                    return await self._confirmed(*node.submit_together(packed, self._wait))
+                return await node.submit(packed)
+            except NotSent as failure:
                 error = failure.cause
-                retry = isinstance(error, redis_errors.ConnectionError)
-            except redis_errors.RedisError as exc:
+                retry = not isinstance(error, _FINAL)
+            except ReplyLost as failure:
+                error = failure.cause
+                retry = read and not isinstance(error, _FINAL)
+            except redis_errors.NoScriptError:
+                raise _NoScript() from None
+            except redis_errors.AskError as exc:  # MOVED is one too
+                redirects += 1
+                if redirects <= _MAX_REDIRECTS:
+                    cluster = self._topology
+                    assert isinstance(cluster, Cluster), "only a cluster redirects"
+                    address = (exc.host, int(exc.port))
+                    if isinstance(exc, redis_errors.MovedError):
+                        cluster.moved(exc.slot_id, address)
+                    else:
+                        asking = cluster.node(address)
+                    continue
                 error = exc
-                retry = read and isinstance(exc, redis_errors.ConnectionError)
-            if (
-                isinstance(error, redis_errors.AuthenticationError)
-                or attempt >= self.config.retries
-            ):
                 retry = False
-            if not retry:
+            except (
+                redis_errors.TryAgainError,
+                redis_errors.ClusterDownError,
+                redis_errors.ReadOnlyError,
+            ) as exc:
+                # None of these ran the command. READONLY: the primary was demoted.
+                if isinstance(exc, redis_errors.ReadOnlyError) and node is not None:
+                    self._topology.failed(node)
+                redirects += 1
+                if redirects <= _MAX_REDIRECTS:
+                    await asyncio.sleep(_BACKOFF.compute(redirects))
+                    continue
+                error = exc
+                retry = False
+            except redis_errors.RedisError as exc:
+                # An error reply: the command ran or was refused, and the
+                # connection is still in step.
+                if args[0] == "EVALSHA" and _refuses_evalsha(exc):
+                    raise _EvalShaRefused() from None
+                error = exc
+                retry = False
+            except _Unconfirmed as exc:
+                raise BackendError(str(exc)) from None
+            except Overloaded:
+                raise BackendError(
+                    f"too many commands pending on {self.server} "
+                    f"(max_pending={self.config.max_pending}): the server is not keeping up"
+                ) from None
+            except Closed:
+                raise StorageError(f"the backend for {self.server} is closed") from None
+            if node is not None and isinstance(error, redis_errors.ConnectionError):
+                self._topology.failed(node)
+            if not retry or attempt >= self.config.retries:
                 raise translate(error, server=self.server, secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
+
+    async def _confirmed(self, write: asyncio.Future[Any], wait: asyncio.Future[Any]) -> Any:
+        """The write's reply once ``WAIT`` says enough replicas have it."""
+        wait.add_done_callback(_retrieve)  # a failed write leaves WAIT's reply unread
+        reply = await write
+        replicas = self.config.wait_replicas
+        try:
+            confirmed = await wait
+        except (NotSent, ReplyLost, redis_errors.RedisError):
+            confirmed = 0
+        if confirmed < replicas:
+            raise _Unconfirmed(
+                f"the write is applied on the primary of {self.server} but only {confirmed} "
+                f"of wait_replicas={replicas} replicas confirmed it within "
+                f"wait_timeout={self.config.wait_timeout}s; it was not retried"
+            )
+        return reply
 
     async def run_script(
         self, script: Script, keys: list[bytes], args: list[bytes | str | int], *, read: bool
@@ -102,7 +191,7 @@ class Pool:
             try:
                 return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args, read=read)
             except _NoScript:
-                self._loaded_scripts.discard(script.sha)
+                pass  # this node lost or never had it: EVAL loads it there
             except _EvalShaRefused:
                 self.evalsha_refused = True
                 logger.warning(
@@ -114,48 +203,34 @@ class Pool:
         self._loaded_scripts.add(script.sha)
         return reply
 
-    async def aclose(self) -> None:
-        """Close every connection, in use or idle."""
-        await self._connections.disconnect(inuse_connections=True)
-
-    @property
-    def _password(self) -> str | None:
-        password = self._connections.connection_kwargs.get("password")
-        return password if isinstance(password, str) else None
-
-    async def _send(self, args: tuple[bytes | str | int, ...]) -> Any:
-        connection = await self._borrow()
+    async def describe_topology(self) -> tuple[Facts, tuple[str, ...]]:
+        """The deployment's shape as ``check`` shows it; failures are core errors."""
         try:
-            await connection.send_command(*args)
-            return await connection.read_response()
-        except redis_errors.NoScriptError:
-            raise _NoScript() from None
-        except redis_errors.ResponseError as exc:
-            # An error reply: the connection is still in step.
-            if args[0] == "EVALSHA" and _refuses_evalsha(exc):
-                raise _EvalShaRefused() from None
-            raise
-        except BaseException:
-            # Timed out, broken or cancelled mid-call: a reply may still be on
-            # its way, so this connection must never answer another command.
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            await self._connections.release(connection)
-
-    async def _borrow(self) -> AbstractConnection:
-        try:
-            connection: AbstractConnection = await self._connections.get_connection()  # type: ignore[no-untyped-call]
-            return connection
-        except redis_errors.ConnectionError as exc:
-            if isinstance(exc.__cause__, asyncio.TimeoutError):
-                raise BackendError(
-                    f"no connection to {self.server} came free within "
-                    f"{self.config.pool_timeout}s (pool_size={self.config.pool_size})"
-                ) from None
-            raise _NotSent(exc) from None
+            return await self._topology.describe()
         except redis_errors.RedisError as exc:
-            raise _NotSent(exc) from None
+            raise translate(exc, server=self.server, secret=self._password) from None
+
+    def stats(self) -> ExecutorStats:
+        """What the connections have done so far; reading it costs no I/O and no lock."""
+        return sum_counters(node.counters for node in self._topology.nodes())
+
+    async def aclose(self) -> None:
+        """Refuse new calls, let those in flight finish or fail within the timeouts,
+        then close every connection. Idempotent."""
+        self._closed = True
+        await self._topology.aclose()
+
+
+class _Unconfirmed(Exception):
+    """A write ran on the primary, but fewer replicas than asked confirmed it."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+_ASKING = pack("ASKING")
 
 
 class _NoScript(Exception):
@@ -166,7 +241,7 @@ class _EvalShaRefused(Exception):
     """The server refused the EVALSHA command itself; the script did not run."""
 
 
-def _refuses_evalsha(exc: redis_errors.ResponseError) -> bool:
+def _refuses_evalsha(exc: redis_errors.RedisError) -> bool:
     # "unknown command 'EVALSHA'" when renamed or disabled; NOPERM "... the
     # 'evalsha' command" under an ACL. A NOPERM for a key the script touches
     # names no command, so it is not mistaken for this.
@@ -175,40 +250,14 @@ def _refuses_evalsha(exc: redis_errors.ResponseError) -> bool:
     return refused and "'evalsha'" in message
 
 
-def build_pool(config: RedisStorageConfig) -> Pool:
-    """A :class:`Pool` for ``config``. No I/O happens until the first command.
-
-    Logs one warning when the connection would carry data in the clear to a
-    host that is not this machine.
-    """
-    url = config.effective_url
-    options: dict[str, Any] = dict(parse_url(url))
-    if config.uses_tls:
-        options.update(
-            ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
-        )
-    elif not _is_loopback(options.get("host", "")):
-        logger.warning(
-            "connecting to %s without TLS: traffic and the password travel in the clear",
-            redact_url(url),
-        )
-    connections = BlockingConnectionPool(
-        **options,
-        max_connections=config.pool_size,
-        timeout=config.pool_timeout,
-        socket_connect_timeout=config.connect_timeout,
-        socket_timeout=config.socket_timeout,
-        # Retries are this module's job: redis-py's own would repeat increments.
-        retry=None,
-        driver_info=None,
-    )
-    return Pool(config=config, keys=KeySpace(config.key_prefix), connections=connections)
+def _routing_key(args: tuple[bytes | str | int, ...]) -> bytes | None:
+    """The key a cluster routes the command by; ``None`` for a keyless command."""
+    if args[0] in ("EVAL", "EVALSHA"):
+        key = args[3] if args[2] else None
+    else:
+        key = args[1] if len(args) > 1 and args[0] in _KEYED else None
+    return key if isinstance(key, bytes) else None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+# The commands whose first argument is their key: the ones the stores send.
+_KEYED = frozenset({"GET", "SET", "DEL", "HMGET", "HSET", "EXPIRE", "PTTL"})

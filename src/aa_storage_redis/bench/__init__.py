@@ -1,0 +1,83 @@
+"""``aa-storage bench``: the Redis driver's throughput and latency, beside raw redis-py.
+
+Each store operation runs sequentially and with ``concurrency`` callers, once
+through the driver and once as the same command sent with raw redis-py async
+(hiredis), against the server a config names or a throwaway redis-server.
+:func:`command` is the CLI's entry; it prints one table, and the driver's
+stats over the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TextIO
+
+from aa_storage import ConfigError, load_config
+from aa_storage.redaction import redact_url
+from aa_storage_redis.bench.measure import Budget, run
+from aa_storage_redis.bench.operations import OPERATIONS
+from aa_storage_redis.bench.report import Progress, stats_lines, table
+from aa_storage_redis.bench.server import BINARY, throwaway_server
+from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.hooks import DRIVER_NAME
+
+__all__ = ["Budget", "command"]
+
+
+def command(
+    config_path: str | None, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+) -> int:
+    """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
+    the table goes to ``out``, progress to ``err``. Returns the exit status.
+
+    Raises ``ConfigError`` when there is no server to measure, and
+    ``StorageError`` when the server fails a call.
+    """
+    try:
+        return _measure_somewhere(config_path, concurrency, budget, out, err)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl-C, or SIGTERM (see run): the keys are deleted, the server stopped.
+        err.write("aa-storage bench: interrupted\n")
+        return 130
+
+
+def _measure_somewhere(
+    config_path: str | None, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+) -> int:
+    if config_path is not None:
+        return _bench(config_from_file(config_path), concurrency, budget, out, err)
+    with throwaway_server() as server:
+        err.write(
+            f"aa-storage bench: started {BINARY} (pid {server.pid}) at {server.url}, "
+            "stopped when the run ends\n"
+        )
+        return _bench(RedisStorageConfig(url=server.url), concurrency, budget, out, err)
+
+
+def config_from_file(path: str) -> RedisStorageConfig:
+    """The ``[storage.redis]`` settings of the config file at ``path``."""
+    settings = load_config(path).drivers.get(DRIVER_NAME)
+    if not isinstance(settings, RedisStorageConfig):
+        raise ConfigError(
+            f"{path}: no [storage.{DRIVER_NAME}] section, and no store uses the "
+            f"{DRIVER_NAME} driver; bench measures the Redis driver"
+        )
+    return settings
+
+
+def _bench(
+    config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+) -> int:
+    cases = len(OPERATIONS) * 2 * 2
+    err.write(
+        f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
+        f"pool_size={config.pool_size}; {cases} cases of {budget} each\n"
+    )
+    progress = Progress(err, cases)
+    try:
+        rows, stats = asyncio.run(run(config, concurrency, budget, progress))
+    finally:
+        progress.stop()
+    for line in (*table(rows), "", *stats_lines(stats)):
+        out.write(line + "\n")
+    return 0

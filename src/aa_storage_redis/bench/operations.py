@@ -1,0 +1,160 @@
+"""What ``aa-storage bench`` calls: each store operation through the driver, and the
+raw redis-py command that makes the server do the same work.
+
+Raw redis-py sends exactly the driver's command: ``EVALSHA`` of the driver's own
+script for ``increment`` and ``save``, ``GET``, ``SET ... EX`` and ``HMGET`` for
+the others, on the keys the driver would use.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import redis.asyncio as aioredis
+
+from aa_storage import (
+    SESSION_TTL_SECS,
+    AgentId,
+    PolicyDecision,
+    PolicyDocument,
+    PolicyRule,
+    SessionId,
+    SessionRecord,
+    policy_to_json,
+)
+from aa_storage_redis.backend import RedisBackend
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.policies import RedisPolicyStore
+from aa_storage_redis.rate_limit import RedisRateLimitCounter
+from aa_storage_redis.scripts import INCREMENT, SAVE_SESSION
+from aa_storage_redis.sessions import RedisSessionStore
+
+WINDOW_SECS = 600
+POLICY_TTL_SECS = 600
+POLICY = PolicyDocument(1, "aa-storage bench", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+_POLICY_JSON = policy_to_json(POLICY)
+
+
+@attrs.frozen
+class Caller:
+    """What one caller of one case works on; no other caller touches it."""
+
+    counter: str
+    record: SessionRecord
+    agent: AgentId
+
+    @classmethod
+    def new(cls) -> Caller:
+        return cls(
+            uuid.uuid4().hex,
+            SessionRecord(SessionId.new(), AgentId.new(), time.time_ns()),
+            AgentId.new(),
+        )
+
+    def keys(self, keys: KeySpace) -> list[bytes]:
+        """Every key the caller's calls may create."""
+        return [
+            keys.rate_limit(self.counter),
+            keys.session(self.record.session_id),
+            keys.policy(self.agent),
+        ]
+
+
+@attrs.frozen
+class Subject:
+    """What calls go through: the driver's stores, built once as an application
+    would hold them, and for raw calls a raw redis-py client."""
+
+    keys: KeySpace
+    sessions: RedisSessionStore
+    rate_limiter: RedisRateLimitCounter
+    policies: RedisPolicyStore
+    raw: aioredis.Redis | None = None
+
+    @classmethod
+    def over(cls, backend: RedisBackend, raw: aioredis.Redis | None = None) -> Subject:
+        return cls(
+            backend.pool.keys, backend.sessions(), backend.rate_limiter(), backend.policies(), raw
+        )
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self.raw is None:
+            raise TypeError("a raw call needs a Subject with a raw client")
+        return self.raw
+
+
+Call = Callable[[Subject, Caller], Awaitable[Any]]
+
+
+@attrs.frozen
+class Operation:
+    """A store operation. ``prepare`` is the driver call that writes what it reads;
+    run before either side's case, it also caches the driver's script on the
+    server, so raw redis-py can send ``EVALSHA`` from its first call."""
+
+    name: str
+    prepare: Call
+    driver: Call
+    raw: Call
+
+
+async def _increment(subject: Subject, caller: Caller) -> int:
+    return await subject.rate_limiter.increment(caller.counter, 1, WINDOW_SECS)
+
+
+async def _save(subject: Subject, caller: Caller) -> None:
+    await subject.sessions.save(caller.record)
+
+
+async def _cache_policy(subject: Subject, caller: Caller) -> None:
+    await subject.policies.cache_policy(caller.agent, POLICY, POLICY_TTL_SECS)
+
+
+async def _raw_increment(subject: Subject, caller: Caller) -> Any:
+    key = subject.keys.rate_limit(caller.counter)
+    return await subject.client.evalsha(INCREMENT.sha, 1, key, 1, WINDOW_SECS * 1000)
+
+
+async def _raw_save(subject: Subject, caller: Caller) -> Any:
+    record = caller.record
+    key = subject.keys.session(record.session_id)
+    return await subject.client.evalsha(
+        SAVE_SESSION.sha, 1, key, record.agent_id.bytes, record.started_at_ns, SESSION_TTL_SECS
+    )
+
+
+OPERATIONS = (
+    Operation("increment", prepare=_increment, driver=_increment, raw=_raw_increment),
+    Operation(
+        "current",
+        prepare=_increment,
+        driver=lambda s, c: s.rate_limiter.current(c.counter),
+        raw=lambda s, c: s.client.get(s.keys.rate_limit(c.counter)),
+    ),
+    Operation(
+        "get_policy",
+        prepare=_cache_policy,
+        driver=lambda s, c: s.policies.get_policy(c.agent),
+        raw=lambda s, c: s.client.get(s.keys.policy(c.agent)),
+    ),
+    Operation(
+        "cache_policy",
+        prepare=_cache_policy,
+        driver=_cache_policy,
+        raw=lambda s, c: s.client.set(s.keys.policy(c.agent), _POLICY_JSON, ex=POLICY_TTL_SECS),
+    ),
+    Operation("save", prepare=_save, driver=_save, raw=_raw_save),
+    Operation(
+        "load",
+        prepare=_save,
+        driver=lambda s, c: s.sessions.load(c.record.session_id),
+        raw=lambda s, c: s.client.hmget(
+            s.keys.session(c.record.session_id), "agent_id", "started_at_ns"
+        ),
+    ),
+)

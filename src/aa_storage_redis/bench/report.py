@@ -1,0 +1,124 @@
+"""The results of ``aa-storage bench``, and the table it prints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+import attrs
+
+from aa_storage_redis import ExecutorStats
+
+# The issue's targets, as driver/raw throughput ratios on loopback, keyed by
+# (operation, callers): sequential, and 50 callers against raw redis-py with 50
+# connections.
+TARGETS = {
+    ("increment", 1): 1.5,
+    ("get_policy", 1): 1.5,
+    ("save", 1): 1.5,
+    ("load", 1): 1.5,
+    ("increment", 50): 3.5,
+    ("get_policy", 50): 3.5,
+}
+
+
+@attrs.frozen
+class Measurement:
+    """One side of one case: throughput, and latency percentiles in microseconds."""
+
+    ops_per_sec: float
+    p50_us: float
+    p99_us: float
+
+
+@attrs.frozen
+class Row:
+    """One operation at one number of callers, through the driver and raw redis-py."""
+
+    operation: str
+    callers: int
+    driver: Measurement
+    raw: Measurement
+    commands_per_write: float
+    """The driver's mean commands per socket write while the case was timed."""
+
+    @property
+    def mode(self) -> str:
+        return mode_of(self.callers)
+
+    @property
+    def ratio(self) -> float:
+        """Driver throughput over raw redis-py's."""
+        return self.driver.ops_per_sec / self.raw.ops_per_sec
+
+    @property
+    def target(self) -> float | None:
+        return TARGETS.get((self.operation, self.callers))
+
+
+def mode_of(callers: int) -> str:
+    """How a case with ``callers`` callers is named: sequential, or N callers."""
+    return "sequential" if callers == 1 else f"{callers} callers"
+
+
+_HEADER = (
+    f"{'operation':<13}{'mode':<12}"
+    f"{'driver ops/s':>13}{'p50 us':>9}{'p99 us':>9}{'cmds/write':>11}"
+    f"{'raw ops/s':>12}{'p50 us':>9}{'p99 us':>9}"
+    f"{'ratio':>8}  target"
+)
+
+
+def table(rows: Sequence[Row]) -> Iterator[str]:
+    """The table's lines: a header, then one line per row."""
+    yield _HEADER
+    for row in rows:
+        target = "" if row.target is None else f">={row.target}x {_verdict(row)}"
+        yield (
+            f"{row.operation:<13}{row.mode:<12}"
+            f"{row.driver.ops_per_sec:>13,.0f}{row.driver.p50_us:>9.0f}{row.driver.p99_us:>9.0f}"
+            f"{row.commands_per_write:>11.2f}"
+            f"{row.raw.ops_per_sec:>12,.0f}{row.raw.p50_us:>9.0f}{row.raw.p99_us:>9.0f}"
+            f"{row.ratio:>7.2f}x  {target}".rstrip()
+        )
+
+
+def _verdict(row: Row) -> str:
+    return "met" if row.target is not None and row.ratio >= row.target else "missed"
+
+
+def stats_lines(stats: ExecutorStats) -> Iterator[str]:
+    """The driver's execution counters over the whole run, one per line."""
+    yield "driver stats over the run:"
+    for name, value in attrs.asdict(stats).items():
+        yield f"  {name}: {value}"
+    yield f"  mean_commands_per_write: {stats.mean_commands_per_write:.2f}"
+
+
+class Progress:
+    """Says on ``stream`` which case runs and then how it went, one line per case."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self._stream = stream
+        self._total = total
+        self._started = 0
+        self._line_open = False
+
+    def start(self, label: str) -> None:
+        self._started += 1
+        self._say(f"aa-storage bench: [{self._started}/{self._total}] {label} ... ")
+        self._line_open = True
+
+    def end(self, measurement: Measurement) -> None:
+        self._say(f"{measurement.ops_per_sec:,.0f} ops/s\n")
+        self._line_open = False
+
+    def stop(self) -> None:
+        """End the line of a case cut short, so that what follows starts a line."""
+        if self._line_open:
+            self._say("stopped\n")
+            self._line_open = False
+
+    def _say(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()

@@ -1,0 +1,102 @@
+"""Building a :class:`~aa_storage_redis.pool.Pool` for a config: its topology and its nodes."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from functools import partial
+from typing import Any
+
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from aa_storage.redaction import redact_url
+from aa_storage_redis.cluster import Cluster
+from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.node import Node
+from aa_storage_redis.pool import Pool
+from aa_storage_redis.sentinel import Sentinel
+from aa_storage_redis.topology import Address, Standalone, Topology
+from aa_storage_redis.urls import CLUSTER, SENTINEL
+
+logger = logging.getLogger("aa_storage_redis")
+
+
+def build_pool(config: RedisStorageConfig) -> Pool:
+    """A :class:`Pool` for ``config``. No I/O happens until the first command.
+
+    Logs one warning when the connection would carry data in the clear to a
+    host that is not this machine.
+    """
+    deployment = config.deployment
+    options: dict[str, Any] = {
+        "username": deployment.username,
+        "password": deployment.password,
+        "db": deployment.database,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_timeout": config.socket_timeout,
+        # Retries are the Pool's job: redis-py's own would repeat writes.
+        "retry": Retry(NoBackoff(), 0),
+        "driver_info": None,
+        "protocol": 2,
+    }
+    connection_class: type[Connection] = Connection
+    if deployment.tls:
+        connection_class = SSLConnection
+        options.update(
+            ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
+        )
+    elif not all(_is_loopback(host) for host, _ in deployment.addresses):
+        logger.warning(
+            "connecting to %s without TLS: traffic and the password travel in the clear",
+            redact_url(config.effective_url),
+        )
+
+    def node_at(address: Address) -> Node:
+        host, port = address
+        return Node(
+            partial(connection_class, host=host, port=port, **options),
+            address=f"{host}:{port}",
+            size=config.pool_size,
+            max_pending=config.max_pending,
+            connect_timeout=config.connect_timeout,
+            socket_timeout=config.socket_timeout,
+        )
+
+    topology: Topology
+    if deployment.topology == CLUSTER:
+        topology = Cluster(deployment.addresses, node_at)
+    elif deployment.topology == SENTINEL:
+        assert deployment.service is not None
+        sentinel_options = {
+            **options,
+            "username": config.sentinel_username,
+            "password": config.sentinel_password,
+            "db": 0,
+        }
+        topology = Sentinel(
+            deployment.addresses,
+            deployment.service,
+            node_at,
+            lambda address: connection_class(host=address[0], port=address[1], **sentinel_options),
+            timeout=config.connect_timeout + config.socket_timeout,
+        )
+    else:
+        topology = Standalone(node_at(deployment.addresses[0]))
+    return Pool(
+        config=config,
+        keys=KeySpace(config.key_prefix),
+        topology=topology,
+        password=deployment.password,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,288 @@
+"""``aa-storage bench`` against real redis-servers: its table, its progress, its cleanup,
+the throwaway server it starts, and its errors. No figure is asserted, only its shape."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from aa_storage.cli import main
+from aa_storage_redis import RedisBackend
+from aa_storage_redis.bench.operations import OPERATIONS, Caller, Operation, Subject
+from servers import DRIVER_PASSWORD, DRIVER_USER, RedisServer, free_ports
+from test_redis_cli import config_file
+
+CONCURRENCY = 3
+MODES = ("sequential", f"{CONCURRENCY} callers")
+CASES = len(OPERATIONS) * len(MODES) * 2
+TIMEOUTS = {"connect_timeout": "10.0", "socket_timeout": "10.0"}
+# Long enough that a signal sent during the first case finds it still running.
+PATIENCE_SECS = 30.0
+
+# What RedisServer.commandstats() itself sends: a new connection's HELLO, and INFO.
+_HELPER_COMMANDS = {"hello", "info"}
+_NUMBER = r"[\d,]+(?:\.\d+)?"
+_ROW = re.compile(
+    rf"(?P<operation>\w+) +(?P<mode>sequential|\d+ callers) +"
+    rf"(?P<driver>{_NUMBER}) +{_NUMBER} +{_NUMBER} +{_NUMBER} +"
+    rf"(?P<raw>{_NUMBER}) +{_NUMBER} +{_NUMBER} +(?P<ratio>\d+\.\d\d)x(?P<target>.*)"
+)
+
+
+def bench(*args: str) -> int:
+    return main(["bench", "--concurrency", str(CONCURRENCY), *args])
+
+
+def rows(out: str) -> list[re.Match[str]]:
+    """The table's rows, each checked to have every figure."""
+    found = []
+    for line in out.splitlines()[1:]:
+        if not line:
+            break
+        match = _ROW.fullmatch(line)
+        assert match is not None, f"not a full row: {line!r}"
+        found.append(match)
+    return found
+
+
+def figure(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.fixture
+def config(redis_url: str, tmp_path: Path) -> str:
+    return config_file(tmp_path, redis_url, **TIMEOUTS)
+
+
+class TestAgainstAConfig:
+    def test_table_has_every_operation_in_both_modes_with_a_ratio(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One row per operation and mode, each with figures for both sides and their ratio."""
+        assert bench("--config", config, "--requests", "30") == 0
+        found = rows(capsys.readouterr().out)
+        assert [(row["operation"], row["mode"]) for row in found] == [
+            (operation.name, mode) for operation in OPERATIONS for mode in MODES
+        ]
+        for row in found:
+            driver, raw = figure(row["driver"]), figure(row["raw"])
+            assert driver > 0
+            assert raw > 0
+            assert figure(row["ratio"]) == pytest.approx(driver / raw, rel=0.02, abs=0.01)
+
+    def test_targets_stand_beside_the_sequential_rows_they_apply_to(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Sequential increment, get_policy, save and load show the 1.5x target; no other
+        row shows one when the concurrency is not the targets' 50."""
+        assert bench("--config", config, "--requests", "20") == 0
+        targets = {
+            (row["operation"], row["mode"]): row["target"].strip()
+            for row in rows(capsys.readouterr().out)
+        }
+        targeted = {(name, "sequential") for name in ("increment", "get_policy", "save", "load")}
+        for case, target in targets.items():
+            if case in targeted:
+                assert re.fullmatch(r">=1\.5x (met|missed)", target), case
+            else:
+                assert target == "", case
+
+    def test_progress_goes_to_stderr_and_the_table_to_stdout(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Each case says on stderr when it starts and how it went; stdout holds only
+        the table and the driver's stats."""
+        assert bench("--config", config, "--requests", "20") == 0
+        out, err = capsys.readouterr()
+        progress = [line for line in err.splitlines() if re.search(r"\[\d+/\d+\]", line)]
+        assert len(progress) == CASES
+        for number, line in enumerate(progress, start=1):
+            assert re.fullmatch(
+                rf"aa-storage bench: \[{number}/{CASES}\] \w+, [\w ]+, "
+                rf"(driver|raw redis-py) \.\.\. {_NUMBER} ops/s",
+                line,
+            ), line
+        assert "aa-storage bench" not in out
+        assert out.splitlines()[0].split()[:2] == ["operation", "mode"]
+
+    def test_prints_the_drivers_stats_after_the_table(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The driver's stats over the run follow the table, and count what was sent."""
+        assert bench("--config", config, "--requests", "20") == 0
+        out = capsys.readouterr().out
+        stats = out.partition("driver stats over the run:\n")[2]
+        counters = dict(line.strip().split(": ") for line in stats.splitlines())
+        assert int(counters["commands_sent"]) >= CASES // 2 * 20
+        assert 0 < int(counters["socket_writes"]) <= int(counters["commands_sent"])
+        assert float(counters["mean_commands_per_write"]) >= 1.0
+
+    def test_deletes_every_key_it_made(self, redis_server: RedisServer, config: str) -> None:
+        """Once the run ends the server holds no key, though the run wrote to it."""
+        assert bench("--config", config, "--requests", "20") == 0
+        calls = redis_server.commandstats()
+        assert calls.get("evalsha", 0) + calls.get("eval", 0) > 0
+        assert calls.get("set", 0) > 0
+        with redis_server.client() as admin:
+            assert admin.dbsize() == 0
+
+    def test_keeps_its_keys_under_the_configured_prefix(
+        self, acl_redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A user allowed only the keys aa:* can run the benchmark: every key it
+        touches starts with the key_prefix, and none is left."""
+        url = acl_redis_server.url_for(DRIVER_USER, DRIVER_PASSWORD)
+        path = config_file(tmp_path, url, **TIMEOUTS)
+        assert bench("--config", path, "--requests", "10") == 0, capsys.readouterr().err
+        with acl_redis_server.client() as admin:
+            assert admin.dbsize() == 0
+
+    def test_unreachable_server_is_one_line_and_exit_1(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Nothing listening: exit status 1 and one BackendError line, no traceback."""
+        (port,) = free_ports(1)
+        path = config_file(tmp_path, f"redis://127.0.0.1:{port}", retries="0")
+        assert bench("--config", path, "--requests", "10") == 1
+        err = capsys.readouterr().err
+        (last,) = [line for line in err.splitlines() if line.startswith("aa-storage: ")]
+        assert last.startswith(
+            f"aa-storage: BackendError: cannot reach redis at redis://127.0.0.1:{port}"
+        )
+        assert "Traceback" not in err
+
+    def test_config_without_a_redis_section_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A config that uses no Redis gives a ConfigError saying bench measures the driver."""
+        path = tmp_path / "memory.toml"
+        path.write_text('[storage]\nbackend = "memory"\n')
+        assert bench("--config", str(path)) == 1
+        assert capsys.readouterr().err == (
+            f"aa-storage: ConfigError: {path}: no [storage.redis] section, and no store uses "
+            "the redis driver; bench measures the Redis driver\n"
+        )
+
+
+class TestThrowawayServer:
+    def test_is_started_and_stopped(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Without a config, bench measures a redis-server of its own, gone once it ends."""
+        assert bench("--requests", "10") == 0
+        out, err = capsys.readouterr()
+        assert len(rows(out)) == len(OPERATIONS) * len(MODES)
+        pid = int(
+            re.search(r"started redis-server \(pid (\d+)\) at redis://127\.0\.0\.1:\d+", err)[1]
+        )  # type: ignore[index]
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+    def test_is_stopped_when_the_run_is_interrupted(self, stop: signal.Signals) -> None:
+        """Ctrl-C or SIGTERM mid-run ends bench with status 130, and its server with it."""
+        process = _bench_process("--seconds", str(PATIENCE_SECS))
+        err = _stderr_until(process, "[1/")
+        pid = int(re.search(r"\(pid (\d+)\)", err)[1])  # type: ignore[index]
+        process.send_signal(stop)
+        assert process.wait(PATIENCE_SECS) == 130
+        assert "aa-storage bench: interrupted" in err + process.stderr.read()  # type: ignore[union-attr]
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    def test_without_redis_server_on_path_says_what_to_do(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Neither a config nor a redis-server on PATH: one line naming both ways out."""
+        monkeypatch.setenv("PATH", str(tmp_path))
+        assert bench() == 1
+        assert capsys.readouterr().err == (
+            "aa-storage: ConfigError: bench needs a Redis server: pass --config FILE with a "
+            "[storage.redis] section, or put redis-server on PATH (apt-get install "
+            "redis-server) so bench starts a throwaway one\n"
+        )
+
+
+def test_interrupt_deletes_the_keys_made_so_far(redis_server: RedisServer, config: str) -> None:
+    """Ctrl-C while a case runs still deletes every key the run made."""
+    process = _bench_process("--config", config, "--seconds", str(PATIENCE_SECS))
+    _stderr_until(process, "[1/")
+    with redis_server.client() as admin:
+        deadline = time.monotonic() + PATIENCE_SECS
+        while admin.dbsize() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert admin.dbsize() > 0
+        process.send_signal(signal.SIGINT)
+        assert process.wait(PATIENCE_SECS) == 130
+        assert admin.dbsize() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.name)
+async def test_raw_redis_py_sends_the_drivers_command(
+    operation: Operation, redis_server: RedisServer, redis_backend: RedisBackend
+) -> None:
+    """For each operation, raw redis-py makes the server run exactly the commands the
+    driver's call makes it run, those its script calls included."""
+    async with aioredis.Redis.from_url(redis_server.url) as raw:
+        subject, caller = Subject.over(redis_backend, raw), Caller.new()
+        await operation.prepare(subject, caller)
+        sent = {}
+        for side, call in (("driver", operation.driver), ("raw", operation.raw)):
+            await call(subject, caller)  # connections opened, scripts cached
+            before = redis_server.commandstats()
+            await call(subject, caller)
+            after = redis_server.commandstats()
+            sent[side] = {
+                command: after[command] - before.get(command, 0)
+                for command in after
+                if command not in _HELPER_COMMANDS and after[command] != before.get(command, 0)
+            }
+    assert sent["driver"]
+    assert sent["raw"] == sent["driver"]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--concurrency", "1"],
+        ["--seconds", "0"],
+        ["--requests", "0"],
+        ["--requests", "2.5"],
+        ["--seconds", "1", "--requests", "5"],
+    ],
+)
+def test_bad_arguments_are_refused(
+    arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fewer than 2 callers, a budget that is not positive, or both budgets: usage error."""
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", *arguments])
+    assert exited.value.code == 2
+    assert "aa-storage bench: error:" in capsys.readouterr().err
+
+
+def _bench_process(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aa_storage", "bench", "--concurrency", str(CONCURRENCY), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stderr_until(process: subprocess.Popen[str], mark: str) -> str:
+    """Read the process's stderr until ``mark`` appears (the text read so far)."""
+    assert process.stderr is not None
+    said = ""
+    while mark not in said:
+        char = process.stderr.read(1)
+        assert char, f"bench ended before saying {mark!r}: {said}"
+        said += char
+    return said
