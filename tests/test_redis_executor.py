@@ -30,7 +30,7 @@ from executor_support import (
 )
 from faultproxy import FaultProxyFactory
 from servers import RedisServer
-from waiting import bounded, eventually
+from waiting import HANG_GUARD, bounded, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -206,8 +206,8 @@ class TestCancellation:
         """A caller cancelled just as its turn comes (its reply has arrived but it has not
         run yet, or its command waits to be written) leaves every other caller its answer,
         and the next call does not stall."""
-        # A stall would wait for socket_timeout: far past the hang guard, so it fails the test.
-        backend = open_backend(redis_url, pool_size=pool_size, socket_timeout=600.0)
+        # A stall would wait for socket_timeout: past the hang guard, so it fails the test.
+        backend = open_backend(redis_url, pool_size=pool_size, socket_timeout=3 * HANG_GUARD)
         await plant(backend)
         counter = backend.rate_limiter()
         effective = 0
@@ -342,23 +342,25 @@ class TestBounds:
         """With max_pending=5 and a silent network, further calls fail at once naming
         max_pending, never run, and the pending count never passes 5."""
         proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1, max_pending=5, socket_timeout=600.0)
+        # No timeout may fire while calls are held; a failed test heals the network first.
+        backend = open_backend(proxy.url, pool_size=1, max_pending=5, socket_timeout=60.0)
         counter = backend.rate_limiter()
         await counter.increment("k", 3, WINDOW)
         proxy.blackhole()
-        held = [asyncio.ensure_future(counter.current("k")) for _ in range(5)]
-        await eventually(lambda: backend.stats().pending == 5, "five calls pending")
+        try:
+            held = [asyncio.ensure_future(counter.current("k")) for _ in range(5)]
+            await eventually(lambda: backend.stats().pending == 5, "five calls pending")
+            rejected = [counter.increment("k", 1, WINDOW) if i % 2 else counter.current("k")
+                        for i in range(100)]  # fmt: skip
+            outcomes = await bounded(asyncio.gather(*rejected, return_exceptions=True))
+            assert not any(call.done() for call in held), "the rejections waited for them"
+        finally:
+            proxy.passthrough()
 
-        rejected = [counter.increment("k", 1, WINDOW) if i % 2 else counter.current("k")
-                    for i in range(100)]  # fmt: skip
-        for outcome in await bounded(asyncio.gather(*rejected, return_exceptions=True)):
+        for outcome in outcomes:
             assert isinstance(outcome, BackendError), outcome
             assert "pending" in str(outcome)
             assert "max_pending=5" in str(outcome)
-        assert not any(call.done() for call in held), "the rejections waited for the held calls"
-        assert backend.stats().peak_pending == 5
-
-        proxy.passthrough()
         assert await bounded(asyncio.gather(*held)) == [3] * 5
         assert await bounded(counter.current("k")) == 3  # no rejected increment ran
         assert backend.stats().pending == 0

@@ -10,7 +10,6 @@ made; a connection that timed out is never used again.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +25,8 @@ from executor_support import (
     OpenBackend,
     plant,
 )
-from faultproxy import FaultProxy, FaultProxyFactory
-from servers import ADMIN_PASSWORD, DRIVER_PASSWORD, DRIVER_USER, RedisServer, build_url
+from faultproxy import FaultProxyFactory
+from servers import ADMIN_PASSWORD, DRIVER_USER, RedisServer, build_url
 from waiting import bounded, eventually
 
 pytestmark = pytest.mark.asyncio
@@ -99,24 +98,23 @@ class TestReadsAndWrites:
 
     async def test_writes_that_never_left_are_sent_once_a_connection_opens(
         self,
-        acl_redis_server: RedisServer,
+        redis_server: RedisServer,
+        raw: redis.Redis,
         fault_proxy: FaultProxyFactory,
         open_backend: OpenBackend,
     ) -> None:
         """Writes queued while the first connection is refused are sent on the next one, each
         exactly once."""
-        proxy = fault_proxy(acl_redis_server.port)
-        url, prefix = behind_a_login(proxy)
+        proxy = fault_proxy(redis_server.port)
         proxy.refuse(1)
-        backend = open_backend(url, pool_size=1, retries=2, key_prefix=prefix)
+        backend = open_backend(proxy.url, pool_size=1, retries=2)
         counter = backend.rate_limiter()
         writes = [counter.increment(f"queued{i}", 1, WINDOW) for i in range(20)]
         assert await bounded(asyncio.gather(*writes)) == [1] * 20
         assert proxy.connections_refused == 1
         assert proxy.connections_accepted == 2
-        with acl_redis_server.client() as raw:
-            for i in range(20):
-                assert raw.get(f"{prefix}ratelimit:queued{i}") == b"1"
+        for i in range(20):
+            assert raw.get(f"aa:ratelimit:queued{i}") == b"1"
 
 
 class TestTimeouts:
@@ -226,7 +224,8 @@ class TestRetryCount:
     @pytest.mark.parametrize("operation", ["current", "increment"])
     async def test_exactly_retries_extra_tries_are_made(
         self,
-        acl_redis_server: RedisServer,
+        redis_server: RedisServer,
+        redis_url: str,
         fault_proxy: FaultProxyFactory,
         open_backend: OpenBackend,
         retries: int,
@@ -234,10 +233,9 @@ class TestRetryCount:
     ) -> None:
         """With every connection refused, a call (read or never-sent write) is tried exactly
         1 + retries times, then fails; once connections are accepted it works."""
-        proxy = fault_proxy(acl_redis_server.port)
-        url, prefix = behind_a_login(proxy)
+        proxy = fault_proxy(redis_server.port)
         proxy.refuse()
-        backend = open_backend(url, retries=retries, key_prefix=prefix)
+        backend = open_backend(proxy.url, retries=retries)
         counter = backend.rate_limiter()
         call = {"current": counter.current, "increment": lambda k: counter.increment(k, 1, 60)}
         with pytest.raises(BackendError, match="cannot reach redis"):
@@ -247,15 +245,3 @@ class TestRetryCount:
         proxy.passthrough()
         assert await bounded(call[operation]("k")) == {"current": 0, "increment": 1}[operation]
         assert proxy.connections_accepted == 2 + retries
-
-
-def behind_a_login(proxy: FaultProxy) -> tuple[str, str]:
-    """The URL that logs in as DRIVER_USER through ``proxy``, and a key prefix of the test's own.
-
-    A server without a password has no handshake: the driver writes its first command as soon
-    as TCP connects, so a connection the proxy resets right after accepting it may already
-    carry a write, which is then rightly not retried. Behind a login, the reset comes while
-    the connection is being opened, before any command could be written.
-    """
-    url = build_url(proxy.host, proxy.port, user=DRIVER_USER, password=DRIVER_PASSWORD)
-    return url, f"aa:{uuid.uuid4().hex}:"
