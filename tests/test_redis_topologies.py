@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -236,3 +238,33 @@ class TestTopologySecrets:
         assert secret not in text
         assert sentinel_secret not in text
         assert "***" in text
+
+
+def readme_cluster_acl_rule() -> str:
+    """The cluster ACL SETUSER rule the README gives, user name included."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^\s*ACL SETUSER (aa-driver-cluster .+)$", readme, re.MULTILINE)
+    assert match, "README.md must give the cluster driver user's ACL SETUSER rule"
+    return match.group(1).replace(">CHANGE-ME", f">{CLUSTER_USER_PASSWORD}")
+
+
+CLUSTER_USER_PASSWORD = "cluster-user-pw"
+
+
+@pytest.fixture(scope="module")
+def acl_cluster() -> Iterator[LocalCluster]:
+    """A cluster whose nodes have the README's cluster driver user."""
+    with LocalCluster("redis-server", acl_users=[readme_cluster_acl_rule()]) as cluster:
+        yield cluster
+
+
+class TestClusterUnderTheReadmeRule(ContractSuite):
+    """The whole contract holds on a cluster for a user with exactly the README's rule."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, acl_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
+        acl_cluster.flushall()
+        url = acl_cluster.url_for(user="aa-driver-cluster", password=CLUSTER_USER_PASSWORD)
+        backend = connect(url)
+        yield backend
+        await backend.aclose()
