@@ -11,8 +11,9 @@ import pytest
 import pytest_asyncio
 import redis
 
-from aa_storage_redis import RedisBackend
+from aa_storage_redis import RedisBackend, RedisStorageConfig
 from cluster import LocalCluster
+from executor_support import PATIENT, OpenBackend
 from faultproxy import FaultProxy, FaultProxyFactory
 from sentinel import SentinelSet
 from servers import (
@@ -205,3 +206,19 @@ def fresh_sentinel_set(topology_binary: str) -> Iterator[SentinelSet]:
     """A private sentinel set for one test, which may fail it over or kill its primary."""
     with SentinelSet(topology_binary) as sentinels:
         yield sentinels
+
+
+@pytest_asyncio.fixture
+async def open_backend() -> AsyncIterator[OpenBackend]:
+    """``open_backend(url, **settings)``: a driver backend with PATIENT timeouts unless
+    ``settings`` say otherwise; every one is closed after the test."""
+    made: list[RedisBackend] = []
+
+    def make(url: str, **settings: Any) -> RedisBackend:
+        backend = RedisBackend.connect(RedisStorageConfig(url=url, **{**PATIENT, **settings}))
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await backend.aclose()

@@ -69,11 +69,14 @@ class FaultProxy:
     * ``blackhole()`` - connections are accepted and kept, but nothing is forwarded either way;
       data is held back (as TCP would during a partition) and flows again after a switch to
       another mode.
-    * ``refuse()`` - new connections are reset right after being accepted; open ones carry on.
+    * ``refuse(count)`` - new connections are reset right after being accepted; open ones carry
+      on. With a ``count``, only that many are refused, then the proxy is back to passthrough.
 
     ``sever()`` resets every open connection, whatever the mode. The counters
     ``replies_cut``, ``chunks_delayed``, ``chunks_held`` and ``connections_refused``
-    let a test prove that the fault it set up actually fired.
+    let a test prove that the fault it set up actually fired; ``chunks_to_server`` (the chunks
+    read from clients, a count of their socket writes when they write faster than the proxy
+    reads, a lower one otherwise) and ``open_connections`` let it count what a client did.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -86,6 +89,8 @@ class FaultProxy:
         self.chunks_delayed = 0
         self.chunks_held = 0
         self.connections_refused = 0
+        self.chunks_to_server = 0
+        self._refusals_left: int | None = None
         self._mode = _Mode.PASSTHROUGH
         self._delay = 0.0
         self._cut_next_reply = False
@@ -113,6 +118,11 @@ class FaultProxy:
     def connections_accepted(self) -> int:
         """Client connections accepted so far, including those reset by ``refuse()``."""
         return self._accepted
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections accepted and not yet closed by either side."""
+        return len(self._tasks)
 
     @property
     def url(self) -> str:
@@ -144,9 +154,12 @@ class FaultProxy:
         """Accept and keep connections but forward nothing in either direction."""
         self._switch(_Mode.BLACKHOLE)
 
-    def refuse(self) -> None:
-        """Reset every new connection as soon as it is accepted."""
-        self._switch(_Mode.REFUSE)
+    def refuse(self, count: int | None = None) -> None:
+        """Reset new connections as soon as they are accepted: all of them, or the next
+        ``count``, after which the proxy is back to passthrough."""
+        if count is not None and count < 1:
+            raise ValueError("count must be >= 1")
+        self._switch(_Mode.REFUSE, refusals=count)
 
     def sever(self) -> None:
         """Reset every open connection, as a network that drops them would."""
@@ -188,20 +201,33 @@ class FaultProxy:
             raise RuntimeError("FaultProxy must be controlled from outside its own thread")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(CONTROL_TIMEOUT)
 
-    def _switch(self, mode: _Mode, *, delay: float = 0.0, cut_next_reply: bool = False) -> None:
+    def _switch(
+        self,
+        mode: _Mode,
+        *,
+        delay: float = 0.0,
+        cut_next_reply: bool = False,
+        refusals: int | None = None,
+    ) -> None:
         if self._closed:
             raise RuntimeError("FaultProxy is closed")
 
         async def apply() -> None:
-            self._mode = mode
-            self._delay = delay
-            self._cut_next_reply = cut_next_reply
-            if mode is _Mode.BLACKHOLE:
-                self._flowing.clear()
-            else:
-                self._flowing.set()
+            self._apply(mode, delay=delay, cut_next_reply=cut_next_reply, refusals=refusals)
 
         self._run(apply())
+
+    def _apply(
+        self, mode: _Mode, *, delay: float, cut_next_reply: bool, refusals: int | None
+    ) -> None:
+        self._mode = mode
+        self._delay = delay
+        self._cut_next_reply = cut_next_reply
+        self._refusals_left = refusals
+        if mode is _Mode.BLACKHOLE:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     # --- proxying (event-loop thread) ------------------------------------------------------
 
@@ -235,6 +261,10 @@ class FaultProxy:
             self.connections_refused += 1
             _linger_zero(conn)
             conn.close()
+            if self._refusals_left is not None:
+                self._refusals_left -= 1
+                if not self._refusals_left:
+                    self._apply(_Mode.PASSTHROUGH, delay=0.0, cut_next_reply=False, refusals=None)
             return
         try:
             reader, writer = await asyncio.open_connection(sock=conn)
@@ -298,6 +328,7 @@ class FaultProxy:
                     return
 
     async def _to_server(self, chunk: bytes, writer: asyncio.StreamWriter) -> bool:
+        self.chunks_to_server += 1
         writer.write(chunk)
         await writer.drain()
         return True

@@ -528,6 +528,12 @@ class RedisServer:
             if name.startswith(prefix)
         }
 
+    def clients(self) -> list[dict[str, Any]]:
+        """``CLIENT LIST``: the connections open to the server, except the one asking."""
+        with self.client() as client:
+            me = client.client_id()
+            return [info for info in client.client_list() if int(info["id"]) != me]
+
     # --- internals -------------------------------------------------------------------------
 
     def _assigned_ports(self) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +15,8 @@ from faultproxy import FaultProxy, FaultProxyFactory
 from servers import RedisServer, server_version
 
 FAST_TIMEOUT = 0.5
+# How long a test waits for the proxy's thread to notice a closed connection before failing.
+CONTROL_PATIENCE = 10.0
 
 
 def _client(url: str, **kwargs: object) -> redis.Redis:
@@ -160,6 +163,16 @@ def test_commandstats_counts_get(redis_server: RedisServer, redis_url: str) -> N
     assert redis_server.commandstats()["get"] == 1
 
 
+def test_clients_lists_other_connections_only(redis_server: RedisServer) -> None:
+    """clients() sees a connection while it is open, and not the one that asks."""
+    before = len(redis_server.clients())
+    with _client(redis_server.url) as client:
+        client.client_setname("aa-counted")
+        names = [info["name"] for info in redis_server.clients()]
+        assert names.count("aa-counted") == 1
+        assert len(names) == before + 1
+
+
 # --- fault proxy ---
 
 
@@ -199,6 +212,33 @@ def test_proxy_refuse_fails_connect(proxy: FaultProxy) -> None:
     with _client(proxy.url) as client, pytest.raises(redis.ConnectionError):
         client.ping()
     assert proxy.connections_accepted == 1
+
+
+def test_proxy_refuses_only_count_connections(proxy: FaultProxy) -> None:
+    """refuse(2) resets the next two connections, then the proxy is back to passthrough."""
+    proxy.refuse(2)
+    for _ in range(2):
+        with _client(proxy.url) as client, pytest.raises(redis.ConnectionError):
+            client.ping()
+    with _client(proxy.url) as client:
+        assert client.ping()
+    assert proxy.connections_refused == 2
+    assert proxy.connections_accepted == 3
+
+
+def test_proxy_counts_chunks_to_server_and_open_connections(proxy: FaultProxy) -> None:
+    """Each command a client writes and awaits is one chunk; a closed connection is not open."""
+    with _client(proxy.url) as client:
+        client.ping()  # the handshake's commands count too, so count from here
+        before = proxy.chunks_to_server
+        for _ in range(3):
+            client.ping()
+        assert proxy.chunks_to_server == before + 3
+        assert proxy.open_connections == 1
+    deadline = time.monotonic() + CONTROL_PATIENCE
+    while proxy.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.open_connections == 0
 
 
 def test_proxy_only_forwards_to_loopback() -> None:

@@ -1,0 +1,156 @@
+"""Closing a backend: no call after ``aclose()``, no connection left open, no transport leaked.
+
+Connections are counted where they end: at the fault proxy and in the server's CLIENT LIST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from aa_storage import StorageError
+from aa_storage_redis import RedisBackend, RedisRateLimitCounter
+from executor_support import (
+    KNOWN,
+    WINDOW,
+    OpenBackend,
+    plant,
+)
+from faultproxy import FaultProxyFactory
+from servers import RedisServer
+from waiting import bounded, eventually
+
+SLOT = KNOWN[0]
+
+
+def every_call(backend: RedisBackend) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """Each store operation, and ``describe``, with valid arguments."""
+    sessions, counter, policies = backend.sessions(), backend.rate_limiter(), backend.policies()
+    agent = SLOT.record.agent_id
+    return {
+        "save": lambda: sessions.save(SLOT.record),
+        "load": lambda: sessions.load(SLOT.record.session_id),
+        "delete": lambda: sessions.delete(SLOT.record.session_id),
+        "increment": lambda: counter.increment(SLOT.counter, 1, WINDOW),
+        "current": lambda: counter.current(SLOT.counter),
+        "reset": lambda: counter.reset(SLOT.counter),
+        "cache_policy": lambda: policies.cache_policy(agent, SLOT.policy, WINDOW),
+        "get_policy": lambda: policies.get_policy(agent),
+        "invalidate": lambda: policies.invalidate(agent),
+        "describe": backend.describe,
+        "store built over the pool": lambda: RedisRateLimitCounter(backend.pool).current("k"),
+    }
+
+
+@pytest.mark.asyncio
+class TestAfterClose:
+    @pytest.mark.parametrize("used", [True, False], ids=["used", "never-used"])
+    async def test_every_call_after_aclose_says_the_backend_is_closed(
+        self,
+        redis_server: RedisServer,
+        redis_url: str,
+        fault_proxy: FaultProxyFactory,
+        open_backend: OpenBackend,
+        used: bool,
+    ) -> None:
+        """After aclose(), every call, through stores made before or after it, raises
+        StorageError saying the backend is closed, and no connection is opened."""
+        proxy = fault_proxy(redis_server.port)
+        backend = open_backend(proxy.url)
+        made_before = every_call(backend)
+        if used:
+            await plant(backend)
+        await bounded(backend.aclose())
+        await eventually(lambda: proxy.open_connections == 0, "every connection closed")
+        accepted = proxy.connections_accepted
+
+        for calls in (made_before, every_call(backend)):
+            for name, call in calls.items():
+                with pytest.raises(StorageError, match="backend is closed"):
+                    await bounded(call())
+                assert proxy.connections_accepted == accepted, name
+        assert backend.stats().connections_opened == accepted
+
+
+@pytest.mark.asyncio
+class TestClosingWithCallsInFlight:
+    async def test_calls_in_flight_finish_or_fail_and_no_connection_stays(
+        self, fresh_redis_server: RedisServer, open_backend: OpenBackend
+    ) -> None:
+        """aclose() with hundreds of calls in flight: each returns its answer or raises
+        StorageError, and the server then sees no connection from the backend."""
+        backend = open_backend(fresh_redis_server.url, pool_size=2)
+        counter = backend.rate_limiter()
+        await plant(backend)
+        calls = [asyncio.ensure_future(counter.current(KNOWN[i % 20].counter)) for i in range(400)]
+        await asyncio.sleep(0)
+        assert backend.stats().pending > 0  # the precondition: calls are in flight
+        await bounded(backend.aclose())
+
+        outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
+        for i, outcome in enumerate(outcomes):
+            if not isinstance(outcome, StorageError):
+                assert outcome == KNOWN[i % 20].total, outcome
+        await eventually(lambda: fresh_redis_server.clients() == [], "the server sees no client")
+
+    async def test_calls_pending_on_a_frozen_server_fail_and_no_connection_stays(
+        self, fresh_redis_server: RedisServer, open_backend: OpenBackend
+    ) -> None:
+        """aclose() while the server is frozen: the pending calls fail with StorageError within
+        the timeout, and once the server runs again it sees no connection from the backend."""
+        backend = open_backend(fresh_redis_server.url, pool_size=2, socket_timeout=0.5)
+        counter = backend.rate_limiter()
+        await counter.increment("k", 1, WINDOW)
+        fresh_redis_server.freeze()
+        try:
+            calls = [asyncio.ensure_future(counter.increment("k", 1, WINDOW)) for _ in range(20)]
+            await eventually(lambda: backend.stats().pending == 20, "twenty calls pending")
+            await bounded(backend.aclose())
+            outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
+        finally:
+            fresh_redis_server.thaw()
+        for outcome in outcomes:
+            assert isinstance(outcome, StorageError), outcome
+        await eventually(lambda: fresh_redis_server.clients() == [], "the server sees no client")
+
+
+# Run in a process of its own, so that transports leaked by aclose() are collected (and
+# warned about) when the interpreter shuts down, as in a real application.
+CLOSE_IN_FLIGHT = """
+import asyncio, sys
+from aa_storage import StorageError
+from aa_storage_redis import RedisBackend, RedisStorageConfig
+
+async def main(url):
+    backend = RedisBackend.connect(RedisStorageConfig(url=url, pool_size=2))
+    counter = backend.rate_limiter()
+    await counter.increment("k", 1, 600)
+    calls = [asyncio.ensure_future(counter.increment("k", 1, 600)) for _ in range(300)]
+    await asyncio.sleep(0)
+    await backend.aclose()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    odd = [o for o in outcomes if not isinstance(o, (int, StorageError))]
+    print(len(odd), repr(odd[:3]))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_closing_with_calls_in_flight_leaks_no_transport(redis_url: str) -> None:
+    """A process that closes its backend with calls in flight exits with no ResourceWarning
+    (no "unclosed transport") and nothing else on stderr."""
+    result = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", CLOSE_IN_FLIGHT, redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0 []"
+    assert result.stderr == ""
