@@ -92,7 +92,9 @@ class Pool:
         asking: Node | None = None  # where a cluster's ASK sent this command
         while True:
             if self._closed:
-                raise StorageError(f"the backend for {self.server} is closed")
+                raise StorageError(
+                    f"the backend is closed: aclose() was called on the backend for {self.server}"
+                )
             node = asking or self._topology.node_for(key)
             try:
                 if node is None:
@@ -156,13 +158,18 @@ class Pool:
                     f"(max_pending={self.config.max_pending}): the server is not keeping up"
                 ) from None
             except Closed:
-                raise StorageError(f"the backend for {self.server} is closed") from None
+                raise StorageError(
+                    f"the backend is closed: aclose() was called on the backend for {self.server}"
+                ) from None
             if node is not None and isinstance(error, redis_errors.ConnectionError):
                 self._topology.failed(node)
             if not retry or attempt >= self.config.retries:
                 raise translate(error, server=self.server, secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
+
+    def _closed_error(self) -> StorageError:
+        return StorageError(f"the backend is closed: aclose() was called for {self.server}")
 
     async def _confirmed(self, write: asyncio.Future[Any], wait: asyncio.Future[Any]) -> Any:
         """The write's reply once ``WAIT`` says enough replicas have it."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
@@ -102,10 +102,13 @@ class Sentinel:
         return facts, warnings
 
     async def aclose(self) -> None:
-        for task in (self._discovery, self._watcher):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        tasks = [task for task in (self._discovery, self._watcher) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a sentinel read that is slow to notice the cancellation must
+            # not hold up closing the data connections.
+            await asyncio.wait(tasks, timeout=1.0)
         await asyncio.gather(*(node.aclose() for node in self.nodes()))
 
     async def ask_sentinel(self, address: Address, *command: str) -> Any:
@@ -167,18 +170,28 @@ class Sentinel:
                         await connection.send_command("SUBSCRIBE", "+switch-master")
                         await connection.read_response()
                     attempt = 0
-                    while True:
-                        message = await connection.read_response(timeout=math.inf)
-                        name = message[2].split()[0].decode() if len(message) > 2 else ""
-                        if name == self._service and self._primary is not None:
-                            logger.warning("sentinels moved %s to a new primary", name)
-                            self.failed(self._primary)
+                    await self._follow(connection)
                 except (redis_errors.RedisError, OSError, TimeoutError):
                     pass  # try the next sentinel
                 finally:
-                    await connection.disconnect(nowait=True)
+                    connection._close()  # type: ignore[no-untyped-call]
                 attempt += 1
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+
+    async def _follow(self, connection: AbstractConnection) -> None:
+        """Read ``+switch-master`` messages until the sentinel goes away."""
+        # Read the stream directly: an endless wait in redis-py's read_response
+        # does not end promptly when the watcher is cancelled.
+        stream = connection._reader
+        assert stream is not None
+        reader = hiredis.Reader()
+        while data := await stream.read(65536):
+            reader.feed(data)
+            while (message := reader.gets()) is not False:
+                name = message[2].split()[0].decode() if len(message) > 2 else ""
+                if name == self._service and self._primary is not None:
+                    logger.warning("sentinels moved %s to a new primary", name)
+                    self.failed(self._primary)
 
 
 def _flags(fields: list[Any]) -> bytes:
