@@ -42,10 +42,6 @@ class Cluster:
             node = self._nodes[address] = self._node_at(address)
         return node
 
-    def primaries(self) -> list[Node]:
-        """The primaries of the current map."""
-        return list(self._primaries)
-
     def moved(self, slot: int, address: Address) -> None:
         """The server said ``slot`` now lives at ``address``."""
         self._slots[slot] = self.node(address)

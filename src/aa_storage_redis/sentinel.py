@@ -45,14 +45,6 @@ class Sentinel:
         self._discovery: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
-    @property
-    def service(self) -> str:
-        return self._service
-
-    @property
-    def sentinels(self) -> tuple[Address, ...]:
-        return self._sentinels
-
     def node_for(self, key: bytes | None) -> Node | None:
         return self._primary
 
