@@ -209,6 +209,7 @@ class TestCheckUnderTheReadmeRule:
             "  key_prefix: aa:",
             "  maxmemory_policy: not permitted (INFO is denied to this user)",
             "  scripts: by SHA (EVALSHA)",
+            "  near_cache: off",
         ]
         assert "unknown" not in out
         assert "WARNING" not in out

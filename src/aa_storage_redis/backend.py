@@ -45,8 +45,9 @@ class RedisBackend:
         return self.pool.stats()
 
     async def describe(self) -> BackendInfo:
-        """Server version and mode, TLS, the user, and a warning when the
-        eviction policy could silently drop counters and sessions.
+        """Server version and mode, TLS, the user, the near-cache (off, or its
+        tracking and entries), and a warning when the eviction policy could
+        silently drop counters and sessions.
 
         A fact the user's ACL does not let it read (``INFO`` gives the version,
         mode and eviction policy, ``ACL WHOAMI`` the user) is shown as "not
@@ -76,6 +77,7 @@ class RedisBackend:
             ("key_prefix", self.pool.keys.prefix),
             ("maxmemory_policy", policy),
             ("scripts", await self._script_mode()),
+            ("near_cache", self.pool.near_cache_state()),
             ("traffic", _traffic(self.stats())),
         )
         warnings: tuple[str, ...] = ()

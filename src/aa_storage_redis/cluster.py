@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from aa_storage_redis.node import Node
-from aa_storage_redis.topology import Address, Facts, NodeFactory, ask
+from aa_storage_redis.topology import Address, Facts, NodeFactory, ask, unchanged
 
 
 class Cluster:
@@ -29,6 +29,7 @@ class Cluster:
         self._slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._primaries: list[Node] = []
         self._refresh: asyncio.Task[None] | None = None
+        self.on_change: Callable[[], None] = unchanged
 
     def node_for(self, key: bytes | None) -> Node | None:
         if key is None:
@@ -45,6 +46,7 @@ class Cluster:
     def moved(self, slot: int, address: Address) -> None:
         """The server said ``slot`` now lives at ``address``."""
         self._slots[slot] = self.node(address)
+        self.on_change()
         self._refresh_soon()
 
     async def discover(self) -> None:
@@ -57,7 +59,11 @@ class Cluster:
         # Until a new map arrives, commands for the lost node's slots wait for it.
         self._slots = [None if owner is node else owner for owner in self._slots]
         self._primaries = [primary for primary in self._primaries if primary is not node]
+        self.on_change()
         self._refresh_soon()
+
+    def primaries(self) -> tuple[Address, ...]:
+        return tuple(address for address, node in self._nodes.items() if node in self._primaries)
 
     def nodes(self) -> Iterable[Node]:
         return tuple(self._nodes.values())
@@ -117,5 +123,8 @@ class Cluster:
             node = self.node((host, int(primary[1])))
             primaries[id(node)] = node
             slots[start : end + 1] = [node] * (end - start + 1)
+        changed = slots != self._slots
         self._slots = slots
         self._primaries = list(primaries.values())
+        if changed:
+            self.on_change()

@@ -110,7 +110,9 @@ class RedisStorageConfig:
     bounds opening a connection (TCP, TLS, login) and ``socket_timeout`` the
     wait for each reply, so every call ends within their sum plus backoff.
     ``retries`` is how many more times a call is tried after a connection
-    error (see the README on which calls).
+    error (see the README on which calls). ``near_cache`` keeps up to
+    ``near_cache_size`` decoded policies in process, invalidated by the
+    server (see the README's Near-cache section).
     """
 
     removed_settings: ClassVar[Mapping[str, str]] = {
@@ -131,6 +133,8 @@ class RedisStorageConfig:
     retries: int = _checked(2, _within(0, 10))
     wait_replicas: int = _checked(0, _within(0, 100))
     wait_timeout: float = _checked(0.5, _positive_seconds)
+    near_cache: bool = False
+    near_cache_size: int = _checked(10_000, _within(1, 10_000_000))
     sentinel_username: str | None = None
     sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)

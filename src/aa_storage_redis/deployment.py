@@ -15,10 +15,12 @@ from aa_storage.redaction import redact_url
 from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node
 from aa_storage_redis.pool import Pool
 from aa_storage_redis.sentinel import Sentinel
 from aa_storage_redis.topology import Address, Standalone, Topology
+from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.urls import CLUSTER, SENTINEL
 
 logger = logging.getLogger("aa_storage_redis")
@@ -84,12 +86,31 @@ def build_pool(config: RedisStorageConfig) -> Pool:
             timeout=config.connect_timeout + config.socket_timeout,
         )
     else:
-        topology = Standalone(node_at(deployment.addresses[0]))
+        topology = Standalone(node_at(deployment.addresses[0]), deployment.addresses[0])
+    keys = KeySpace(config.key_prefix)
+    near_cache = tracker = None
+    if config.near_cache:
+        near_cache = NearCache(config.near_cache_size)
+        tracker = Tracker(
+            near_cache,
+            topology,
+            # Tracking connections speak RESP3, so the server's pushes come on them.
+            lambda address: connection_class(
+                host=address[0], port=address[1], **{**options, "protocol": 3}
+            ),
+            prefix=keys.policy_prefix,
+            connect_timeout=config.connect_timeout,
+            socket_timeout=config.socket_timeout,
+            server=redact_url(config.effective_url),
+            secret=deployment.password,
+        )
     return Pool(
         config=config,
-        keys=KeySpace(config.key_prefix),
+        keys=keys,
         topology=topology,
         password=deployment.password,
+        near_cache=near_cache,
+        tracker=tracker,
     )
 
 

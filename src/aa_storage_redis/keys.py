@@ -41,6 +41,11 @@ class KeySpace:
         """``<prefix>ratelimit:<key>``; the key's UTF-8 bytes are used as they are."""
         return self._ratelimit + key.encode()
 
+    @property
+    def policy_prefix(self) -> bytes:
+        """``<prefix>policy:``: what every policy key starts with."""
+        return self._policy
+
     def policy(self, agent_id: AgentId) -> bytes:
         """``<prefix>policy:<hex32>``."""
         return self._policy + agent_id.hex.encode()

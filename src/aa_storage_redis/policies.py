@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import attrs
 
 from aa_storage import AgentId, NotFoundError, PolicyDocument, policy_from_json, policy_to_json
 from aa_storage.validation import check_agent_id, check_policy, check_ttl_secs
+from aa_storage_redis.near_cache import Fill, NearCache
 from aa_storage_redis.pool import Pool
+from aa_storage_redis.scripts import GET_POLICY_WITH_TTL
 
 
 @attrs.frozen
@@ -16,7 +21,9 @@ class RedisPolicyStore:
     Read with :meth:`get_policy`; on ``NotFoundError`` load from the
     authoritative store and :meth:`cache_policy` the result. After a
     revocation, :meth:`invalidate` so the next read misses. Each method is
-    one round trip.
+    one round trip, but for a near-cache hit (``near_cache = true``), which
+    makes none. A change made by this process is seen by its next read; one
+    made elsewhere, once the server's invalidation arrives (see the README).
     """
 
     pool: Pool
@@ -25,6 +32,12 @@ class RedisPolicyStore:
         """The cached policy; ``NotFoundError`` on a miss, ``SerializationError``
         when the stored value is not a policy document."""
         agent_id = check_agent_id(agent_id)
+        near = self.pool.near_cache
+        if near is not None:
+            if (cached := near.lookup(agent_id)) is not None:
+                return cached
+            if (fill := near.begin_fill(agent_id)) is not None:
+                return await self._fill(near, fill, agent_id)
         reply = await self.pool.execute("GET", self.pool.keys.policy(agent_id), read=True)
         if reply is None:
             raise NotFoundError(f"no policy cached for agent {agent_id.hex}")
@@ -35,11 +48,42 @@ class RedisPolicyStore:
         agent_id = check_agent_id(agent_id)
         data = policy_to_json(check_policy(policy))
         ttl_secs = check_ttl_secs(ttl_secs)
-        await self.pool.execute(
-            "SET", self.pool.keys.policy(agent_id), data, "EX", ttl_secs, read=False
-        )
+        with self._forgotten(agent_id):
+            await self.pool.execute(
+                "SET", self.pool.keys.policy(agent_id), data, "EX", ttl_secs, read=False
+            )
 
     async def invalidate(self, agent_id: AgentId) -> None:
         """Drop the cached policy so the next read misses; idempotent."""
-        key = self.pool.keys.policy(check_agent_id(agent_id))
-        await self.pool.execute("DEL", key, read=False)
+        agent_id = check_agent_id(agent_id)
+        with self._forgotten(agent_id):
+            await self.pool.execute("DEL", self.pool.keys.policy(agent_id), read=False)
+
+    @contextlib.contextmanager
+    def _forgotten(self, agent_id: AgentId) -> Iterator[None]:
+        """Around a write: the near-cache drops the agent's entry and voids its reads in
+        flight both before and after, so no read that overlapped the write is cached."""
+        near = self.pool.near_cache
+        if near is None:
+            yield
+            return
+        near.forget(agent_id)
+        try:
+            yield
+        finally:
+            near.forget(agent_id)
+
+    async def _fill(self, near: NearCache, fill: Fill, agent_id: AgentId) -> PolicyDocument:
+        """A near-cache miss: the policy and its TTL, read together, then cached if no
+        invalidation came while the read was in flight."""
+        try:
+            key = self.pool.keys.policy(agent_id)
+            data, ttl_ms = await self.pool.run_script(GET_POLICY_WITH_TTL, [key], [], read=True)
+            if data is None:
+                raise NotFoundError(f"no policy cached for agent {agent_id.hex}")
+            policy = policy_from_json(data)
+        except BaseException:
+            near.abandon_fill(fill)
+            raise
+        near.finish_fill(fill, policy, ttl_ms)
+        return policy

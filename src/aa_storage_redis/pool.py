@@ -22,10 +22,12 @@ from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
 from aa_storage_redis.stats import ExecutorStats, sum_counters
 from aa_storage_redis.topology import Facts, Topology
+from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.wire import Closed, NotSent, ReplyLost, pack
 
 logger = logging.getLogger("aa_storage_redis")
@@ -59,6 +61,9 @@ class Pool:
     keys: KeySpace
     _topology: Topology = attrs.field(repr=False)
     _password: str | None = attrs.field(repr=False)
+    near_cache: NearCache | None = attrs.field(default=None, repr=False)
+    """The policies held in process, when ``near_cache`` is on; see ``near_cache.py``."""
+    _tracker: Tracker | None = attrs.field(default=None, repr=False)
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
     _wait: bytes | None = attrs.field(init=False, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -218,13 +223,32 @@ class Pool:
             raise translate(exc, server=self.server, secret=self._password) from None
 
     def stats(self) -> ExecutorStats:
-        """What the connections have done so far; reading it costs no I/O and no lock."""
-        return sum_counters(node.counters for node in self._topology.nodes())
+        """What the connections and the near-cache have done so far; reading it costs
+        no I/O and no lock."""
+        stats = sum_counters(node.counters for node in self._topology.nodes())
+        near = self.near_cache
+        if near is None:
+            return stats
+        return attrs.evolve(
+            stats,
+            near_cache_hits=near.hits,
+            near_cache_misses=near.misses,
+            near_cache_flushes=near.flushes,
+        )
+
+    def near_cache_state(self) -> str:
+        """``off``, or the near-cache's tracking and entries, as ``check`` shows them."""
+        near, tracker = self.near_cache, self._tracker
+        if near is None or tracker is None:
+            return "off"
+        return f"on, tracking {tracker.state}, {len(near)} of {near.size} entries"
 
     async def aclose(self) -> None:
-        """Refuse new calls, let those in flight finish or fail within the timeouts,
-        then close every connection. Idempotent."""
+        """Refuse new calls, stop the near-cache's tracking, let the calls in flight
+        finish or fail within the timeouts, then close every connection. Idempotent."""
         self._closed = True
+        if self._tracker is not None:
+            await self._tracker.aclose()
         await self._topology.aclose()
 
 

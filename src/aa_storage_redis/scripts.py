@@ -56,6 +56,16 @@ return redis.call('GET', KEYS[1])
 """,
 )
 
+# A cached policy and the milliseconds it has left (-1: no expiry), read at
+# one instant, so that the near-cache never keeps a policy past its key's
+# expiry. A missing key reads as {false, -2}, which Redis sends as {nil, -2}.
+GET_POLICY_WITH_TTL = Script(
+    "get_policy_with_ttl",
+    b"""
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+""",
+)
+
 # A script that changes nothing, run by ``describe`` to learn whether the
 # server accepts EVALSHA.
 PROBE = Script("probe", b"return 1")

@@ -12,7 +12,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.node import Node
-from aa_storage_redis.topology import Address, Facts, NodeFactory, ask
+from aa_storage_redis.topology import Address, Facts, NodeFactory, ask, unchanged
 
 logger = logging.getLogger("aa_storage_redis")
 
@@ -41,6 +41,8 @@ class Sentinel:
         self._open_sentinel = open_sentinel
         self._timeout = timeout
         self._primary: Node | None = None
+        self._primary_address: Address | None = None
+        self.on_change: Callable[[], None] = unchanged
         self._retired: set[Node] = set()
         self._discovery: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -60,6 +62,12 @@ class Sentinel:
         if node is self._primary:
             self._primary = None
             self._retired.add(node)
+            self.on_change()
+
+    def primaries(self) -> tuple[Address, ...]:
+        if self._primary is None or self._primary_address is None:
+            return ()
+        return (self._primary_address,)
 
     def nodes(self) -> Iterable[Node]:
         return (*self._retired, *((self._primary,) if self._primary else ()))
@@ -131,7 +139,8 @@ class Sentinel:
             if not reply:
                 error = redis_errors.ResponseError(f"the sentinels monitor no {self._service!r}")
                 continue
-            node = self._node_at((reply[0].decode(), int(reply[1])))
+            address = (reply[0].decode(), int(reply[1]))
+            node = self._node_at(address)
             try:
                 role = await ask(node, "ROLE")
             except redis_errors.NoPermissionError:
@@ -146,7 +155,8 @@ class Sentinel:
                 )
                 self._retired.add(node)
                 continue
-            self._primary = node
+            self._primary, self._primary_address = node, address
+            self.on_change()
             return
         raise error
 

@@ -16,7 +16,10 @@ class ExecutorStats:
     connections opened to replace one that failed; ``timeouts`` counts
     connections closed because the server did not answer in time.
     ``pending`` is the commands queued or awaiting a reply right now, and
-    ``peak_pending`` its highest value.
+    ``peak_pending`` its highest value. With ``near_cache`` on,
+    ``near_cache_hits`` counts policy reads answered in process (no I/O),
+    ``near_cache_misses`` the others, and ``near_cache_flushes`` how often
+    the near-cache was emptied (tracking lost, topology changed, FLUSHDB).
     """
 
     commands_sent: int
@@ -27,6 +30,9 @@ class ExecutorStats:
     timeouts: int
     pending: int
     peak_pending: int
+    near_cache_hits: int = 0
+    near_cache_misses: int = 0
+    near_cache_flushes: int = 0
 
     @property
     def mean_commands_per_write(self) -> float:

@@ -3,8 +3,9 @@
 Every topology answers :meth:`node_for` without I/O once it knows the
 deployment (``None`` until then: the executor awaits :meth:`discover`), and
 hears from the executor when a node fails or a cluster redirects a command.
-The nodes themselves are built by ``node_at``, so every topology runs on the
-same multiplexed connections.
+Whatever changes which node serves a key calls ``on_change``, which the
+near-cache's tracker sets. The nodes themselves are built by ``node_at``, so
+every topology runs on the same multiplexed connections.
 """
 
 from __future__ import annotations
@@ -22,14 +23,25 @@ NodeFactory = Callable[[Address], Node]
 Facts = tuple[tuple[str, str], ...]
 
 
+def unchanged() -> None:
+    """The default ``on_change``: nobody is listening."""
+
+
 class Topology(Protocol):
     """What the executor needs from a deployment's shape."""
+
+    on_change: Callable[[], None]
+    """Called when the node serving some key may have changed: a new slot map, a
+    failed node, another primary."""
 
     def node_for(self, key: bytes | None) -> Node | None:
         """The node for ``key`` (any node when ``None``), or ``None`` until discovered."""
 
     async def discover(self) -> None:
         """Learn the deployment; raises ``redis.RedisError`` when no server answers."""
+
+    def primaries(self) -> tuple[Address, ...]:
+        """Every node that takes writes, as known now; empty until discovered."""
 
     def failed(self, node: Node) -> None:
         """``node`` lost a connection or refused a write as a replica: look again."""
@@ -47,14 +59,19 @@ class Topology(Protocol):
 class Standalone:
     """One server."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, address: Address) -> None:
         self._node = node
+        self._address = address
+        self.on_change: Callable[[], None] = unchanged
 
     def node_for(self, key: bytes | None) -> Node:
         return self._node
 
     async def discover(self) -> None:
         """Nothing to learn."""
+
+    def primaries(self) -> tuple[Address, ...]:
+        return (self._address,)
 
     def failed(self, node: Node) -> None:
         """A lone server has nowhere else to look."""
