@@ -1,0 +1,474 @@
+"""The near-cache (``near_cache = true``) against real servers: hits without I/O, changes
+made elsewhere seen once the server's invalidation arrives, flushed on every loss of
+tracking and topology change, fills fenced against invalidations, TTL and LRU bounds,
+on standalone, cluster and sentinel, and under the README's ACL rule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from redis.asyncio.connection import Connection
+
+from aa_storage import (
+    AgentId,
+    InvalidConfigError,
+    NotFoundError,
+    PolicyDecision,
+    PolicyDocument,
+    PolicyRule,
+    load_config,
+    policy_to_json,
+)
+from aa_storage.testing import ContractSuite
+from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
+from aa_storage_redis.near_cache import NearCache
+from aa_storage_redis.policies import RedisPolicyStore
+from executor_support import PATIENT, OpenBackend
+from faultproxy import FaultProxyFactory
+from servers import RedisServer
+from waiting import HANG_GUARD, eventually
+
+NEAR = {"near_cache": True}
+
+
+def policy(version: int) -> PolicyDocument:
+    return PolicyDocument(version, f"v{version}", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+
+
+def near_of(backend: RedisBackend) -> NearCache:
+    near = backend.pool.near_cache
+    assert near is not None, "the backend has near_cache on"
+    return near
+
+
+async def tracking_up(backend: RedisBackend) -> NearCache:
+    """Wake the near-cache's tracking (a lookup does) and wait until it is up."""
+    near = near_of(backend)
+    with pytest.raises(NotFoundError):
+        await backend.policies().get_policy(AgentId.new())
+    await eventually(lambda: near.live, "tracking is up")
+    return near
+
+
+async def read(policies: RedisPolicyStore, agent: AgentId) -> PolicyDocument | None:
+    try:
+        return await policies.get_policy(agent)
+    except NotFoundError:
+        return None
+
+
+async def sees(policies: RedisPolicyStore, agent: AgentId, expected: PolicyDocument | None) -> None:
+    """Return once ``get_policy`` answers ``expected`` (None: NotFoundError); fail the
+    test if it still does not after HANG_GUARD. No bound on the time is asserted."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD
+    while (got := await read(policies, agent)) != expected:
+        if loop.time() > deadline:
+            pytest.fail(f"still read {got} instead of {expected} after {HANG_GUARD}s")
+        await asyncio.sleep(0.005)
+
+
+async def cached_hit(backend: RedisBackend, agent: AgentId, expected: PolicyDocument) -> None:
+    """Read ``agent``'s policy until a read is a hit, and prove that hit sent nothing.
+
+    A fill may be voided, or its entry dropped, by an invalidation that was still on
+    its way for a change made before it: then the next read fills again.
+    """
+    policies = backend.policies()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD
+    while True:
+        before = backend.stats()
+        assert await policies.get_policy(agent) == expected
+        after = backend.stats()
+        if after.near_cache_hits > before.near_cache_hits:
+            assert after.commands_sent == before.commands_sent
+            return
+        if loop.time() > deadline:
+            pytest.fail(f"no read was a hit after {HANG_GUARD}s")
+        await asyncio.sleep(0.005)
+
+
+def tracking_clients(server: Any) -> list[dict[str, Any]]:
+    """The connections to ``server`` that have BCAST tracking on."""
+    with server.client() as admin:
+        return [info for info in admin.client_list() if "t" in info["flags"]]
+
+
+def kill_tracking(server: Any) -> None:
+    (tracking,) = tracking_clients(server)
+    with server.client() as admin:
+        admin.client_kill_filter(_id=tracking["id"])
+
+
+@pytest_asyncio.fixture
+async def backend(redis_server: RedisServer, redis_url: str, open_backend: OpenBackend) -> Any:
+    """A backend with the near-cache on, on the emptied session server."""
+    return open_backend(redis_url, **NEAR)
+
+
+class TestConfig:
+    def test_off_by_default_with_a_bounded_size(self) -> None:
+        """The near-cache is opt-in; its size defaults to 10000 entries."""
+        config = RedisStorageConfig()
+        assert (config.near_cache, config.near_cache_size) == (False, 10_000)
+        assert build_pool(config).near_cache is None
+        near = build_pool(RedisStorageConfig(near_cache=True, near_cache_size=5)).near_cache
+        assert near is not None
+        assert near.size == 5
+
+    @pytest.mark.parametrize(
+        ("settings", "problem"),
+        [
+            (
+                {"near_cache_size": 0},
+                "storage.redis.near_cache_size: must lie in [1, 10000000], got 0",
+            ),
+            (
+                {"near_cache_size": 10_000_001},
+                "storage.redis.near_cache_size: must lie in [1, 10000000], got 10000001",
+            ),
+            ({"near_cache_size": "big"}, "storage.redis.near_cache_size: expected int, got str"),
+            ({"near_cache": "yes"}, "storage.redis.near_cache: expected bool, got str"),
+        ],
+    )
+    def test_bad_values_name_their_field(self, settings: dict[str, Any], problem: str) -> None:
+        """Each bad value is a ConfigError whose line names the field."""
+        with pytest.raises(InvalidConfigError) as caught:
+            load_config({"storage": {"backend": "redis", "redis": settings}})
+        assert caught.value.problems == [problem]
+
+
+class TestNearCacheUnit:
+    """The in-process part alone, on a clock the test moves."""
+
+    def make(self, size: int = 10) -> tuple[NearCache, list[float]]:
+        now = [100.0]
+        near = NearCache(size, clock=lambda: now[0])
+        near.resume()
+        return near, now
+
+    def test_an_entry_lives_until_its_ttl_from_before_the_read(self) -> None:
+        """The deadline counts from the clock taken before the read was sent."""
+        near, now = self.make()
+        agent = AgentId.new()
+        fill = near.begin_fill(agent)
+        assert fill is not None
+        now[0] += 0.2  # the read took 200 ms
+        assert near.finish_fill(fill, policy(1), 500)
+        now[0] = 100.499
+        assert near.lookup(agent) == policy(1)
+        now[0] = 100.5
+        assert near.lookup(agent) is None
+        assert len(near) == 0
+
+    @pytest.mark.parametrize("interrupt", ["invalidate", "forget", "flush", "suspend"])
+    def test_an_invalidation_or_flush_during_the_read_voids_the_fill(self, interrupt: str) -> None:
+        """A fill in flight when its key is invalidated, or the cache flushed or
+        suspended, caches nothing; another key's fill survives an invalidation."""
+        near, _ = self.make()
+        agent, other = AgentId.new(), AgentId.new()
+        fill, untouched = near.begin_fill(agent), near.begin_fill(other)
+        assert fill is not None
+        assert untouched is not None
+        if interrupt == "invalidate":
+            near.invalidate(agent.bytes)
+        elif interrupt == "forget":
+            near.forget(agent)
+        elif interrupt == "flush":
+            near.flush()
+        else:
+            near.suspend()
+            near.resume()
+        assert not near.finish_fill(fill, policy(1), -1)
+        assert near.lookup(agent) is None
+        survives = interrupt in ("invalidate", "forget")
+        assert near.finish_fill(untouched, policy(2), -1) == survives
+
+    def test_nothing_is_filled_or_served_while_tracking_is_down(self) -> None:
+        """Suspended, every lookup misses and no fill begins; resumed, fills work again."""
+        near, _ = self.make()
+        agent = AgentId.new()
+        fill = near.begin_fill(agent)
+        assert fill is not None
+        assert near.finish_fill(fill, policy(1), -1)
+        near.suspend()
+        assert near.lookup(agent) is None
+        assert near.begin_fill(agent) is None
+        near.resume()
+        assert near.lookup(agent) is None  # the suspension flushed it
+
+    def test_least_recently_used_entries_go_first(self) -> None:
+        """Past ``size`` entries, the one least recently read or filled is dropped."""
+        near, _ = self.make(size=2)
+        agents = [AgentId.new() for _ in range(3)]
+        for agent in agents[:2]:
+            fill = near.begin_fill(agent)
+            assert fill is not None
+            near.finish_fill(fill, policy(1), -1)
+        assert near.lookup(agents[0]) is not None  # now agents[1] is the oldest
+        fill = near.begin_fill(agents[2])
+        assert fill is not None
+        near.finish_fill(fill, policy(1), -1)
+        assert len(near) == 2
+        assert near.lookup(agents[1]) is None
+        assert near.lookup(agents[0]) is not None
+        assert near.lookup(agents[2]) is not None
+
+
+@pytest.mark.asyncio
+class TestStandalone:
+    async def test_a_hit_does_no_io(self, backend: RedisBackend, redis_server: RedisServer) -> None:
+        """Once filled, a read is answered in process: no command reaches the server."""
+        await tracking_up(backend)
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, policy(1), 600)
+        assert await backend.policies().get_policy(agent) == policy(1)
+        before_server = redis_server.commandstats()
+        before = backend.stats()
+        for _ in range(50):
+            assert await backend.policies().get_policy(agent) == policy(1)
+        after, after_server = backend.stats(), redis_server.commandstats()
+        assert after.commands_sent == before.commands_sent
+        assert after.near_cache_hits == before.near_cache_hits + 50
+        sent = {
+            command: after_server[command] - before_server.get(command, 0)
+            for command in after_server
+            if after_server[command] != before_server.get(command, 0)
+        }
+        # Only commandstats' own HELLO and INFO, and tracking's heartbeat if one fell due.
+        assert set(sent) <= {"hello", "info", "ping"}
+
+    async def test_off_every_read_goes_to_the_server(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """Without near_cache, each read is a command, and the stats count no hits."""
+        backend = open_backend(redis_url)
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, policy(1), 600)
+        before = backend.stats()
+        for _ in range(3):
+            assert await backend.policies().get_policy(agent) == policy(1)
+        after = backend.stats()
+        assert after.commands_sent == before.commands_sent + 3
+        assert after.near_cache_hits == 0
+        assert dict((await backend.describe()).facts)["near_cache"] == "off"
+
+    @pytest.mark.parametrize(
+        "change", ["raw SET in the Rust layout", "cache_policy", "invalidate", "raw DEL"]
+    )
+    async def test_a_change_made_elsewhere_is_seen(
+        self,
+        change: str,
+        backend: RedisBackend,
+        redis_server: RedisServer,
+        open_backend: OpenBackend,
+    ) -> None:
+        """A cached policy changed by another client is read anew once the server's
+        invalidation arrives, however the change was made."""
+        await tracking_up(backend)
+        agent = AgentId.new()
+        key = b"aa:policy:" + agent.hex.encode()
+        with redis_server.client() as raw:
+            raw.set(key, policy_to_json(policy(1)), ex=600)
+            await cached_hit(backend, agent, policy(1))
+            other = open_backend(redis_server.url).policies()
+            expected: PolicyDocument | None = policy(2)
+            if change == "raw SET in the Rust layout":
+                raw.set(key, policy_to_json(policy(2)))
+            elif change == "cache_policy":
+                await other.cache_policy(agent, policy(2), 600)
+            elif change == "invalidate":
+                await other.invalidate(agent)
+                expected = None
+            else:
+                raw.delete(key)
+                expected = None
+        await sees(backend.policies(), agent, expected)
+
+    async def test_own_writes_take_effect_at_once(self, backend: RedisBackend) -> None:
+        """cache_policy and invalidate through this backend are seen by its very next read."""
+        await tracking_up(backend)
+        policies, agent = backend.policies(), AgentId.new()
+        await policies.cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+        await policies.cache_policy(agent, policy(2), 600)
+        assert await policies.get_policy(agent) == policy(2)
+        await cached_hit(backend, agent, policy(2))
+        await policies.invalidate(agent)
+        with pytest.raises(NotFoundError):
+            await policies.get_policy(agent)
+
+    async def test_a_flushdb_flushes(
+        self, backend: RedisBackend, redis_server: RedisServer
+    ) -> None:
+        """FLUSHALL (an invalidation of every key) empties the near-cache."""
+        near = await tracking_up(backend)
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+        flushes = near.flushes
+        redis_server.flushall()
+        await eventually(lambda: near.flushes > flushes, "FLUSHALL flushed the near-cache")
+        assert len(near) == 0
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+
+    async def test_a_killed_tracking_connection_flushes_and_comes_back(
+        self, backend: RedisBackend, redis_server: RedisServer
+    ) -> None:
+        """CLIENT KILL of the tracking connection flushes the near-cache at once, reads
+        stay correct while tracking is down, and tracking comes back by itself."""
+        near = await tracking_up(backend)
+        policies, agent = backend.policies(), AgentId.new()
+        await policies.cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+        flushes = near.flushes
+        kill_tracking(redis_server)
+        await eventually(lambda: near.flushes > flushes, "the lost connection flushed")
+        assert len(near) == 0
+        with redis_server.client() as raw:
+            raw.set(b"aa:policy:" + agent.hex.encode(), policy_to_json(policy(2)))
+        assert await policies.get_policy(agent) == policy(2)
+        await eventually(lambda: near.live, "tracking is back")
+        assert len(tracking_clients(redis_server)) == 1
+        await cached_hit(backend, agent, policy(2))
+        assert "tracking up on 1 primary" in dict((await backend.describe()).facts)["near_cache"]
+
+    async def test_a_server_restart_flushes_and_reads_stay_correct(
+        self, fresh_redis_server: RedisServer, open_backend: OpenBackend
+    ) -> None:
+        """A restarted server (its data gone) is never answered for from the near-cache."""
+        backend = open_backend(fresh_redis_server.url, **NEAR)
+        near = await tracking_up(backend)
+        policies, agent = backend.policies(), AgentId.new()
+        await policies.cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+        fresh_redis_server.restart()
+        await sees(policies, agent, None)
+        await eventually(lambda: near.live, "tracking is back after the restart")
+        await policies.cache_policy(agent, policy(2), 600)
+        await cached_hit(backend, agent, policy(2))
+
+    async def test_an_invalidation_during_the_read_voids_the_fill(
+        self, redis_server: RedisServer, redis_url: str, fault_proxy: FaultProxyFactory
+    ) -> None:
+        """A read whose reply is held while another client changes the key returns the
+        old value, but does not cache it: the invalidation arrived while it was in flight."""
+        proxy = fault_proxy(redis_server.port)
+        backend = RedisBackend(build_pool(RedisStorageConfig(url=proxy.url, **PATIENT, **NEAR)))
+        # The data connections go through the proxy, tracking straight to the server, so
+        # the reply can be held while the invalidation comes through.
+        backend.pool._tracker._connect = lambda _: Connection(  # type: ignore[union-attr]
+            host=redis_server.host, port=redis_server.port, protocol=3
+        )
+        try:
+            near = await tracking_up(backend)
+            agent = AgentId.new()
+            with redis_server.client() as raw:
+                key = b"aa:policy:" + agent.hex.encode()
+                raw.set(key, policy_to_json(policy(1)), ex=600)
+                scripts = _script_calls(redis_server)
+                proxy.latency(5.0)
+                racing = asyncio.ensure_future(backend.policies().get_policy(agent))
+                await eventually(
+                    lambda: _script_calls(redis_server) > scripts, "the read reached the server"
+                )
+                raw.set(key, policy_to_json(policy(2)), ex=600)
+                assert await asyncio.wait_for(racing, HANG_GUARD) == policy(1)
+            assert len(near) == 0
+            proxy.passthrough()
+            assert await backend.policies().get_policy(agent) == policy(2)
+        finally:
+            await backend.aclose()
+
+    async def test_an_entry_never_outlives_its_redis_ttl(
+        self, debug_redis_server: RedisServer, open_backend: OpenBackend
+    ) -> None:
+        """With the server's active expiry off (no invalidation when the key expires), the
+        entry still ends with the key's TTL, counted by the local clock."""
+        backend = open_backend(debug_redis_server.url, **NEAR)
+        await tracking_up(backend)
+        agent = AgentId.new()
+        with debug_redis_server.client() as raw:
+            raw.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")
+            try:
+                raw.set(b"aa:policy:" + agent.hex.encode(), policy_to_json(policy(1)), px=300)
+                await cached_hit(backend, agent, policy(1))
+                await asyncio.sleep(0.4)  # the key's 300 ms run out
+                with pytest.raises(NotFoundError):
+                    await backend.policies().get_policy(agent)
+            finally:
+                raw.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "1")
+
+    async def test_a_key_without_expiry_stays_until_invalidated(
+        self, backend: RedisBackend, redis_server: RedisServer
+    ) -> None:
+        """A policy written with no TTL (a plain SET) is served until it changes."""
+        await tracking_up(backend)
+        agent = AgentId.new()
+        with redis_server.client() as raw:
+            raw.set(b"aa:policy:" + agent.hex.encode(), policy_to_json(policy(1)))
+        await cached_hit(backend, agent, policy(1))
+
+    async def test_the_size_bounds_the_entries(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """With near_cache_size = 3, five policies read leave the three last read
+        cached; the oldest costs a round trip again."""
+        backend = open_backend(redis_url, near_cache=True, near_cache_size=3)
+        near = await tracking_up(backend)
+        policies = backend.policies()
+        agents = [AgentId.new() for _ in range(5)]
+        for agent in agents:
+            await policies.cache_policy(agent, policy(1), 600)
+            await policies.get_policy(agent)
+        assert len(near) == 3
+        for agent in agents[2:]:
+            await cached_hit(backend, agent, policy(1))
+        before = backend.stats()
+        await policies.get_policy(agents[0])
+        assert backend.stats().commands_sent == before.commands_sent + 1
+        facts = dict((await backend.describe()).facts)
+        assert facts["near_cache"] == "on, tracking up on 1 primary, 3 of 3 entries"
+
+    async def test_aclose_stops_tracking(
+        self, redis_server: RedisServer, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """Once aclose() returns, the tracking connection is gone from the server."""
+        backend = open_backend(redis_url, **NEAR)
+        await tracking_up(backend)
+        assert len(tracking_clients(redis_server)) == 1
+        await backend.aclose()
+        await eventually(lambda: not tracking_clients(redis_server), "tracking closed")
+        assert near_of(backend).lookup(AgentId.new()) is None
+
+
+def _script_calls(server: RedisServer) -> int:
+    calls = server.commandstats()
+    return calls.get("evalsha", 0) + calls.get("eval", 0)
+
+
+@pytest.fixture(scope="module")
+def debug_redis_server() -> Iterator[RedisServer]:
+    """A redis-server that takes DEBUG from loopback, to turn its active expiry off."""
+    server = RedisServer(extra_args=["--enable-debug-command", "local"])
+    server.start()
+    yield server
+    server.close()
+
+
+class TestNearCacheContract(ContractSuite):
+    """The whole contract holds with the near-cache on."""
+
+    @pytest_asyncio.fixture
+    async def backend(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> AsyncIterator[RedisBackend]:
+        backend = RedisBackend.connect(redis_server.backend_config(**NEAR))
+        yield backend
+        await backend.aclose()
