@@ -27,9 +27,11 @@ from aa_storage.testing import ContractSuite
 from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.policies import RedisPolicyStore
+from aa_storage_redis.tracking import ACL_COMMANDS
 from executor_support import PATIENT, OpenBackend
 from faultproxy import FaultProxyFactory
 from servers import RedisServer
+from test_redis_security import readme_acl_rule
 from waiting import HANG_GUARD, eventually
 
 NEAR = {"near_cache": True}
@@ -472,3 +474,55 @@ class TestNearCacheContract(ContractSuite):
         backend = RedisBackend.connect(redis_server.backend_config(**NEAR))
         yield backend
         await backend.aclose()
+
+
+def _set_user(server: RedisServer, rule: list[str]) -> str:
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "aa-driver", "reset", *rule)
+    return server.url_for(user="aa-driver", password="CHANGE-ME")
+
+
+class TestNearCacheUnderTheReadmeRule(ContractSuite):
+    """The whole contract holds with the near-cache on, as a user with exactly the
+    README's ACL rule."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, acl_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
+        acl_redis_server.flushall()
+        url = _set_user(acl_redis_server, readme_acl_rule())
+        backend = RedisBackend.connect(acl_redis_server.backend_config(url=url, **NEAR))
+        yield backend
+        await backend.aclose()
+
+
+@pytest.mark.asyncio
+class TestAcl:
+    async def test_the_readme_rule_lets_tracking_up(
+        self, acl_redis_server: RedisServer, open_backend: OpenBackend
+    ) -> None:
+        """As the README's user, tracking comes up and reads are hits."""
+        backend = open_backend(_set_user(acl_redis_server, readme_acl_rule()), **NEAR)
+        await tracking_up(backend)
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+
+    @pytest.mark.parametrize("command", ACL_COMMANDS)
+    async def test_each_command_of_the_rule_is_needed(
+        self, command: str, acl_redis_server: RedisServer, open_backend: OpenBackend
+    ) -> None:
+        """Without any one of the near-cache's commands, tracking stays down, saying the
+        permission was denied, and reads still go to the server."""
+        rule = [part for part in readme_acl_rule() if part != f"+{command}"]
+        assert len(rule) == len(readme_acl_rule()) - 1
+        backend = open_backend(_set_user(acl_redis_server, rule), **NEAR)
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, policy(1), 600)
+        assert await backend.policies().get_policy(agent) == policy(1)
+        await eventually(
+            lambda: "permission" in backend.pool.near_cache_state(), "tracking is refused"
+        )
+        assert not near_of(backend).live
+        before = backend.stats()
+        assert await backend.policies().get_policy(agent) == policy(1)
+        assert backend.stats().commands_sent == before.commands_sent + 1
