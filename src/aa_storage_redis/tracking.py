@@ -120,7 +120,7 @@ class _Link:
             while True:
                 try:
                     async with asyncio.timeout(HEARTBEAT_SECS):
-                        reply = await self._reply(on_push)
+                        await self._reply(on_push)
                 except TimeoutError:
                     if pinged_at is None:
                         self._write(_PING)
