@@ -22,7 +22,10 @@ from test_redis_cli import config_file
 
 CONCURRENCY = 3
 MODES = ("sequential", f"{CONCURRENCY} callers")
-CASES = len(OPERATIONS) * len(MODES) * 2
+# Every operation in both modes on both sides, then the near-cache's hit on both
+# sides and its propagation.
+CASES = len(OPERATIONS) * len(MODES) * 2 + 3
+NEAR_ROW = ("get_policy_near", "sequential")
 TIMEOUTS = {"connect_timeout": "10.0", "socket_timeout": "10.0"}
 # Long enough that a signal sent during the first case finds it still running.
 PATIENCE_SECS = 30.0
@@ -70,7 +73,8 @@ class TestAgainstAConfig:
         assert bench("--config", config, "--requests", "30") == 0
         found = rows(capsys.readouterr().out)
         assert [(row["operation"], row["mode"]) for row in found] == [
-            (operation.name, mode) for operation in OPERATIONS for mode in MODES
+            *((operation.name, mode) for operation in OPERATIONS for mode in MODES),
+            NEAR_ROW,
         ]
         for row in found:
             driver, raw = figure(row["driver"]), figure(row["raw"])
@@ -81,14 +85,16 @@ class TestAgainstAConfig:
     def test_targets_stand_beside_the_sequential_rows_they_apply_to(
         self, config: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """Sequential increment, get_policy, save and load show the 1.5x target; no other
-        row shows one when the concurrency is not the targets' 50."""
+        """Sequential increment, get_policy, save and load show the 1.5x target, the
+        near-cache hit 20x; no other row shows one when the concurrency is not the
+        targets' 50."""
         assert bench("--config", config, "--requests", "20") == 0
         targets = {
             (row["operation"], row["mode"]): row["target"].strip()
             for row in rows(capsys.readouterr().out)
         }
         targeted = {(name, "sequential") for name in ("increment", "get_policy", "save", "load")}
+        assert re.fullmatch(r">=20\.0x (met|missed)", targets.pop(NEAR_ROW))
         for case, target in targets.items():
             if case in targeted:
                 assert re.fullmatch(r">=1\.5x (met|missed)", target), case
@@ -105,6 +111,13 @@ class TestAgainstAConfig:
         progress = [line for line in err.splitlines() if re.search(r"\[\d+/\d+\]", line)]
         assert len(progress) == CASES
         for number, line in enumerate(progress, start=1):
+            if number == CASES:
+                assert re.fullmatch(
+                    rf"aa-storage bench: \[{number}/{CASES}\] near-cache invalidation from "
+                    rf"another process \.\.\. p50 {_NUMBER} us",
+                    line,
+                ), line
+                continue
             assert re.fullmatch(
                 rf"aa-storage bench: \[{number}/{CASES}\] \w+, [\w ]+, "
                 rf"(driver|raw redis-py) \.\.\. {_NUMBER} ops/s",
@@ -121,9 +134,25 @@ class TestAgainstAConfig:
         out = capsys.readouterr().out
         stats = out.partition("driver stats over the run:\n")[2]
         counters = dict(line.strip().split(": ") for line in stats.splitlines())
-        assert int(counters["commands_sent"]) >= CASES // 2 * 20
+        assert int(counters["commands_sent"]) >= len(OPERATIONS) * len(MODES) * 20
         assert 0 < int(counters["socket_writes"]) <= int(counters["commands_sent"])
         assert float(counters["mean_commands_per_write"]) >= 1.0
+
+    def test_prints_how_fast_a_change_reaches_the_near_cache(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """After the table: how many changes another process made (one per request), and
+        the p50 and p99 of the time until this process stopped serving the old policy."""
+        assert bench("--config", config, "--requests", "20") == 0
+        out = capsys.readouterr().out
+        match = re.search(
+            rf"\nnear-cache invalidation from another process \(.*\):\n"
+            rf"  (\d+) changes, p50 ({_NUMBER}) us, p99 ({_NUMBER}) us\n",
+            out,
+        )
+        assert match, out
+        assert int(match[1]) == 20
+        assert 0 < figure(match[2]) <= figure(match[3])
 
     def test_deletes_every_key_it_made(self, redis_server: RedisServer, config: str) -> None:
         """Once the run ends the server holds no key, though the run wrote to it."""
@@ -177,7 +206,7 @@ class TestThrowawayServer:
         """Without a config, bench measures a redis-server of its own, gone once it ends."""
         assert bench("--requests", "10") == 0
         out, err = capsys.readouterr()
-        assert len(rows(out)) == len(OPERATIONS) * len(MODES)
+        assert len(rows(out)) == len(OPERATIONS) * len(MODES) + 1
         pid = int(
             re.search(r"started redis-server \(pid (\d+)\) at redis://127\.0\.0\.1:\d+", err)[1]
         )  # type: ignore[index]

@@ -16,7 +16,7 @@ from aa_storage import ConfigError, load_config
 from aa_storage.redaction import redact_url
 from aa_storage_redis.bench.measure import Budget, run
 from aa_storage_redis.bench.operations import OPERATIONS
-from aa_storage_redis.bench.report import Progress, stats_lines, table
+from aa_storage_redis.bench.report import Progress, propagation_lines, stats_lines, table
 from aa_storage_redis.bench.server import BINARY, throwaway_server
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.hooks import DRIVER_NAME
@@ -68,16 +68,18 @@ def config_from_file(path: str) -> RedisStorageConfig:
 def _bench(
     config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
 ) -> int:
-    cases = len(OPERATIONS) * 2 * 2
+    # Each operation in two modes on two sides, then the near-cache's hit on two
+    # sides and its propagation.
+    cases = len(OPERATIONS) * 2 * 2 + 3
     err.write(
         f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
         f"pool_size={config.pool_size}; {cases} cases of {budget} each\n"
     )
     progress = Progress(err, cases)
     try:
-        rows, stats = asyncio.run(run(config, concurrency, budget, progress))
+        rows, stats, propagation = asyncio.run(run(config, concurrency, budget, progress))
     finally:
         progress.stop()
-    for line in (*table(rows), "", *stats_lines(stats)):
+    for line in (*table(rows), "", *propagation_lines(propagation), "", *stats_lines(stats)):
         out.write(line + "\n")
     return 0

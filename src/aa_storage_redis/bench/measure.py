@@ -25,7 +25,7 @@ from aa_storage.redaction import redact_url
 from aa_storage_redis import ExecutorStats
 from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.bench.operations import OPERATIONS, Call, Caller, Operation, Subject
-from aa_storage_redis.bench.report import Measurement, Progress, Row, mode_of
+from aa_storage_redis.bench.report import Measurement, Progress, Propagation, Row, mode_of
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
 
@@ -61,9 +61,13 @@ class Budget:
 
 async def run(
     config: RedisStorageConfig, concurrency: int, budget: Budget, progress: Progress
-) -> tuple[list[Row], ExecutorStats]:
-    """Measure every operation, sequentially and then with ``concurrency`` callers;
-    returns the rows in that order, and the driver's stats over the whole run."""
+) -> tuple[list[Row], ExecutorStats, Propagation]:
+    """Measure every operation, sequentially and then with ``concurrency`` callers,
+    then the near-cache; returns the rows in that order, the driver's stats over the
+    operations, and how fast invalidations reach the near-cache."""
+    # The near-cache's cases time their calls with this module's helpers.
+    from aa_storage_redis.bench.near import near_cache_cases
+
     config = attrs.evolve(config, key_prefix=f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:")
     backend = RedisBackend.connect(config)
     made: list[Caller] = []
@@ -79,7 +83,9 @@ async def run(
             for operation in OPERATIONS
             for callers in (1, concurrency)
         ]
-        return rows, backend.stats()
+        stats = backend.stats()
+        near_hit, propagation = await near_cache_cases(config, budget, made, progress)
+        return [*rows, near_hit], stats, propagation
     finally:
         try:
             await _delete_keys(backend, made)
@@ -101,15 +107,15 @@ async def _case(
     subject = Subject.over(backend)
     ready = await _ready(operation, operation.driver, subject, callers, made)
     before = backend.stats()
-    driver = await _timed(operation.driver, subject, ready, budget)
+    driver = await timed(operation.driver, subject, ready, budget)
     after = backend.stats()
     progress.end(driver)
     progress.start(f"{operation.name}, {mode}, raw redis-py")
     connections = backend.pool.config.pool_size if callers == 1 else callers
-    async with _raw_client(backend.pool.config, connections) as raw:
+    async with raw_client(backend.pool.config, connections) as raw:
         subject = Subject.over(backend, raw)
         ready = await _ready(operation, operation.raw, subject, callers, made)
-        measured = await _timed(operation.raw, subject, ready, budget)
+        measured = await timed(operation.raw, subject, ready, budget)
     progress.end(measured)
     writes = after.socket_writes - before.socket_writes
     sent = after.commands_sent - before.commands_sent
@@ -132,9 +138,7 @@ async def _ready(
     return ready
 
 
-async def _timed(
-    call: Call, subject: Subject, callers: list[Caller], budget: Budget
-) -> Measurement:
+async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Budget) -> Measurement:
     allowed = budget.allowance()
     latencies: list[float] = []
 
@@ -150,12 +154,12 @@ async def _timed(
     latencies.sort()
     return Measurement(
         ops_per_sec=len(latencies) / elapsed,
-        p50_us=_percentile(latencies, 0.50) * 1e6,
-        p99_us=_percentile(latencies, 0.99) * 1e6,
+        p50_us=percentile(latencies, 0.50) * 1e6,
+        p99_us=percentile(latencies, 0.99) * 1e6,
     )
 
 
-def _percentile(ordered: list[float], fraction: float) -> float:
+def percentile(ordered: list[float], fraction: float) -> float:
     """The nearest-rank percentile of a sorted, non-empty list."""
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
 
@@ -171,9 +175,7 @@ async def _together(coroutines: Iterable[Coroutine[Any, Any, Any]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _raw_client(
-    config: RedisStorageConfig, connections: int
-) -> AsyncIterator[aioredis.Redis]:
+async def raw_client(config: RedisStorageConfig, connections: int) -> AsyncIterator[aioredis.Redis]:
     """A raw redis-py client with ``connections`` connections at most; its
     failures become the driver's errors, so they read the same."""
     options: dict[str, Any] = {}
@@ -205,6 +207,6 @@ async def _raw_client(
 async def _delete_keys(backend: RedisBackend, callers: list[Caller]) -> None:
     """Delete every key the callers' calls may have created."""
     keys = [key for caller in callers for key in caller.keys(backend.pool.keys)]
-    async with _raw_client(backend.pool.config, 1) as client:
+    async with raw_client(backend.pool.config, 1) as client:
         for start in range(0, len(keys), _DELETE_BATCH):
             await client.delete(*keys[start : start + _DELETE_BATCH])

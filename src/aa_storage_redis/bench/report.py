@@ -19,6 +19,8 @@ TARGETS = {
     ("load", 1): 1.5,
     ("increment", 50): 3.5,
     ("get_policy", 50): 3.5,
+    # A near-cache hit against raw redis-py GET + decode.
+    ("get_policy_near", 1): 20.0,
 }
 
 
@@ -56,13 +58,34 @@ class Row:
         return TARGETS.get((self.operation, self.callers))
 
 
+@attrs.frozen
+class Propagation:
+    """How long a change made by another process took to stop this one's near-cache
+    serving the old policy, over ``changes`` changes."""
+
+    changes: int
+    p50_us: float
+    p99_us: float
+
+
+def propagation_lines(figures: Propagation) -> Iterator[str]:
+    """The propagation figures, after the table."""
+    yield (
+        "near-cache invalidation from another process (SET or DEL there, until this one "
+        "stops serving the old policy):"
+    )
+    yield (
+        f"  {figures.changes} changes, p50 {figures.p50_us:,.0f} us, p99 {figures.p99_us:,.0f} us"
+    )
+
+
 def mode_of(callers: int) -> str:
     """How a case with ``callers`` callers is named: sequential, or N callers."""
     return "sequential" if callers == 1 else f"{callers} callers"
 
 
 _HEADER = (
-    f"{'operation':<13}{'mode':<12}"
+    f"{'operation':<16}{'mode':<12}"
     f"{'driver ops/s':>13}{'p50 us':>9}{'p99 us':>9}{'cmds/write':>11}"
     f"{'raw ops/s':>12}{'p50 us':>9}{'p99 us':>9}"
     f"{'ratio':>8}  target"
@@ -75,7 +98,7 @@ def table(rows: Sequence[Row]) -> Iterator[str]:
     for row in rows:
         target = "" if row.target is None else f">={row.target}x {_verdict(row)}"
         yield (
-            f"{row.operation:<13}{row.mode:<12}"
+            f"{row.operation:<16}{row.mode:<12}"
             f"{row.driver.ops_per_sec:>13,.0f}{row.driver.p50_us:>9.0f}{row.driver.p99_us:>9.0f}"
             f"{row.commands_per_write:>11.2f}"
             f"{row.raw.ops_per_sec:>12,.0f}{row.raw.p50_us:>9.0f}{row.raw.p99_us:>9.0f}"
@@ -110,7 +133,10 @@ class Progress:
         self._line_open = True
 
     def end(self, measurement: Measurement) -> None:
-        self._say(f"{measurement.ops_per_sec:,.0f} ops/s\n")
+        self.finish(f"{measurement.ops_per_sec:,.0f} ops/s")
+
+    def finish(self, outcome: str) -> None:
+        self._say(f"{outcome}\n")
         self._line_open = False
 
     def stop(self) -> None:
