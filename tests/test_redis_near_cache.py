@@ -28,8 +28,10 @@ from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.tracking import ACL_COMMANDS
+from cluster import LocalCluster
 from executor_support import PATIENT, OpenBackend
 from faultproxy import FaultProxyFactory
+from sentinel import SentinelSet
 from servers import RedisServer
 from test_redis_security import readme_acl_rule
 from waiting import HANG_GUARD, eventually
@@ -526,3 +528,162 @@ class TestAcl:
         before = backend.stats()
         assert await backend.policies().get_policy(agent) == policy(1)
         assert backend.stats().commands_sent == before.commands_sent + 1
+
+
+# --- cluster and sentinel ---
+
+
+def topology_backend(url: str, **settings: Any) -> RedisBackend:
+    return RedisBackend.connect(
+        RedisStorageConfig(url=url, **{**PATIENT, "retries": 10, **NEAR, **settings})
+    )
+
+
+def spread_agents(count: int) -> list[AgentId]:
+    """``count`` agents, whose policy keys fall in slots all over the cluster."""
+    return [AgentId.from_hex(f"{index:032x}") for index in range(1, count + 1)]
+
+
+class TestClusterNearCacheContract(ContractSuite):
+    """The whole contract holds on a cluster with the near-cache on."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, redis_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
+        redis_cluster.flushall()
+        backend = topology_backend(redis_cluster.url)
+        yield backend
+        await backend.aclose()
+
+
+class TestSentinelNearCacheContract(ContractSuite):
+    """The whole contract holds behind sentinels with the near-cache on."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
+        sentinel_set.flushall()
+        backend = topology_backend(sentinel_set.url)
+        yield backend
+        await backend.aclose()
+
+
+@pytest.mark.asyncio
+class TestCluster:
+    async def test_every_primary_is_tracked_and_changes_are_seen(
+        self, redis_cluster: LocalCluster
+    ) -> None:
+        """One tracking connection per primary; a change made by another client to a key
+        on any primary reaches the near-cache."""
+        redis_cluster.flushall()
+        backend, other = topology_backend(redis_cluster.url), topology_backend(redis_cluster.url)
+        try:
+            await tracking_up(backend)
+            for primary in redis_cluster.primaries():
+                assert len(tracking_clients(primary)) == 1, primary
+            assert "up on 3 primaries" in backend.pool.near_cache_state()
+            agents = spread_agents(12)
+            for agent in agents:
+                await other.policies().cache_policy(agent, policy(1), 600)
+                await cached_hit(backend, agent, policy(1))
+            for agent in agents:
+                await other.policies().cache_policy(agent, policy(2), 600)
+            for agent in agents:
+                await sees(backend.policies(), agent, policy(2))
+        finally:
+            await other.aclose()
+            await backend.aclose()
+
+    async def test_a_killed_tracking_connection_flushes_and_comes_back(
+        self, redis_cluster: LocalCluster
+    ) -> None:
+        """CLIENT KILL of one primary's tracking connection flushes everything; tracking
+        comes back on that primary."""
+        redis_cluster.flushall()
+        backend = topology_backend(redis_cluster.url)
+        try:
+            near = await tracking_up(backend)
+            agent = AgentId.new()
+            await backend.policies().cache_policy(agent, policy(1), 600)
+            await cached_hit(backend, agent, policy(1))
+            flushes = near.flushes
+            victim = redis_cluster.primaries()[1]
+            kill_tracking(victim)
+            await eventually(lambda: near.flushes > flushes, "the lost connection flushed")
+            await eventually(lambda: near.live, "tracking is back")
+            assert len(tracking_clients(victim)) == 1
+            await cached_hit(backend, agent, policy(1))
+        finally:
+            await backend.aclose()
+
+    async def test_a_failover_flushes_and_changes_after_it_are_seen(
+        self, fresh_redis_cluster: LocalCluster
+    ) -> None:
+        """After CLUSTER FAILOVER, writes to the new primary reach the near-cache, and
+        tracking ends up on the new set of primaries."""
+        cluster = fresh_redis_cluster
+        backend, other = topology_backend(cluster.url), topology_backend(cluster.url)
+        try:
+            near = await tracking_up(backend)
+            agents = spread_agents(12)
+            for agent in agents:
+                await other.policies().cache_policy(agent, policy(1), 600)
+                await cached_hit(backend, agent, policy(1))
+            cluster.manual_failover(cluster.replica_of(cluster.primaries()[0]))
+            for agent in agents:
+                await other.policies().cache_policy(agent, policy(2), 600)
+            for agent in agents:
+                await sees(backend.policies(), agent, policy(2))
+            await eventually(lambda: near.live, "tracking is up again")
+            await eventually(
+                lambda: all(len(tracking_clients(node)) == 1 for node in cluster.primaries()),
+                "every new primary is tracked",
+            )
+        finally:
+            await other.aclose()
+            await backend.aclose()
+
+
+@pytest.mark.asyncio
+class TestSentinel:
+    async def test_the_primary_is_tracked_and_changes_are_seen(
+        self, sentinel_set: SentinelSet
+    ) -> None:
+        """Tracking runs on the primary the sentinels name; changes there are seen."""
+        sentinel_set.flushall()
+        backend, other = topology_backend(sentinel_set.url), topology_backend(sentinel_set.url)
+        try:
+            await tracking_up(backend)
+            assert len(tracking_clients(sentinel_set.current_primary())) == 1
+            agent = AgentId.new()
+            await other.policies().cache_policy(agent, policy(1), 600)
+            await cached_hit(backend, agent, policy(1))
+            await other.policies().invalidate(agent)
+            await sees(backend.policies(), agent, None)
+        finally:
+            await other.aclose()
+            await backend.aclose()
+
+    async def test_a_failover_flushes_and_tracking_follows_the_new_primary(
+        self, fresh_sentinel_set: SentinelSet
+    ) -> None:
+        """SENTINEL FAILOVER flushes the near-cache; tracking comes back on the new
+        primary, and changes made there are seen."""
+        sentinels = fresh_sentinel_set
+        backend, other = topology_backend(sentinels.url), topology_backend(sentinels.url)
+        try:
+            near = await tracking_up(backend)
+            agent = AgentId.new()
+            await other.policies().cache_policy(agent, policy(1), 600)
+            await cached_hit(backend, agent, policy(1))
+            flushes = near.flushes
+            new_primary = sentinels.failover()
+            await eventually(lambda: near.flushes > flushes, "the failover flushed")
+            await other.policies().cache_policy(agent, policy(2), 600)
+            await sees(backend.policies(), agent, policy(2))
+            await eventually(lambda: near.live, "tracking is back")
+            await eventually(
+                lambda: len(tracking_clients(new_primary)) == 1, "the new primary is tracked"
+            )
+            await cached_hit(backend, agent, policy(2))
+        finally:
+            await other.aclose()
+            await backend.aclose()
