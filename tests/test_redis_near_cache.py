@@ -34,6 +34,7 @@ from faultproxy import FaultProxyFactory
 from sentinel import SentinelSet
 from servers import RedisServer
 from test_redis_security import readme_acl_rule
+from test_redis_topologies import CLUSTER_USER_PASSWORD, readme_cluster_acl_rule
 from waiting import HANG_GUARD, eventually
 
 NEAR = {"near_cache": True}
@@ -474,6 +475,7 @@ class TestNearCacheContract(ContractSuite):
         self, redis_server: RedisServer, redis_url: str
     ) -> AsyncIterator[RedisBackend]:
         backend = RedisBackend.connect(redis_server.backend_config(**NEAR))
+        await tracking_up(backend)  # so that reads are served and filled
         yield backend
         await backend.aclose()
 
@@ -493,6 +495,7 @@ class TestNearCacheUnderTheReadmeRule(ContractSuite):
         acl_redis_server.flushall()
         url = _set_user(acl_redis_server, readme_acl_rule())
         backend = RedisBackend.connect(acl_redis_server.backend_config(url=url, **NEAR))
+        await tracking_up(backend)  # so that reads are served and filled
         yield backend
         await backend.aclose()
 
@@ -551,6 +554,7 @@ class TestClusterNearCacheContract(ContractSuite):
     async def backend(self, redis_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
         redis_cluster.flushall()
         backend = topology_backend(redis_cluster.url)
+        await tracking_up(backend)  # so that reads are served and filled
         yield backend
         await backend.aclose()
 
@@ -562,6 +566,28 @@ class TestSentinelNearCacheContract(ContractSuite):
     async def backend(self, sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
         sentinel_set.flushall()
         backend = topology_backend(sentinel_set.url)
+        await tracking_up(backend)  # so that reads are served and filled
+        yield backend
+        await backend.aclose()
+
+
+@pytest.fixture(scope="module")
+def readme_rule_cluster() -> Iterator[LocalCluster]:
+    """A cluster whose nodes have the README's cluster driver user."""
+    with LocalCluster("redis-server", acl_users=[readme_cluster_acl_rule()]) as cluster:
+        yield cluster
+
+
+class TestClusterNearCacheUnderTheReadmeRule(ContractSuite):
+    """The whole contract holds on a cluster with the near-cache on, as a user with
+    exactly the README's cluster rule."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, readme_rule_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
+        readme_rule_cluster.flushall()
+        url = readme_rule_cluster.url_for(user="aa-driver-cluster", password=CLUSTER_USER_PASSWORD)
+        backend = topology_backend(url)
+        await tracking_up(backend)
         yield backend
         await backend.aclose()
 
