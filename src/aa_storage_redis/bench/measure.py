@@ -64,7 +64,8 @@ async def run(
 ) -> tuple[list[Row], ExecutorStats, Propagation]:
     """Measure every operation, sequentially and then with ``concurrency`` callers,
     then the near-cache; returns the rows in that order, the driver's stats over the
-    operations, and how fast invalidations reach the near-cache."""
+    operations (and the near-cache's counters), and how fast invalidations reach the
+    near-cache."""
     # The near-cache's cases time their calls with this module's helpers.
     from aa_storage_redis.bench.near import near_cache_cases
 
@@ -84,7 +85,14 @@ async def run(
             for callers in (1, concurrency)
         ]
         stats = backend.stats()
-        near_hit, propagation = await near_cache_cases(config, budget, made, progress)
+        near_hit, propagation, near = await near_cache_cases(config, budget, made, progress)
+        # The near-cache ran on a backend of its own: its counters join the run's.
+        stats = attrs.evolve(
+            stats,
+            near_cache_hits=near.near_cache_hits,
+            near_cache_misses=near.near_cache_misses,
+            near_cache_flushes=near.near_cache_flushes,
+        )
         return [*rows, near_hit], stats, propagation
     finally:
         try:

@@ -29,6 +29,7 @@ from aa_storage_redis.bench.operations import POLICY, POLICY_TTL_SECS, Caller, S
 from aa_storage_redis.bench.report import Progress, Propagation, Row
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.near_cache import NearCache
+from aa_storage_redis.stats import ExecutorStats
 
 NEAR_HIT = "get_policy_near"
 """The row of the ``get_policy`` hit from the near-cache."""
@@ -37,16 +38,16 @@ _TRACKING_PATIENCE_SECS = 10.0
 
 async def near_cache_cases(
     config: RedisStorageConfig, budget: Budget, made: list[Caller], progress: Progress
-) -> tuple[Row, Propagation]:
-    """The hit row and the propagation figures; ``BackendError`` if tracking never
-    comes up (a server or ACL that refuses ``CLIENT TRACKING``)."""
+) -> tuple[Row, Propagation, ExecutorStats]:
+    """The hit row, the propagation figures, and the near-cache backend's stats;
+    ``BackendError`` if tracking never comes up (a server or ACL that refuses
+    ``CLIENT TRACKING``)."""
     backend = RedisBackend.connect(attrs.evolve(config, near_cache=True))
     try:
         near = await _tracking_up(backend)
-        return (
-            await _hit_row(backend, budget, made, progress),
-            await _propagation(backend, near, budget, made, progress),
-        )
+        row = await _hit_row(backend, budget, made, progress)
+        propagation = await _propagation(backend, near, budget, made, progress)
+        return row, propagation, backend.stats()
     finally:
         await backend.aclose()
 
