@@ -20,6 +20,7 @@ from aa_storage import (
     PolicyDecision,
     PolicyDocument,
     PolicyRule,
+    SerializationError,
     load_config,
     policy_to_json,
 )
@@ -409,6 +410,29 @@ class TestStandalone:
                     await backend.policies().get_policy(agent)
             finally:
                 raw.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "1")
+
+    @pytest.mark.parametrize(
+        ("plant", "message"),
+        [("json", "policy"), ("hash", "wrong type")],
+        ids=["corrupt-json", "a-hash"],
+    )
+    async def test_a_bad_stored_value_is_an_error_and_never_cached(
+        self, plant: str, message: str, backend: RedisBackend, redis_server: RedisServer
+    ) -> None:
+        """A miss that reads a value that is no policy (bad JSON, a hash) raises
+        SerializationError, each time, and caches nothing."""
+        near = await tracking_up(backend)
+        agent = AgentId.new()
+        key = b"aa:policy:" + agent.hex.encode()
+        with redis_server.client() as raw:
+            if plant == "json":
+                raw.set(key, b"{bad")
+            else:
+                raw.hset(key, b"f", b"v")
+        for _ in range(2):
+            with pytest.raises(SerializationError, match=message):
+                await backend.policies().get_policy(agent)
+        assert len(near) == 0
 
     async def test_a_key_without_expiry_stays_until_invalidated(
         self, backend: RedisBackend, redis_server: RedisServer

@@ -208,8 +208,10 @@ class Tracker:
         if self._near.live:
             count = len(self._links)
             return f"up on {count} {'primary' if count == 1 else 'primaries'}"
+        if self._closed:
+            return "stopped"
         if self._task is None or self.problem is None:
-            return "starting" if not self._closed else "stopped"
+            return "starting"
         return f"down: {self.problem}"
 
     def start(self) -> None:
@@ -225,11 +227,14 @@ class Tracker:
         if self._task is not None:
             tasks.append(self._task)
             self._task.cancel()
+        self._drop_links()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_CLOSE_SECS)
+
+    def _drop_links(self) -> None:
         for link in self._links.values():
             link.close()
         self._links.clear()
-        if tasks:
-            await asyncio.wait(tasks, timeout=_CLOSE_SECS)
 
     def _changed(self) -> None:
         """The topology changed: the primaries tracked may no longer be the right ones."""
@@ -256,6 +261,14 @@ class Tracker:
             self._dirty.set()
 
     async def _supervise(self) -> None:
+        try:
+            await self._keep_tracking()
+        finally:
+            # Cancelled by aclose(), or by the end of the event loop: nobody hears
+            # the invalidations any more.
+            self._near.suspend()
+
+    async def _keep_tracking(self) -> None:
         attempt = 0
         while not self._closed:
             self._dirty.clear()
