@@ -345,6 +345,32 @@ class TestStandalone:
         await cached_hit(backend, agent, policy(2))
         assert "tracking up on 1 primary" in dict((await backend.describe()).facts)["near_cache"]
 
+    async def test_a_silent_network_flushes(
+        self, redis_server: RedisServer, redis_url: str, fault_proxy: FaultProxyFactory
+    ) -> None:
+        """A tracking connection that stops carrying anything, with no reset (a partition),
+        is found out by its heartbeat within socket_timeout: flushed, then back once the
+        network is."""
+        proxy = fault_proxy(redis_server.port)
+        backend = RedisBackend(
+            build_pool(RedisStorageConfig(url=proxy.url, **NEAR, socket_timeout=0.5))
+        )
+        try:
+            near = await tracking_up(backend)
+            agent = AgentId.new()
+            await backend.policies().cache_policy(agent, policy(1), 600)
+            await cached_hit(backend, agent, policy(1))
+            flushes = near.flushes
+            proxy.blackhole()
+            await eventually(lambda: near.flushes > flushes, "the heartbeat found it out")
+            assert not near.live
+            assert "no PING reply" in backend.pool.near_cache_state()
+            proxy.passthrough()
+            await eventually(lambda: near.live, "tracking is back")
+            await cached_hit(backend, agent, policy(1))
+        finally:
+            await backend.aclose()
+
     async def test_a_server_restart_flushes_and_reads_stay_correct(
         self, fresh_redis_server: RedisServer, open_backend: OpenBackend
     ) -> None:
