@@ -132,7 +132,7 @@ class _Link:
                 # Any reply will do, a NOPERM for PING too: it came after every push
                 # sent before it, so the stream is alive and in order.
                 pinged_at = None
-        except (redis_errors.RedisError, OSError) as exc:
+        except Exception as exc:  # whatever ends the reading ends the invalidations
             lost(self, str(exc) or type(exc).__name__)
 
     async def _reply(self, on_push: Callable[[list[Any]], None]) -> Any:
