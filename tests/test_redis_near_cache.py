@@ -6,11 +6,15 @@ on standalone, cluster and sentinel, and under the README's ACL rule."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from redis.asyncio.connection import Connection
 
 from aa_storage import (
@@ -26,7 +30,7 @@ from aa_storage import (
 )
 from aa_storage.testing import ContractSuite
 from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
-from aa_storage_redis.near_cache import NearCache
+from aa_storage_redis.near_cache import Fill, NearCache
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.tracking import ACL_COMMANDS
 from cluster import LocalCluster
@@ -226,6 +230,78 @@ class TestNearCacheUnit:
         assert near.lookup(agents[2]) is not None
 
 
+class NearCacheAgainstAServer(RuleBasedStateMachine):
+    """The near-cache, driven through every interleaving of writes by other clients,
+    the invalidations they push (in order, perhaps late), reads in flight, and losses
+    of tracking. Whatever it serves is either the server's value, or one whose next
+    change still has its invalidation on the way: staleness only ever lasts until a
+    push arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.near = NearCache(3)
+        self.near.resume()
+        self.agents = [AgentId.from_hex(f"{index:032x}") for index in range(1, 4)]
+        self.server = dict.fromkeys(range(3), 1)
+        self.pushes: list[tuple[int, int]] = []  # (agent, version written), oldest first
+        self.reads: list[tuple[int, Fill, int | None]] = []  # agent, fill, version served
+
+    @rule(agent=st.integers(0, 2))
+    def another_client_writes(self, agent: int) -> None:
+        self.server[agent] += 1
+        if self.near.live:  # while tracking is lost, the server pushes to nobody
+            self.pushes.append((agent, self.server[agent]))
+
+    @precondition(lambda self: self.pushes)
+    @rule()
+    def a_push_arrives(self) -> None:
+        agent, _ = self.pushes.pop(0)
+        self.near.invalidate(self.agents[agent].bytes)
+
+    @rule(agent=st.integers(0, 2))
+    def a_read_is_sent(self, agent: int) -> None:
+        fill = self.near.begin_fill(self.agents[agent])
+        if fill is not None:
+            self.reads.append((agent, fill, None))
+
+    @precondition(lambda self: any(served is None for _, _, served in self.reads))
+    @rule(data=st.data())
+    def the_server_answers_a_read(self, data: st.DataObject) -> None:
+        waiting = [index for index, read in enumerate(self.reads) if read[2] is None]
+        index = data.draw(st.sampled_from(waiting))
+        agent, fill, _ = self.reads[index]
+        self.reads[index] = (agent, fill, self.server[agent])
+
+    @precondition(lambda self: any(served is not None for _, _, served in self.reads))
+    @rule(data=st.data())
+    def a_reply_arrives(self, data: st.DataObject) -> None:
+        answered = [index for index, read in enumerate(self.reads) if read[2] is not None]
+        _, fill, served = self.reads.pop(data.draw(st.sampled_from(answered)))
+        assert served is not None
+        self.near.finish_fill(fill, policy(served), -1)
+
+    @rule()
+    def tracking_is_lost(self) -> None:
+        self.near.suspend()
+        self.pushes.clear()  # gone with the connection
+
+    @precondition(lambda self: not self.near.live)
+    @rule()
+    def tracking_comes_back(self) -> None:
+        self.near.resume()
+
+    @invariant()
+    def served_values_are_current_or_have_a_push_on_the_way(self) -> None:
+        for agent, agent_id in enumerate(self.agents):
+            cached = self.near.lookup(agent_id)
+            if cached is not None and cached.version != self.server[agent]:
+                assert (agent, cached.version + 1) in self.pushes, (cached, self.server)
+
+
+class TestNearCacheModel(NearCacheAgainstAServer.TestCase):  # type: ignore[misc]
+    settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
 @pytest.mark.asyncio
 class TestStandalone:
     async def test_a_hit_does_no_io(self, backend: RedisBackend, redis_server: RedisServer) -> None:
@@ -265,7 +341,14 @@ class TestStandalone:
         assert dict((await backend.describe()).facts)["near_cache"] == "off"
 
     @pytest.mark.parametrize(
-        "change", ["raw SET in the Rust layout", "cache_policy", "invalidate", "raw DEL"]
+        "change",
+        [
+            "raw SET in the Rust layout",
+            "cache_policy",
+            "invalidate",
+            "raw DEL",
+            "another process's cache_policy",
+        ],
     )
     async def test_a_change_made_elsewhere_is_seen(
         self,
@@ -291,6 +374,8 @@ class TestStandalone:
             elif change == "invalidate":
                 await other.invalidate(agent)
                 expected = None
+            elif change == "another process's cache_policy":
+                await _in_another_process(_CACHE_VERSION_2, redis_server.url, agent.hex)
             else:
                 raw.delete(key)
                 expected = None
@@ -501,6 +586,27 @@ class TestStandalone:
         await backend.aclose()
         await eventually(lambda: not tracking_clients(redis_server), "tracking closed")
         assert near_of(backend).lookup(AgentId.new()) is None
+
+
+# Run by another Python process: cache version 2 of the test's policy for the agent.
+_CACHE_VERSION_2 = """
+import asyncio, sys
+from aa_storage import AgentId, PolicyDecision, PolicyDocument, PolicyRule
+from aa_storage_redis import RedisBackend, RedisStorageConfig
+
+async def main():
+    backend = RedisBackend.connect(RedisStorageConfig(url=sys.argv[1]))
+    policy = PolicyDocument(2, "v2", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+    await backend.policies().cache_policy(AgentId.from_hex(sys.argv[2]), policy, 600)
+    await backend.aclose()
+
+asyncio.run(main())
+"""
+
+
+async def _in_another_process(script: str, *args: str) -> None:
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args)
+    assert await asyncio.wait_for(process.wait(), HANG_GUARD) == 0
 
 
 def _script_calls(server: RedisServer) -> int:
