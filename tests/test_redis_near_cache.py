@@ -636,6 +636,18 @@ class TestNearCacheContract(ContractSuite):
         await backend.aclose()
 
 
+class TestValkeyNearCacheContract(ContractSuite):
+    """The whole contract holds on valkey-server with the near-cache on."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, valkey_server: RedisServer) -> AsyncIterator[RedisBackend]:
+        valkey_server.flushall()
+        backend = RedisBackend.connect(valkey_server.backend_config(**NEAR))
+        await tracking_up(backend)  # so that reads are served and filled
+        yield backend
+        await backend.aclose()
+
+
 def _set_user(server: RedisServer, rule: list[str]) -> str:
     with server.client() as admin:
         admin.execute_command("ACL", "SETUSER", "aa-driver", "reset", *rule)
