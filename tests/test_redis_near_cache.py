@@ -25,6 +25,7 @@ from aa_storage import (
     PolicyDocument,
     PolicyRule,
     SerializationError,
+    StorageError,
     load_config,
     policy_to_json,
 )
@@ -881,3 +882,20 @@ class TestSentinel:
         finally:
             await other.aclose()
             await backend.aclose()
+
+    async def test_a_refused_login_is_shown_without_the_password(
+        self, acl_redis_server: RedisServer, open_backend: OpenBackend, caplog: Any
+    ) -> None:
+        """Tracking that cannot log in says so, in check and in the log, never showing
+        the password."""
+        _set_user(acl_redis_server, readme_acl_rule())
+        secret = "pa55-near-never-shown"
+        backend = open_backend(acl_redis_server.url_for("aa-driver", secret), **NEAR)
+        with pytest.raises(StorageError):
+            await backend.policies().get_policy(AgentId.new())
+        await eventually(
+            lambda: "refused the login" in backend.pool.near_cache_state(), "tracking refused"
+        )
+        assert secret not in backend.pool.near_cache_state()
+        assert secret not in caplog.text
+        assert "near-cache bypassed" in caplog.text
