@@ -158,6 +158,25 @@ class TestClusterUnderLoad:
 
 @pytest.mark.asyncio
 class TestSentinelUnderLoad:
+    async def test_failover_keeps_every_total_exact(self, fresh_sentinel_set: SentinelSet) -> None:
+        """SENTINEL FAILOVER under load, with no replica acknowledgement: calls wait
+        out the failover instead of reaching the old primary, so every total is
+        exactly what was acknowledged and no call fails."""
+        sentinels = fresh_sentinel_set
+        old = sentinels.current_primary()
+        backend = connect(sentinels.url)
+        load = Load(backend, [f"key-{i}" for i in range(50)], callers=10)
+        try:
+            await load.run_while(sentinels.failover)
+            totals = await load.totals()
+            facts = dict((await backend.describe()).facts)
+        finally:
+            await backend.aclose()
+        assert load.errors == []
+        assert totals == load.acknowledged
+        assert sum(load.acknowledged.values()) > 0
+        assert facts["primary"] != f"127.0.0.1:{old.port}"
+
     async def test_failover_loses_no_write_confirmed_by_every_replica(
         self, fresh_sentinel_set: SentinelSet
     ) -> None:
@@ -268,3 +287,43 @@ class TestClusterUnderTheReadmeRule(ContractSuite):
         backend = connect(url)
         yield backend
         await backend.aclose()
+
+
+def readme_sentinel_acl_rule() -> str:
+    """The sentinel-side ACL SETUSER rule the README gives, user name included."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^\s*ACL SETUSER (aa-sentinel-watch .+)$", readme, re.MULTILINE)
+    assert match, "README.md must give the sentinel user's ACL SETUSER rule"
+    return match.group(1).replace(">CHANGE-ME", f">{SENTINEL_USER_PASSWORD}")
+
+
+SENTINEL_USER_PASSWORD = "sentinel-user-pw"
+
+
+@pytest.mark.asyncio
+class TestSentinelUnderTheReadmeRule:
+    async def test_failover_is_followed_as_the_readme_sentinel_user(
+        self, fresh_sentinel_set: SentinelSet, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """As a sentinel user with exactly the README's rule, the driver finds the
+        primary, shows the sentinels, and waits out a failover with exact totals."""
+        sentinels = fresh_sentinel_set
+        for sentinel in sentinels.sentinels:
+            with sentinel.client() as client:
+                client.execute_command("ACL", "SETUSER", *readme_sentinel_acl_rule().split())
+        backend = connect(
+            sentinels.url,
+            sentinel_username="aa-sentinel-watch",
+            sentinel_password=SENTINEL_USER_PASSWORD,
+        )
+        load = Load(backend, [f"key-{i}" for i in range(20)], callers=5)
+        try:
+            facts = dict((await backend.describe()).facts)
+            await load.run_while(sentinels.failover)
+            totals = await load.totals()
+        finally:
+            await backend.aclose()
+        assert facts["sentinels_answering"] == "3 of 3"
+        assert "refuses to report failovers" not in caplog.text
+        assert load.errors == []
+        assert totals == load.acknowledged
