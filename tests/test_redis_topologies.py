@@ -288,6 +288,14 @@ class TestClusterUnderTheReadmeRule(ContractSuite):
         yield backend
         await backend.aclose()
 
+    @pytest.mark.asyncio
+    async def test_check_counts_replicas_without_cluster_nodes(self, backend: Any) -> None:
+        """The README's rule denies CLUSTER NODES: check falls back to CLUSTER SLOTS."""
+        await backend.rate_limiter().increment("replicated", 1, 60)
+        facts = dict((await backend.describe()).facts)
+        assert facts["replicas"].endswith("in sync (CLUSTER NODES is denied to this user)")
+        assert facts["slots_covered"] == "16384 of 16384"
+
 
 def readme_sentinel_acl_rule() -> str:
     """The sentinel-side ACL SETUSER rule the README gives, user name included."""
