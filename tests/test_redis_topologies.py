@@ -143,6 +143,8 @@ class TestClusterUnderLoad:
         # received, so only "calls resume" is promised here.
         assert all(total >= 1 for total in after)
         assert load.errors, "the kill should have failed some calls in flight"
+        # Each failure names the node that failed, which the cluster URL alone doesn't.
+        assert any(f"(node 127.0.0.1:{victim.port})" in error for _, error in load.errors)
 
     async def test_a_dead_seed_does_not_stop_discovery(self, redis_cluster: LocalCluster) -> None:
         """A URL whose first node is down still finds the cluster through the others."""
