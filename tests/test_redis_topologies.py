@@ -146,6 +146,33 @@ class TestClusterUnderLoad:
         # Each failure names the node that failed, which the cluster URL alone doesn't.
         assert any(f"(node 127.0.0.1:{victim.port})" in error for _, error in load.errors)
 
+    async def test_a_kill_loses_nothing_confirmed_by_a_replica(
+        self, fresh_redis_cluster: LocalCluster
+    ) -> None:
+        """With wait_replicas=1, SIGKILL of a primary under load: every session saved
+        before loads afterwards, and no total falls below what was acknowledged."""
+        cluster = fresh_redis_cluster
+        backend = connect(cluster.url, wait_replicas=1, wait_timeout=1.0, socket_timeout=2.0)
+        sessions = backend.sessions()
+        records = [SessionRecord(SessionId.new(), AgentId.new(), i) for i in range(100)]
+        load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
+        victim = cluster.primaries()[0]
+
+        def kill_and_wait() -> None:
+            cluster.kill(victim)
+            cluster.wait_until_converged()
+
+        try:
+            await asyncio.gather(*(sessions.save(record) for record in records))
+            await load.run_while(kill_and_wait)
+            loaded = [await sessions.load(record.session_id) for record in records]
+            totals = await load.totals()
+        finally:
+            await backend.aclose()
+        assert loaded == records
+        assert all(totals[key] >= load.acknowledged[key] for key in totals)
+        assert sum(load.acknowledged.values()) > 0
+
     async def test_a_dead_seed_does_not_stop_discovery(self, redis_cluster: LocalCluster) -> None:
         """A URL whose first node is down still finds the cluster through the others."""
         [dead_port] = free_ports(1)
