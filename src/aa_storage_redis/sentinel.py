@@ -125,7 +125,9 @@ class Sentinel:
             answering += 1
             replicas = replicas or found
         primary = self._primary.address if self._primary is not None else "unknown"
-        healthy = [fields for fields in replicas if b"s_down" not in _fields(fields)[b"flags"]]
+        healthy = [
+            fields for fields in replicas if b"s_down" not in _fields(fields).get(b"flags", b"")
+        ]
         facts = (
             ("topology", "sentinel"),
             ("service", self._service),
