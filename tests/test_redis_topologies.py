@@ -143,6 +143,35 @@ class TestClusterUnderLoad:
         # received, so only "calls resume" is promised here.
         assert all(total >= 1 for total in after)
         assert load.errors, "the kill should have failed some calls in flight"
+        # Each failure names the node that failed, which the cluster URL alone doesn't.
+        assert any(f"(node 127.0.0.1:{victim.port})" in error for _, error in load.errors)
+
+    async def test_a_kill_loses_nothing_confirmed_by_a_replica(
+        self, fresh_redis_cluster: LocalCluster
+    ) -> None:
+        """With wait_replicas=1, SIGKILL of a primary under load: every session saved
+        before loads afterwards, and no total falls below what was acknowledged."""
+        cluster = fresh_redis_cluster
+        backend = connect(cluster.url, wait_replicas=1, wait_timeout=1.0, socket_timeout=2.0)
+        sessions = backend.sessions()
+        records = [SessionRecord(SessionId.new(), AgentId.new(), i) for i in range(100)]
+        load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
+        victim = cluster.primaries()[0]
+
+        def kill_and_wait() -> None:
+            cluster.kill(victim)
+            cluster.wait_until_converged()
+
+        try:
+            await asyncio.gather(*(sessions.save(record) for record in records))
+            await load.run_while(kill_and_wait)
+            loaded = [await sessions.load(record.session_id) for record in records]
+            totals = await load.totals()
+        finally:
+            await backend.aclose()
+        assert loaded == records
+        assert all(totals[key] >= load.acknowledged[key] for key in totals)
+        assert sum(load.acknowledged.values()) > 0
 
     async def test_a_dead_seed_does_not_stop_discovery(self, redis_cluster: LocalCluster) -> None:
         """A URL whose first node is down still finds the cluster through the others."""
@@ -158,6 +187,25 @@ class TestClusterUnderLoad:
 
 @pytest.mark.asyncio
 class TestSentinelUnderLoad:
+    async def test_failover_keeps_every_total_exact(self, fresh_sentinel_set: SentinelSet) -> None:
+        """SENTINEL FAILOVER under load, with no replica acknowledgement: calls wait
+        out the failover instead of reaching the old primary, so every total is
+        exactly what was acknowledged and no call fails."""
+        sentinels = fresh_sentinel_set
+        old = sentinels.current_primary()
+        backend = connect(sentinels.url)
+        load = Load(backend, [f"key-{i}" for i in range(50)], callers=10)
+        try:
+            await load.run_while(sentinels.failover)
+            totals = await load.totals()
+            facts = dict((await backend.describe()).facts)
+        finally:
+            await backend.aclose()
+        assert load.errors == []
+        assert totals == load.acknowledged
+        assert sum(load.acknowledged.values()) > 0
+        assert facts["primary"] != f"127.0.0.1:{old.port}"
+
     async def test_failover_loses_no_write_confirmed_by_every_replica(
         self, fresh_sentinel_set: SentinelSet
     ) -> None:
@@ -268,3 +316,51 @@ class TestClusterUnderTheReadmeRule(ContractSuite):
         backend = connect(url)
         yield backend
         await backend.aclose()
+
+    @pytest.mark.asyncio
+    async def test_check_counts_replicas_without_cluster_nodes(self, backend: Any) -> None:
+        """The README's rule denies CLUSTER NODES: check falls back to CLUSTER SLOTS."""
+        await backend.rate_limiter().increment("replicated", 1, 60)
+        facts = dict((await backend.describe()).facts)
+        assert facts["replicas"].endswith("in sync (CLUSTER NODES is denied to this user)")
+        assert facts["slots_covered"] == "16384 of 16384"
+
+
+def readme_sentinel_acl_rule() -> str:
+    """The sentinel-side ACL SETUSER rule the README gives, user name included."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^\s*ACL SETUSER (aa-sentinel-watch .+)$", readme, re.MULTILINE)
+    assert match, "README.md must give the sentinel user's ACL SETUSER rule"
+    return match.group(1).replace(">CHANGE-ME", f">{SENTINEL_USER_PASSWORD}")
+
+
+SENTINEL_USER_PASSWORD = "sentinel-user-pw"
+
+
+@pytest.mark.asyncio
+class TestSentinelUnderTheReadmeRule:
+    async def test_failover_is_followed_as_the_readme_sentinel_user(
+        self, fresh_sentinel_set: SentinelSet, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """As a sentinel user with exactly the README's rule, the driver finds the
+        primary, shows the sentinels, and waits out a failover with exact totals."""
+        sentinels = fresh_sentinel_set
+        for sentinel in sentinels.sentinels:
+            with sentinel.client() as client:
+                client.execute_command("ACL", "SETUSER", *readme_sentinel_acl_rule().split())
+        backend = connect(
+            sentinels.url,
+            sentinel_username="aa-sentinel-watch",
+            sentinel_password=SENTINEL_USER_PASSWORD,
+        )
+        load = Load(backend, [f"key-{i}" for i in range(20)], callers=5)
+        try:
+            facts = dict((await backend.describe()).facts)
+            await load.run_while(sentinels.failover)
+            totals = await load.totals()
+        finally:
+            await backend.aclose()
+        assert facts["sentinels_answering"] == "3 of 3"
+        assert "refuses to report failovers" not in caplog.text
+        assert load.errors == []
+        assert totals == load.acknowledged

@@ -69,16 +69,26 @@ class Cluster:
         return tuple(self._nodes.values())
 
     async def describe(self) -> tuple[Facts, tuple[str, ...]]:
-        """Primaries, replicas and slot coverage, from a fresh ``CLUSTER SLOTS``."""
+        """Primaries, replicas and slot coverage, from a fresh ``CLUSTER SLOTS``.
+
+        Replicas are counted from ``CLUSTER NODES``, up and failed apart. A user
+        whose ACL denies it sees the replicas ``CLUSTER SLOTS`` lists instead:
+        those up that have replicated some data.
+        """
         await self.discover()
-        reply = await ask(self._primaries[0], "CLUSTER", "SLOTS")
+        asked = self._primaries[0]
+        reply = await ask(asked, "CLUSTER", "SLOTS")
         covered = sum(end - start + 1 for start, end, *_ in reply)
         primaries = len({(entry[2][0], entry[2][1]) for entry in reply})
-        replicas = len({(node[0], node[1]) for entry in reply for node in entry[3:]})
+        try:
+            replicas = _replica_health(await ask(asked, "CLUSTER", "NODES"))
+        except redis_errors.NoPermissionError:
+            listed = {(node[0], node[1]) for entry in reply for node in entry[3:]}
+            replicas = f"{len(listed)} in sync (CLUSTER NODES is denied to this user)"
         facts = (
             ("topology", "cluster"),
             ("primaries", str(primaries)),
-            ("replicas", str(replicas)),
+            ("replicas", replicas),
             ("slots_covered", f"{covered} of {REDIS_CLUSTER_HASH_SLOTS}"),
         )
         warnings: tuple[str, ...] = ()
@@ -128,3 +138,11 @@ class Cluster:
         self._primaries = list(primaries.values())
         if changed:
             self.on_change()
+
+
+def _replica_health(nodes: bytes) -> str:
+    """``<up> up of <all>`` for the replicas in a ``CLUSTER NODES`` reply."""
+    flags = [line.split()[2].split(b",") for line in nodes.splitlines() if line.strip()]
+    replicas = [node for node in flags if b"slave" in node]
+    up = [node for node in replicas if b"fail" not in node and b"fail?" not in node]
+    return f"{len(up)} up of {len(replicas)}"

@@ -19,7 +19,7 @@ def translate(exc: redis_errors.RedisError, *, server: str, secret: str | None) 
     if (
         isinstance(exc, redis_errors.TimeoutError)
         and str(exc).startswith("Timeout connecting to server")
-        and server.startswith("rediss://")
+        and server.startswith("rediss")
     ):
         return BackendError(
             f"redis at {server} did not answer in time: no TLS handshake; "

@@ -26,7 +26,7 @@ from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
 from aa_storage_redis.stats import ExecutorStats, sum_counters
-from aa_storage_redis.topology import Facts, Topology
+from aa_storage_redis.topology import Facts, Standalone, Topology
 from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.wire import Closed, NotSent, ReplyLost, pack
 
@@ -169,12 +169,15 @@ class Pool:
             if node is not None and isinstance(error, redis_errors.ConnectionError):
                 self._topology.failed(node)
             if not retry or attempt >= self.config.retries:
-                raise translate(error, server=self.server, secret=self._password) from None
+                raise translate(error, server=self._where(node), secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
 
-    def _closed_error(self) -> StorageError:
-        return StorageError(f"the backend is closed: aclose() was called for {self.server}")
+    def _where(self, node: Node | None) -> str:
+        """The deployment, and the node that failed when the URL does not name it."""
+        if node is None or isinstance(self._topology, Standalone):
+            return self.server
+        return f"{self.server} (node {node.address})"
 
     async def _confirmed(self, write: asyncio.Future[Any], wait: asyncio.Future[Any]) -> Any:
         """The write's reply once ``WAIT`` says enough replicas have it."""

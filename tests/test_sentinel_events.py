@@ -1,0 +1,106 @@
+"""How the sentinel topology reacts to each failover event a sentinel publishes.
+
+The events are fed in as a sentinel writes them: no server can be made to
+publish them on demand. The end-to-end behaviour (exact totals through
+``SENTINEL FAILOVER``) is tested against real sentinels in test_redis_topologies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from aa_storage_redis.node import Node
+from aa_storage_redis.sentinel import CHANNELS, Sentinel
+
+OLD = ("127.0.0.1", 7001)
+NEW = ("127.0.0.1", 7002)
+
+
+def unused(*args: Any) -> Any:
+    raise AssertionError("no I/O is expected")
+
+
+def a_node(address: tuple[str, int]) -> Node:
+    return Node(
+        unused,
+        address=f"{address[0]}:{address[1]}",
+        size=1,
+        max_pending=10,
+        connect_timeout=1.0,
+        socket_timeout=1.0,
+    )
+
+
+@pytest.fixture
+def sentinel() -> Sentinel:
+    topology = Sentinel([("127.0.0.1", 26379)], "svc", a_node, unused, timeout=1.0)
+    topology._primary = topology._node(OLD)
+    return topology
+
+
+def hear(topology: Sentinel, channel: str, data: str) -> None:
+    assert channel in CHANNELS
+    topology._heard(channel.encode(), data.encode())
+
+
+@pytest.mark.asyncio
+class TestFailoverEvents:
+    async def test_a_started_failover_holds_calls(self, sentinel: Sentinel) -> None:
+        primary = sentinel.node_for(None)
+        hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
+        assert primary is not None
+        assert sentinel.node_for(None) is None
+
+    async def test_another_services_failover_changes_nothing(self, sentinel: Sentinel) -> None:
+        primary = sentinel.node_for(None)
+        hear(sentinel, "+try-failover", "master other 127.0.0.1 7005")
+        hear(sentinel, "+switch-master", "other 127.0.0.1 7005 127.0.0.1 7006")
+        assert sentinel.node_for(None) is primary
+
+    async def test_an_aborted_failover_lets_calls_go_on_to_the_same_primary(
+        self, sentinel: Sentinel
+    ) -> None:
+        primary = sentinel.node_for(None)
+        hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
+        hear(sentinel, "-failover-abort-no-good-slave", "master svc 127.0.0.1 7001")
+        assert sentinel.node_for(None) is primary
+
+    async def test_the_promoted_replica_becomes_the_first_candidate(
+        self, sentinel: Sentinel
+    ) -> None:
+        hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
+        hear(
+            sentinel, "+promoted-slave", "slave 127.0.0.1:7002 127.0.0.1 7002 @ svc 127.0.0.1 7001"
+        )
+        assert sentinel.node_for(None) is None  # the next call looks again ...
+        assert sentinel._announced == NEW  # ... at the promoted replica first
+
+    async def test_a_switch_to_the_current_primary_is_not_a_change(
+        self, sentinel: Sentinel
+    ) -> None:
+        """Every sentinel announces the same switch: only the first one moves calls."""
+        sentinel._primary = sentinel._node(NEW)
+        hear(sentinel, "+switch-master", "svc 127.0.0.1 7001 127.0.0.1 7002")
+        assert sentinel.node_for(None) is sentinel._node(NEW)
+        assert sentinel._announced is None
+
+    async def test_a_failover_that_never_ends_holds_calls_for_a_bounded_time(
+        self, sentinel: Sentinel, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without a word after +try-failover, calls go on to the named primary."""
+        monkeypatch.setattr("aa_storage_redis.sentinel.FAILOVER_HOLD_SECS", 0.05)
+        monkeypatch.setattr(sentinel, "_open_sentinel", no_sentinel)
+        primary = sentinel.node_for(None)
+        hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
+        try:
+            await sentinel.discover()
+            assert sentinel.node_for(None) is primary
+        finally:
+            await sentinel.aclose()
+
+
+def no_sentinel(address: tuple[str, int]) -> Any:
+    raise redis.ConnectionError("no sentinel in this test")
