@@ -28,9 +28,9 @@ from aa_storage import (
 )
 from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.leases import policy_keys
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
-from aa_storage_redis.leases import policy_keys
 from aa_storage_redis.scripts import CACHE_POLICY, INCREMENT, SAVE_SESSION
 from aa_storage_redis.sessions import RedisSessionStore
 
