@@ -106,7 +106,8 @@ class TestCrashedLoader:
         assert leader.stdout is not None
         assert await bounded(leader.stdout.readline()) == b"loading\n"
         crashed = raw.get(KEYS.policy_lease(agent))
-        assert crashed is not None and crashed.startswith(b"+")
+        assert crashed is not None
+        assert crashed.startswith(b"+")
         leader.kill()
         await bounded(leader.wait())
 
@@ -119,7 +120,8 @@ class TestCrashedLoader:
         backend = open_backend(config.url, lease_ttl=1.0, lease_wait=10.0)
         assert await bounded(backend.policies().get_or_load(agent, loader, 60)) == NEW
         [lease] = leases_seen
-        assert lease is not None and lease.startswith(b"+")
+        assert lease is not None
+        assert lease.startswith(b"+")
         assert int(lease[1:]) > int(crashed[1:])
         assert await backend.policies().get_policy(agent) == NEW
 
@@ -264,7 +266,8 @@ class TestLayout:
         assert raw.type(KEYS.policy(agent)) == b"string"
         assert 0 < raw.ttl(KEYS.policy(agent)) <= 77
         lease = raw.get(KEYS.policy_lease(agent))
-        assert lease is not None and lease.startswith(b"-")
+        assert lease is not None
+        assert lease.startswith(b"-")
         assert 0 < raw.pttl(KEYS.policy_lease(agent)) <= 5000
 
     @pytest.mark.asyncio
@@ -303,7 +306,8 @@ class TestLayout:
             await policies.invalidate(agent)
             if forget_the_lease:
                 raw.delete(KEYS.policy_lease(agent))
-        assert tokens == sorted(set(tokens)) and len(tokens) == 4
+        assert tokens == sorted(set(tokens))
+        assert len(tokens) == 4
 
     @pytest.mark.parametrize("prefix", ["aa:", "{tenant}:", "x{y:", "{{t}}:"])
     def test_the_lease_is_in_the_policy_keys_slot(self, prefix: str) -> None:
