@@ -166,6 +166,22 @@ class TestFencing:
         else:
             assert await other.policies().get_policy(agent) == NEW
 
+    async def test_a_load_overtaken_by_cache_policy_stays_out_once_that_policy_goes(
+        self, redis_url: str, open_backend: OpenBackend, raw: redis.Redis
+    ) -> None:
+        """cache_policy kills the lease of a load under way: when the policy it cached is
+        gone again (expired, or a plain DEL), the older load still does not write back."""
+        loading, other = open_backend(redis_url), open_backend(redis_url)
+        agent, loader = AgentId.new(), gated(OLD)
+        call = asyncio.ensure_future(loading.policies().get_or_load(agent, loader, 60))
+        await bounded(loader.entered.wait())
+        await other.policies().cache_policy(agent, NEW, 60)
+        raw.delete(KEYS.policy(agent))
+        release(loader)
+        assert await bounded(call) == OLD
+        with pytest.raises(NotFoundError):
+            await other.policies().get_policy(agent)
+
     async def test_waiters_elsewhere_get_the_loaders_not_found(
         self, redis_url: str, open_backend: OpenBackend
     ) -> None:
@@ -308,6 +324,23 @@ class TestLayout:
                 raw.delete(KEYS.policy_lease(agent))
         assert tokens == sorted(set(tokens))
         assert len(tokens) == 4
+
+    @pytest.mark.asyncio
+    async def test_a_token_is_past_the_last_one_even_if_the_clock_is_not(
+        self, redis_backend: RedisBackend, raw: redis.Redis
+    ) -> None:
+        """A lease key that remembers a token past the server's clock (issued in the same
+        microsecond, or before the clock stepped back) makes the next token one more."""
+        agent, last = AgentId.new(), 9_000_000_000_000_000  # about 2255 in microseconds
+        raw.set(KEYS.policy_lease(agent), f"-{last}", px=60_000)
+        leases: list[bytes | None] = []
+
+        async def loader(agent_id: AgentId) -> PolicyDocument:
+            leases.append(raw.get(KEYS.policy_lease(agent)))
+            return OLD
+
+        await redis_backend.policies().get_or_load(agent, loader, 60)
+        assert leases == [f"+{last + 1}".encode()]
 
     @pytest.mark.parametrize("prefix", ["aa:", "{tenant}:", "x{y:", "{{t}}:"])
     def test_the_lease_is_in_the_policy_keys_slot(self, prefix: str) -> None:
