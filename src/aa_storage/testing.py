@@ -123,10 +123,10 @@ class ScriptedLoader:
 
     async def __call__(self, agent_id: AgentId) -> Any:
         self.runs += 1
+        outcome = self.outcomes[min(self.runs, len(self.outcomes)) - 1]
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
-        outcome = self.outcomes[min(self.runs, len(self.outcomes)) - 1]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
