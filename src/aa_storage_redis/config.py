@@ -12,7 +12,8 @@ import attrs
 
 from aa_storage.redaction import redact_url
 from aa_storage.validation import CHECK, FieldCheck, check_fields
-from aa_storage_redis.urls import Deployment, HostError, parse_deployment
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.urls import CLUSTER, Deployment, HostError, parse_deployment
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
 
@@ -166,6 +167,14 @@ class RedisStorageConfig:
                 f"got {self.wait_timeout}"
             )
         check_fields(self)
+        if (
+            self.deployment.topology == CLUSTER
+            and not KeySpace(self.key_prefix).leases_share_the_slot
+        ):
+            raise ValueError(
+                "key_prefix: on a cluster, a '}' must close a '{' hash tag: otherwise a "
+                "policy's get_or_load lease would hash to another slot than the policy"
+            )
 
     @property
     def effective_url(self) -> str:

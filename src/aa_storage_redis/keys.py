@@ -11,6 +11,7 @@ slot and a script may touch both.
 from __future__ import annotations
 
 import attrs
+from redis.crc import key_slot
 
 from aa_storage import AgentId, SessionId
 
@@ -59,6 +60,13 @@ class KeySpace:
         """
         policy = self.policy(agent_id)
         return policy + b":lease" if self._tagged else b"{" + policy + b"}:lease"
+
+    @property
+    def leases_share_the_slot(self) -> bool:
+        """Whether a cluster puts each lease in its policy's slot. Only a prefix with a
+        ``}`` that closes no ``{tag}`` (``a}b:``, ``{}:``) keeps them apart."""
+        sample = AgentId(bytes(16))
+        return key_slot(self.policy(sample)) == key_slot(self.policy_lease(sample))
 
 
 def _has_hash_tag(key: bytes) -> bool:
