@@ -166,6 +166,30 @@ class TestFencing:
         else:
             assert await other.policies().get_policy(agent) == NEW
 
+    async def test_callers_here_that_waited_on_an_overtaken_load_load_again(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """When another process's invalidate overtakes a load, only the caller who ran it
+        gets its policy: the callers in its process that waited on it load afresh."""
+        loading, other = open_backend(redis_url), open_backend(redis_url)
+        agent, loader = AgentId.new(), ScriptedLoader([OLD, NEW], asyncio.Event())
+        calls = [
+            asyncio.ensure_future(loading.policies().get_or_load(agent, loader, 60))
+            for _ in range(3)
+        ]
+        # The three GETs missed together, and the lease took one more round trip: by the
+        # time the loader runs, the other two wait on the first's flight.
+        await bounded(loader.entered.wait())
+        await other.policies().invalidate(agent)
+        release(loader)
+        assert sorted(p.name for p in await bounded(asyncio.gather(*calls))) == [
+            "new",
+            "new",
+            "old",
+        ]
+        assert loader.runs == 2
+        assert await other.policies().get_policy(agent) == NEW
+
     async def test_a_load_overtaken_by_cache_policy_stays_out_once_that_policy_goes(
         self, redis_url: str, open_backend: OpenBackend, raw: redis.Redis
     ) -> None:

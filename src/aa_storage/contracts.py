@@ -102,7 +102,8 @@ class PolicyCache(PolicyStore, Protocol):
 
         Concurrent callers for one agent share one run of a loader (across
         processes where the store is shared). A load that an ``invalidate`` or
-        a ``cache_policy`` overtook returns its value but never caches it. The
+        a ``cache_policy`` overtook returns its value to the caller who ran it,
+        never caches it, and the callers that waited on it load again. The
         loader's ``NotFoundError`` reaches the caller, and callers waiting on
         that load get it too; any other exception of the loader reaches its
         own caller unchanged, while the waiters try again. Nothing is cached

@@ -61,7 +61,8 @@ _TRY_AGAIN = object()
 @attrs.define(eq=False)
 class Flight:
     """One load under way. ``voided`` turns true when an ``invalidate`` or a
-    ``cache_policy`` of its agent overtakes it: its result must not be stored."""
+    ``cache_policy`` of its agent overtakes it: its result must not be stored,
+    and goes to the caller who ran it, not to those who waited on it."""
 
     outcome: asyncio.Future[object] = attrs.field(repr=False)
     voided: bool = False
@@ -75,8 +76,12 @@ class SingleFlight:
     its ``NotFoundError``. When the load fails otherwise, the leader's caller
     gets that exception and every waiter tries again, one of them leading the
     next load: one caller's failure (a timeout, a cancellation) is not the
-    others'. Voiding a flight also takes it off the table, so callers that
-    come after an ``invalidate`` never share a load that started before it.
+    others'. A voided load answers its own caller only, and its waiters try
+    again too, so nobody but the caller who started it gets a policy that an
+    ``invalidate`` overtook. Voiding a flight also takes it off the table, so
+    callers that come after an ``invalidate`` start a load of their own. An
+    ``attempt`` may void its own flight, when it learns that something
+    overtook its load (the Redis driver does, when its write-back is refused).
     """
 
     _flights: dict[AgentId, Flight] = attrs.field(factory=dict, repr=False)
@@ -110,7 +115,8 @@ class SingleFlight:
         outcome: object = _TRY_AGAIN
         try:
             policy = await attempt(flight)
-            outcome = policy
+            if not flight.voided:
+                outcome = policy
             return policy
         except NotFoundError as exc:
             outcome = exc

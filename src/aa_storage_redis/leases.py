@@ -26,7 +26,7 @@ from aa_storage import (
     policy_to_json,
 )
 from aa_storage.contracts import PolicyLoader
-from aa_storage.readthrough import load
+from aa_storage.readthrough import Flight, load
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.pool import Pool
 from aa_storage_redis.scripts import FILL, GET_OR_LEASE, RELEASE
@@ -58,10 +58,12 @@ class Leases:
     pool: Pool
 
     async def read_through(
-        self, agent_id: AgentId, loader: PolicyLoader, ttl_secs: int
+        self, agent_id: AgentId, loader: PolicyLoader, ttl_secs: int, flight: Flight
     ) -> PolicyDocument:
         """The cached policy, the one loaded under the lease this call gets or
-        waits on, or past ``lease_wait`` one loaded here and not cached.
+        waits on, or past ``lease_wait`` one loaded here and not cached. When
+        the write-back is refused, something overtook the load: ``flight`` is
+        voided, so the callers in this process that waited on it load again.
 
         ``GET_OR_LEASE`` is sent as a read, so a lost reply is retried: if the
         lost run had issued a lease, the retry finds that lease held and waits,
@@ -80,7 +82,7 @@ class Leases:
             if reply[0] == _HIT:
                 return policy_from_json(reply[1])
             if reply[0] == _LEAD:
-                return await self._lead(keys, reply[1], agent_id, loader, ttl_secs)
+                return await self._lead(keys, reply[1], agent_id, loader, ttl_secs, flight)
             if reply[0] == _NONE_UPSTREAM:
                 raise NotFoundError(
                     f"no policy for agent {agent_id.hex}: the load this call waited for found none"
@@ -100,6 +102,7 @@ class Leases:
         agent_id: AgentId,
         loader: PolicyLoader,
         ttl_secs: int,
+        flight: Flight,
     ) -> PolicyDocument:
         """Load under the lease ``token``, then write back if it still holds."""
         try:
@@ -118,9 +121,11 @@ class Leases:
             raise
         try:
             # Safe to repeat after a lost reply: the first run released the lease.
-            await self.pool.run_script(
+            stored = await self.pool.run_script(
                 FILL, keys, [token, policy_to_json(policy), ttl_secs], read=True
             )
+            if not stored:
+                flight.voided = True
         except StorageError as exc:
             # The caller has its policy; the next miss loads again.
             logger.warning("get_or_load could not cache agent %s's policy: %s", agent_id.hex, exc)

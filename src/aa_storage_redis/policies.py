@@ -66,7 +66,7 @@ class RedisPolicyStore:
             pass
         leases = Leases(self.pool)
         return await self.flights.run(
-            agent_id, lambda _: leases.read_through(agent_id, loader, ttl_secs)
+            agent_id, lambda flight: leases.read_through(agent_id, loader, ttl_secs, flight)
         )
 
     async def invalidate(self, agent_id: AgentId) -> None:
