@@ -26,12 +26,15 @@ from aa_storage import (
     policy_from_json,
     policy_to_json,
 )
+from aa_storage.readthrough import Flight
 from aa_storage.testing import ScriptedLoader
 from aa_storage_redis import RedisBackend
 from aa_storage_redis.bench.stampede import stampede
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.leases import Leases
 from cluster import LocalCluster
 from executor_support import OpenBackend
+from faultproxy import FaultProxyFactory
 from servers import RedisServer
 from waiting import bounded, eventually
 
@@ -140,6 +143,36 @@ class TestCrashedLoader:
         release(hung)
         assert await bounded(late) == OLD
         assert await other_side.policies().get_policy(agent) == NEW
+
+
+@pytest.mark.asyncio
+class TestLostReplies:
+    async def test_a_retried_lease_request_waits_on_its_own_lease_and_caches_nothing(
+        self,
+        redis_server: RedisServer,
+        redis_url: str,
+        raw: redis.Redis,
+        fault_proxy: FaultProxyFactory,
+        open_backend: OpenBackend,
+    ) -> None:
+        """As the README says: when the reply that issued a lease is lost, the retry finds
+        that lease held, so the caller waits out lease_wait, loads for itself and caches
+        nothing; the orphaned lease is left to expire."""
+        proxy = fault_proxy(redis_server.port)
+        backend = open_backend(proxy.url, lease_ttl=30.0, lease_wait=0.2)
+        leases, agent, loader = Leases(backend.pool), AgentId.new(), ScriptedLoader([OLD])
+        warm = Flight(asyncio.get_running_loop().create_future())
+        await leases.read_through(AgentId.new(), ScriptedLoader([OLD]), 60, warm)  # scripts loaded
+        accepted = proxy.connections_accepted
+        proxy.drop_mid_reply()
+        flight = Flight(asyncio.get_running_loop().create_future())
+        assert await bounded(leases.read_through(agent, loader, 60, flight)) == OLD
+        assert proxy.connections_accepted == accepted + 1
+        assert loader.runs == 1
+        assert raw.get(KEYS.policy(agent)) is None
+        orphan = raw.get(KEYS.policy_lease(agent))
+        assert orphan is not None
+        assert orphan.startswith(b"+")
 
 
 @pytest.mark.asyncio
