@@ -12,7 +12,8 @@ import attrs
 
 from aa_storage.redaction import redact_url
 from aa_storage.validation import CHECK, FieldCheck, check_fields
-from aa_storage_redis.urls import Deployment, HostError, parse_deployment
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.urls import CLUSTER, Deployment, HostError, parse_deployment
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
 
@@ -70,9 +71,22 @@ def _redacted_repr(url: str) -> str:
     return repr(redact_url(url))
 
 
+# An hour: far past any sane load, and far from Redis' limits on PX.
+_LEASE_LIMIT_SECS = 3600.0
+
+
 def _positive_seconds(name: str, value: float) -> None:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: must be a positive number of seconds, got {value}")
+
+
+def _seconds_up_to(most: float) -> FieldCheck:
+    def check(name: str, value: float) -> None:
+        _positive_seconds(name, value)
+        if value > most:
+            raise ValueError(f"{name}: must be at most {most:g} seconds, got {value}")
+
+    return check
 
 
 def _within(low: int, high: int) -> FieldCheck:
@@ -110,7 +124,11 @@ class RedisStorageConfig:
     bounds opening a connection (TCP, TLS, login) and ``socket_timeout`` the
     wait for each reply, so every call ends within their sum plus backoff.
     ``retries`` is how many more times a call is tried after a connection
-    error (see the README on which calls).
+    error (see the README on which calls). ``lease_ttl`` is how long a
+    ``get_or_load`` lease lives, so a loader that crashes or hangs holds up
+    the others at most that long, and a load that takes longer is not
+    cached; ``lease_wait`` is how long a caller waits for another's load
+    before it loads for itself, without caching.
     """
 
     removed_settings: ClassVar[Mapping[str, str]] = {
@@ -131,6 +149,8 @@ class RedisStorageConfig:
     retries: int = _checked(2, _within(0, 10))
     wait_replicas: int = _checked(0, _within(0, 100))
     wait_timeout: float = _checked(0.5, _positive_seconds)
+    lease_ttl: float = _checked(5.0, _seconds_up_to(_LEASE_LIMIT_SECS))
+    lease_wait: float = _checked(5.0, _seconds_up_to(_LEASE_LIMIT_SECS))
     sentinel_username: str | None = None
     sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)
@@ -147,6 +167,14 @@ class RedisStorageConfig:
                 f"got {self.wait_timeout}"
             )
         check_fields(self)
+        if (
+            self.deployment.topology == CLUSTER
+            and not KeySpace(self.key_prefix).leases_share_the_slot
+        ):
+            raise ValueError(
+                "key_prefix: on a cluster, a '}' must close a '{' hash tag: otherwise a "
+                "policy's get_or_load lease would hash to another slot than the policy"
+            )
 
     @property
     def effective_url(self) -> str:
