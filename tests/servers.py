@@ -41,7 +41,8 @@ REDIS_INSTALL_HINT = (
 ADMIN_PASSWORD = "aa-admin-pw"
 DRIVER_USER = "aa-driver"
 DRIVER_PASSWORD = "aa-driver-pw"
-DRIVER_ACL = f"{DRIVER_USER} on >{DRIVER_PASSWORD} ~aa:* &aa:* +@all"
+# Policy leases live under {aa:policy:...}:lease, beside the aa: keys (see README).
+DRIVER_ACL = f"{DRIVER_USER} on >{DRIVER_PASSWORD} ~aa:* ~{{aa:* &aa:* +@all"
 
 # The driver's 1 s defaults suit production; on a test machine busy with other work, ten TLS
 # handshakes at once or a queue of 200 calls for 10 connections can take longer.

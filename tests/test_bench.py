@@ -154,6 +154,21 @@ class TestAgainstAConfig:
         assert int(match[1]) == 20
         assert 0 < figure(match[2]) <= figure(match[3])
 
+    def test_stampede_runs_the_loader_once(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Between the table and the stats, one line says that 100 get_or_load callers in 4
+        processes on a cold key ran the loader once, and that each got its policy."""
+        assert bench("--config", config, "--requests", "10") == 0
+        out, err = capsys.readouterr()
+        before_stats = out.partition("driver stats over the run:")[0].splitlines()
+        assert before_stats[-2:] == [
+            "stampede: 100 get_or_load callers in 4 processes on a cold key: the loader ran "
+            "1 time(s), as it must; 100 of 100 callers got its policy",
+            "",
+        ]
+        assert "aa-storage bench: stampede, 100 callers in 4 processes ...\n" in err
+
     def test_deletes_every_key_it_made(self, redis_server: RedisServer, config: str) -> None:
         """Once the run ends the server holds no key, though the run wrote to it."""
         assert bench("--config", config, "--requests", "20") == 0

@@ -48,8 +48,10 @@ from aa_storage_redis import (
     RedisRateLimitCounter,
     RedisSessionStore,
     RedisStorageConfig,
+    scripts,
 )
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.leases import Leases
 from aa_storage_redis.pool import Pool
 from aa_storage_redis.tracking import ACL_COMMANDS
 from test_contract_suite import suite_tests
@@ -211,10 +213,14 @@ def script_commands(store: type, call: ast.Call) -> list[str]:
 
 
 def store_methods() -> dict[str, tuple[type, Callable[..., Any]]]:
-    """Every public coroutine method of the three Redis stores, by name."""
+    """Every public coroutine method of the three Redis stores, by name, but
+    ``get_or_load``: it runs the lease protocol, which the README describes
+    apart (see the tests of "Read-through with leases")."""
     methods: dict[str, tuple[type, Callable[..., Any]]] = {}
     for store in STORES:
         for name, member in vars(store).items():
+            if name == "get_or_load":
+                continue
             if not name.startswith("_") and inspect.iscoroutinefunction(member):
                 assert name not in methods, f"{name} is a method of two stores"
                 methods[name] = (store, member)
@@ -592,6 +598,9 @@ def test_acl_allows_exactly_the_commands_sent(readme: str) -> None:
     assert f"~{RedisStorageConfig().key_prefix}*" in acl.split()
     granted = {word[1:].upper() for word in acl.split() if word.startswith("+")}
     sent = {literal_strings(call)[0] for call in pool_calls(Pool.run_script)}
+    for script in vars(scripts).values():  # get_or_load's scripts too
+        if isinstance(script, scripts.Script):
+            sent |= set(re.findall(r"redis\.call\('([A-Z]+)'", script.body.decode()))
     for store, method in store_methods().values():
         call = one_pool_call(method)
         if call.func.attr == "run_script":  # type: ignore[attr-defined]
@@ -601,6 +610,25 @@ def test_acl_allows_exactly_the_commands_sent(readme: str) -> None:
     # The near-cache's tracking connections send these (tracking.py).
     sent |= {command.upper() for command in ACL_COMMANDS}
     assert granted == sent
+
+
+def test_lease_section_states_the_layout_and_the_round_trips(readme: str) -> None:
+    """The read-through section gives the lease key as KeySpace builds it, and its round
+    trips are the scripts get_or_load runs: GET_OR_LEASE, then FILL or RELEASE."""
+    text = words(section(readme, "Read-through with leases"))
+    agent = AgentId.from_hex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+    assert KeySpace().policy_lease(agent) == f"{{aa:policy:{agent.hex}}}:lease".encode()
+    assert "`{<prefix>policy:<hex32>}:lease`" in text
+    run = {
+        call.args[0].id  # type: ignore[attr-defined]
+        for function in (Leases.read_through, Leases._lead, Leases._release)
+        for call in pool_calls(function)
+    }
+    assert run == {"GET_OR_LEASE", "FILL", "RELEASE"}
+    for script in run:
+        assert f"`{getattr(scripts, script).name}`" in text, script
+    for setting in ("lease_ttl", "lease_wait"):
+        assert f"`{setting}`" in text, setting
 
 
 # --- plugins.md: code blocks ---

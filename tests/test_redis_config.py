@@ -106,6 +106,25 @@ class TestValidation:
                 "storage.redis.connect_timeout: must be a positive number of seconds, got inf",
             ),
             ({"retries": -1}, "storage.redis.retries: must lie in [0, 10], got -1"),
+            (
+                {"lease_ttl": 0},
+                "storage.redis.lease_ttl: must be a positive number of seconds, got 0.0",
+            ),
+            (
+                {"lease_ttl": 3601},
+                "storage.redis.lease_ttl: must be at most 3600 seconds, got 3601.0",
+            ),
+            (
+                {"lease_wait": float("nan")},
+                "storage.redis.lease_wait: must be a positive number of seconds, got nan",
+            ),
+            ({"lease_wait": "2s"}, "storage.redis.lease_wait: expected float, got str"),
+            (
+                {"url": "redis+cluster://h:1", "key_prefix": "a}b:"},
+                "storage.redis.key_prefix: on a cluster, a '}' must close a '{' hash tag: "
+                "otherwise a policy's get_or_load lease would hash to another slot than the "
+                "policy",
+            ),
             ({"key_prefix": ""}, "storage.redis.key_prefix: must not be empty"),
             (
                 {"ca_file": "/no/such/ca.pem"},

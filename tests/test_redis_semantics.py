@@ -199,9 +199,9 @@ class TestRoundTrips:
             "increment": ["EVALSHA"],
             "current": ["GET"],
             "reset": ["DEL"],
-            "cache_policy": ["SET"],
+            "cache_policy": ["EVALSHA"],
             "get_policy": ["GET"],
-            "invalidate": ["DEL"],
+            "invalidate": ["EVALSHA"],
         }
 
 

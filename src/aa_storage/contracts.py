@@ -8,7 +8,7 @@ I/O (see :mod:`aa_storage.validation`) and reports failures only through
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -19,6 +19,10 @@ from aa_storage._types import AgentId, PolicyDocument, SessionId, SessionRecord
 SESSION_TTL_SECS = 3600
 #: The suggested TTL for ``cache_policy``, in seconds.
 DEFAULT_POLICY_CACHE_TTL_SECS = 300
+
+#: What ``get_or_load`` calls on a miss: ``async (agent_id) -> PolicyDocument``,
+#: reading the authoritative policy store; ``NotFoundError`` when it has none.
+PolicyLoader = Callable[[AgentId], Awaitable[PolicyDocument]]
 
 
 class Kind(enum.Enum):
@@ -71,15 +75,41 @@ class PolicyStore(Protocol):
         """The agent's policy; ``NotFoundError`` when nothing is stored or cached."""
 
     async def invalidate(self, agent_id: AgentId) -> None:
-        """Drop the agent's policy so the next read misses; idempotent."""
+        """Drop the agent's policy so the next read misses; idempotent.
+
+        A ``get_or_load`` already under way no longer caches what it loads.
+        """
 
 
 @runtime_checkable
 class PolicyCache(PolicyStore, Protocol):
-    """A policy store that is also the write half of a read-through cache."""
+    """A policy store that is also a read-through cache: ``cache_policy`` writes it, and
+    ``get_or_load`` reads through it to the authoritative store."""
 
     async def cache_policy(self, agent_id: AgentId, policy: PolicyDocument, ttl_secs: int) -> None:
-        """Store ``policy`` for ``ttl_secs`` seconds, replacing any cached one."""
+        """Store ``policy`` for ``ttl_secs`` seconds, replacing any cached one.
+
+        A ``get_or_load`` already under way no longer stores what it loads.
+        """
+
+    async def get_or_load(
+        self,
+        agent_id: AgentId,
+        loader: PolicyLoader,
+        ttl_secs: int = DEFAULT_POLICY_CACHE_TTL_SECS,
+    ) -> PolicyDocument:
+        """The cached policy, else ``await loader(agent_id)``, cached for ``ttl_secs``.
+
+        Concurrent callers for one agent share one run of a loader (across
+        processes where the store is shared). A load that an ``invalidate`` or
+        a ``cache_policy`` overtook returns its value to the caller who ran it,
+        never caches it, and the callers that waited on it load again. The
+        loader's ``NotFoundError`` reaches the caller, and callers waiting on
+        that load get it too; any other exception of the loader reaches its
+        own caller unchanged, while the waiters try again. Nothing is cached
+        when the loader raises. A result that is not a ``PolicyDocument`` is a
+        ``TypeError``.
+        """
 
 
 @attrs.frozen

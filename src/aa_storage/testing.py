@@ -65,6 +65,11 @@ _Test = TypeVar("_Test", bound=Callable[..., Any])
 _FIXED_ID = bytes(range(16))
 # Real-clock waits: past a 1 s window, with room for scheduling jitter.
 PAST_ONE_SECOND = 1.2
+# How long concurrent get_or_load callers get to find a load under way before it
+# finishes. Whatever they find, the outcome the tests expect is the same.
+SETTLE_SECS = 0.2
+# A test that waits longer than this for a store call is hung, not slow.
+HANG_SECS = 30.0
 
 
 @attrs.define
@@ -103,6 +108,32 @@ def a_policy(name: str = "default") -> PolicyDocument:
         ],
         enforcement_mode=EnforcementMode.OBSERVE,
     )
+
+
+@attrs.define
+class ScriptedLoader:
+    """A ``get_or_load`` loader that counts its runs. Run N returns (or raises) the
+    Nth of ``outcomes``, the last one once they run out. With a ``gate``, every run
+    waits for it to be set; ``entered`` is set once a run has started."""
+
+    outcomes: list[object]
+    gate: asyncio.Event | None = None
+    runs: int = 0
+    entered: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    async def __call__(self, agent_id: AgentId) -> Any:
+        self.runs += 1
+        outcome = self.outcomes[min(self.runs, len(self.outcomes)) - 1]
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+async def _within_hang_limit(awaitable: Any) -> Any:
+    return await asyncio.wait_for(awaitable, HANG_SECS)
 
 
 def a_session(started_at_ns: int = 1_700_000_000_000_000_000) -> SessionRecord:
@@ -370,3 +401,178 @@ class ContractSuite:
             await backend.policies().get_policy(SessionId.new())
         with pytest.raises(TypeError):
             await backend.policies().invalidate(AgentId.new().bytes)
+
+    # --- read-through ---
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_get_or_load_returns_a_cached_policy_without_loading(self, backend: Any) -> None:
+        """A hit returns the cached policy, and the loader never runs."""
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, a_policy("cached"), 60)
+        loader = ScriptedLoader([a_policy("loaded")])
+        assert await backend.policies().get_or_load(agent, loader, 60) == a_policy("cached")
+        assert loader.runs == 0
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_get_or_load_loads_a_miss_once_and_caches_it(self, backend: Any) -> None:
+        """A miss runs the loader once and caches its policy, which the next calls read."""
+        agent = AgentId.new()
+        loader = ScriptedLoader([a_policy("loaded")])
+        policies = backend.policies()
+        assert await policies.get_or_load(agent, loader, 60) == a_policy("loaded")
+        assert await policies.get_or_load(agent, loader) == a_policy("loaded")
+        assert await policies.get_policy(agent) == a_policy("loaded")
+        assert loader.runs == 1
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_concurrent_get_or_load_calls_share_one_load(self, backend: Any) -> None:
+        """20 callers racing on a cold key get one policy from a single run of the loader."""
+        agent = AgentId.new()
+        loader = ScriptedLoader([a_policy("loaded")], gate=asyncio.Event())
+        calls = [
+            asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+            for _ in range(20)
+        ]
+        await _within_hang_limit(loader.entered.wait())
+        await asyncio.sleep(SETTLE_SECS)
+        assert loader.gate is not None
+        loader.gate.set()
+        assert await _within_hang_limit(asyncio.gather(*calls)) == [a_policy("loaded")] * 20
+        assert loader.runs == 1
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_a_loaders_not_found_error_reaches_the_caller(self, backend: Any) -> None:
+        """The loader's NotFoundError is what the caller gets, and nothing is cached."""
+        agent = AgentId.new()
+        missing = NotFoundError("no policy upstream")
+        with pytest.raises(NotFoundError) as caught:
+            await backend.policies().get_or_load(agent, ScriptedLoader([missing]), 60)
+        assert caught.value is missing
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_a_loaders_other_errors_pass_through_unchanged(self, backend: Any) -> None:
+        """Any other exception of the loader reaches the caller unchanged and caches
+        nothing, so the next call loads again."""
+        agent = AgentId.new()
+        failure = RuntimeError("authoritative store unreachable")
+        loader = ScriptedLoader([failure, a_policy("loaded")])
+        with pytest.raises(RuntimeError) as caught:
+            await backend.policies().get_or_load(agent, loader, 60)
+        assert caught.value is failure
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+        assert await backend.policies().get_or_load(agent, loader, 60) == a_policy("loaded")
+        assert loader.runs == 2
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_a_waiter_whose_leader_failed_loads_again(self, backend: Any) -> None:
+        """When the shared load fails with another error, only its own caller gets it:
+        the other caller loads again and gets, and caches, a policy."""
+        agent = AgentId.new()
+        loader = ScriptedLoader([RuntimeError("first run"), a_policy("second")], asyncio.Event())
+        calls = [
+            asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+            for _ in range(2)
+        ]
+        await _within_hang_limit(loader.entered.wait())
+        await asyncio.sleep(SETTLE_SECS)
+        assert loader.gate is not None
+        loader.gate.set()
+        outcomes = await _within_hang_limit(asyncio.gather(*calls, return_exceptions=True))
+        assert sorted(type(outcome).__name__ for outcome in outcomes) == [
+            "PolicyDocument",
+            "RuntimeError",
+        ]
+        assert loader.runs == 2
+        assert await backend.policies().get_policy(agent) == a_policy("second")
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_invalidate_during_a_load_keeps_its_policy_out(self, backend: Any) -> None:
+        """A load that an invalidate overtakes returns its policy to its caller but never
+        caches it; the next call loads afresh."""
+        agent = AgentId.new()
+        loader = ScriptedLoader([a_policy("before")], gate=asyncio.Event())
+        call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+        await _within_hang_limit(loader.entered.wait())
+        await backend.policies().invalidate(agent)
+        assert loader.gate is not None
+        loader.gate.set()
+        assert await _within_hang_limit(call) == a_policy("before")
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+        fresh = ScriptedLoader([a_policy("after")])
+        assert await backend.policies().get_or_load(agent, fresh, 60) == a_policy("after")
+        assert fresh.runs == 1
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_a_call_after_invalidate_does_not_wait_for_an_older_load(
+        self, backend: Any
+    ) -> None:
+        """A caller that comes after an invalidate runs its own load rather than sharing
+        one that started before it, and its policy is the one cached."""
+        agent = AgentId.new()
+        older = ScriptedLoader([a_policy("before")], gate=asyncio.Event())
+        first = asyncio.ensure_future(backend.policies().get_or_load(agent, older, 60))
+        await _within_hang_limit(older.entered.wait())
+        await backend.policies().invalidate(agent)
+        newer = ScriptedLoader([a_policy("after")])
+        later = backend.policies().get_or_load(agent, newer, 60)
+        assert await _within_hang_limit(later) == a_policy("after")
+        assert older.gate is not None
+        older.gate.set()
+        assert await _within_hang_limit(first) == a_policy("before")
+        assert await backend.policies().get_policy(agent) == a_policy("after")
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_cache_policy_during_a_load_wins_over_it(self, backend: Any) -> None:
+        """A policy cached while a load is under way is not overwritten by that load."""
+        agent = AgentId.new()
+        loader = ScriptedLoader([a_policy("older")], gate=asyncio.Event())
+        call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+        await _within_hang_limit(loader.entered.wait())
+        await backend.policies().cache_policy(agent, a_policy("newer"), 60)
+        assert loader.gate is not None
+        loader.gate.set()
+        assert await _within_hang_limit(call) == a_policy("older")
+        assert await backend.policies().get_policy(agent) == a_policy("newer")
+
+    @_exercises(Kind.POLICY_STORE)
+    async def test_a_loader_that_returns_no_policy_is_a_type_error(self, backend: Any) -> None:
+        """A loader whose result is not a PolicyDocument is a TypeError, and nothing is cached."""
+        agent = AgentId.new()
+        with pytest.raises(TypeError, match="PolicyDocument"):
+            await backend.policies().get_or_load(agent, ScriptedLoader([{"version": 1}]), 60)
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+
+    @_exercises(Kind.POLICY_STORE)
+    @pytest.mark.parametrize(
+        ("agent", "callable_loader", "ttl_secs", "error"),
+        [
+            pytest.param(SessionId(_FIXED_ID), True, 60, TypeError, id="session-id"),
+            pytest.param(AgentId(_FIXED_ID), False, 60, TypeError, id="not-callable"),
+            pytest.param(AgentId(_FIXED_ID), True, 0, ValueError, id="zero-ttl"),
+            pytest.param(AgentId(_FIXED_ID), True, 2.5, TypeError, id="float-ttl"),
+        ],
+    )
+    async def test_bad_get_or_load_arguments_are_rejected(
+        self,
+        backend: Any,
+        agent: Any,
+        callable_loader: bool,
+        ttl_secs: Any,
+        error: type[Exception],
+    ) -> None:
+        """A wrong id type, a loader that is not callable or a bad TTL is rejected before
+        the loader runs, and nothing is cached."""
+        loader = ScriptedLoader([a_policy()])
+        with pytest.raises(error):
+            await backend.policies().get_or_load(
+                agent, loader if callable_loader else "loader", ttl_secs
+            )
+        assert loader.runs == 0
+        if isinstance(agent, AgentId):
+            with pytest.raises(NotFoundError):
+                await backend.policies().get_policy(agent)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import attrs
 
 from aa_storage._types import AgentId, PolicyDocument, SessionId, SessionRecord
+from aa_storage.contracts import PolicyLoader
 
 _I64_MAX = 2**63 - 1
 # About 68 years: far past any sane window, and far from the point where Redis
@@ -52,6 +53,16 @@ def check_session_record(value: object) -> SessionRecord:
 def check_policy(value: object) -> PolicyDocument:
     """A ``PolicyDocument`` (its fields were checked when it was built)."""
     return check_instance(value, PolicyDocument, "policy")
+
+
+def check_loader(value: object) -> PolicyLoader:
+    """A callable, as ``get_or_load`` needs for its loader; anything else is a ``TypeError``."""
+    if not callable(value):
+        raise TypeError(
+            "loader must be an async function (AgentId) -> PolicyDocument, "
+            f"got {type(value).__name__}"
+        )
+    return typing.cast(PolicyLoader, value)
 
 
 def check_key(value: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from aa_storage import BackendError, BackendInfo
+from aa_storage.readthrough import SingleFlight
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.deployment import build_pool
 from aa_storage_redis.policies import RedisPolicyStore
@@ -23,6 +24,7 @@ class RedisBackend:
     """The stores of one Redis deployment, sharing one connection pool."""
 
     pool: Pool
+    _flights: SingleFlight = attrs.field(factory=SingleFlight, init=False, repr=False)
 
     @classmethod
     def connect(cls, config: RedisStorageConfig | None = None) -> RedisBackend:
@@ -37,7 +39,7 @@ class RedisBackend:
         return RedisRateLimitCounter(self.pool)
 
     def policies(self) -> RedisPolicyStore:
-        return RedisPolicyStore(self.pool)
+        return RedisPolicyStore(self.pool, self._flights)
 
     def stats(self) -> ExecutorStats:
         """Counters of the execution core: commands, socket writes, reconnects,

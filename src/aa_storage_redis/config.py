@@ -12,7 +12,8 @@ import attrs
 
 from aa_storage.redaction import redact_url
 from aa_storage.validation import CHECK, FieldCheck, check_fields
-from aa_storage_redis.urls import Deployment, HostError, parse_deployment
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.urls import CLUSTER, Deployment, HostError, parse_deployment
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
 
@@ -70,9 +71,22 @@ def _redacted_repr(url: str) -> str:
     return repr(redact_url(url))
 
 
+# An hour: far past any sane load, and far from Redis' limits on PX.
+_LEASE_LIMIT_SECS = 3600.0
+
+
 def _positive_seconds(name: str, value: float) -> None:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: must be a positive number of seconds, got {value}")
+
+
+def _seconds_up_to(most: float) -> FieldCheck:
+    def check(name: str, value: float) -> None:
+        _positive_seconds(name, value)
+        if value > most:
+            raise ValueError(f"{name}: must be at most {most:g} seconds, got {value}")
+
+    return check
 
 
 def _within(low: int, high: int) -> FieldCheck:
@@ -112,7 +126,11 @@ class RedisStorageConfig:
     ``retries`` is how many more times a call is tried after a connection
     error (see the README on which calls). ``near_cache`` keeps up to
     ``near_cache_size`` decoded policies in process, invalidated by the
-    server (see the README's Near-cache section).
+    server (see the README's Near-cache section). ``lease_ttl`` is how long a
+    ``get_or_load`` lease lives, so a loader that crashes or hangs holds up
+    the others at most that long, and a load that takes longer is not
+    cached; ``lease_wait`` is how long a caller waits for another's load
+    before it loads for itself, without caching.
     """
 
     removed_settings: ClassVar[Mapping[str, str]] = {
@@ -135,6 +153,8 @@ class RedisStorageConfig:
     wait_timeout: float = _checked(0.5, _positive_seconds)
     near_cache: bool = False
     near_cache_size: int = _checked(10_000, _within(1, 10_000_000))
+    lease_ttl: float = _checked(5.0, _seconds_up_to(_LEASE_LIMIT_SECS))
+    lease_wait: float = _checked(5.0, _seconds_up_to(_LEASE_LIMIT_SECS))
     sentinel_username: str | None = None
     sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)
@@ -151,6 +171,14 @@ class RedisStorageConfig:
                 f"got {self.wait_timeout}"
             )
         check_fields(self)
+        if (
+            self.deployment.topology == CLUSTER
+            and not KeySpace(self.key_prefix).leases_share_the_slot
+        ):
+            raise ValueError(
+                "key_prefix: on a cluster, a '}' must close a '{' hash tag: otherwise a "
+                "policy's get_or_load lease would hash to another slot than the policy"
+            )
 
     @property
     def effective_url(self) -> str:

@@ -2,12 +2,16 @@
 
 The layout is the Rust driver's, so both can share one Redis:
 ``<prefix>session:<hex32>``, ``<prefix>ratelimit:<key>`` and
-``<prefix>policy:<hex32>``, with ``aa:`` as the default prefix.
+``<prefix>policy:<hex32>``, with ``aa:`` as the default prefix. Beside a
+policy lives its ``get_or_load`` lease, ``{<prefix>policy:<hex32>}:lease``:
+its hash tag is the policy key's full name, so a cluster puts both in one
+slot and a script may touch both.
 """
 
 from __future__ import annotations
 
 import attrs
+from redis.crc import key_slot
 
 from aa_storage import AgentId, SessionId
 
@@ -26,12 +30,14 @@ class KeySpace:
     _session: bytes = attrs.field(init=False, repr=False)
     _ratelimit: bytes = attrs.field(init=False, repr=False)
     _policy: bytes = attrs.field(init=False, repr=False)
+    _tagged: bool = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         encoded = self.prefix.encode()
         object.__setattr__(self, "_session", encoded + b"session:")
         object.__setattr__(self, "_ratelimit", encoded + b"ratelimit:")
         object.__setattr__(self, "_policy", encoded + b"policy:")
+        object.__setattr__(self, "_tagged", _has_hash_tag(self._policy))
 
     def session(self, session_id: SessionId) -> bytes:
         """``<prefix>session:<hex32>``."""
@@ -49,3 +55,26 @@ class KeySpace:
     def policy(self, agent_id: AgentId) -> bytes:
         """``<prefix>policy:<hex32>``."""
         return self._policy + agent_id.hex.encode()
+
+    def policy_lease(self, agent_id: AgentId) -> bytes:
+        """``{<prefix>policy:<hex32>}:lease``, in the policy key's cluster slot.
+
+        A prefix that holds a hash tag of its own (``{tenant}:``) already picks
+        the slot, and wrapping the key in braces would pick another, so there
+        the lease is ``<prefix>policy:<hex32>:lease``, under the same tag.
+        """
+        policy = self.policy(agent_id)
+        return policy + b":lease" if self._tagged else b"{" + policy + b"}:lease"
+
+    @property
+    def leases_share_the_slot(self) -> bool:
+        """Whether a cluster puts each lease in its policy's slot. Only a prefix with a
+        ``}`` that closes no ``{tag}`` (``a}b:``, ``{}:``) keeps them apart."""
+        sample = AgentId(bytes(16))
+        return key_slot(self.policy(sample)) == key_slot(self.policy_lease(sample))
+
+
+def _has_hash_tag(key: bytes) -> bool:
+    """Whether a cluster hashes ``key`` by a ``{tag}`` in it rather than by all of it."""
+    opening = key.find(b"{")
+    return opening >= 0 and key.find(b"}", opening + 2) >= 0

@@ -8,25 +8,31 @@ from collections.abc import Iterator
 import attrs
 
 from aa_storage import AgentId, NotFoundError, PolicyDocument, policy_from_json, policy_to_json
-from aa_storage.validation import check_agent_id, check_policy, check_ttl_secs
+from aa_storage.contracts import DEFAULT_POLICY_CACHE_TTL_SECS, PolicyLoader
+from aa_storage.readthrough import SingleFlight
+from aa_storage.validation import check_agent_id, check_loader, check_policy, check_ttl_secs
+from aa_storage_redis.leases import Leases, policy_keys
 from aa_storage_redis.near_cache import Fill, NearCache
 from aa_storage_redis.pool import Pool
-from aa_storage_redis.scripts import GET_POLICY_WITH_TTL
+from aa_storage_redis.scripts import CACHE_POLICY, GET_POLICY_WITH_TTL, INVALIDATE
 
 
 @attrs.frozen
 class RedisPolicyStore:
     """A read-through cache in front of the authoritative policy store.
 
-    Read with :meth:`get_policy`; on ``NotFoundError`` load from the
-    authoritative store and :meth:`cache_policy` the result. After a
-    revocation, :meth:`invalidate` so the next read misses. Each method is
-    one round trip, but for a near-cache hit (``near_cache = true``), which
-    makes none. A change made by this process is seen by its next read; one
-    made elsewhere, once the server's invalidation arrives (see the README).
+    :meth:`get_or_load` reads it, and on a miss loads from the authoritative
+    store under a lease (see :mod:`aa_storage_redis.leases`). After a
+    revocation, :meth:`invalidate` so the next read misses. Every method but
+    ``get_or_load`` is one round trip; so is a ``get_or_load`` hit, and a
+    near-cache hit (``near_cache = true``) makes none. A change made by this
+    process is seen by its next read; one made elsewhere, once the server's
+    invalidation arrives (see the README). ``flights`` coalesces concurrent
+    misses in this process; stores of one backend share it.
     """
 
     pool: Pool
+    flights: SingleFlight = attrs.field(factory=SingleFlight, repr=False)
 
     async def get_policy(self, agent_id: AgentId) -> PolicyDocument:
         """The cached policy; ``NotFoundError`` on a miss, ``SerializationError``
@@ -44,20 +50,50 @@ class RedisPolicyStore:
         return policy_from_json(reply)
 
     async def cache_policy(self, agent_id: AgentId, policy: PolicyDocument, ttl_secs: int) -> None:
-        """Cache ``policy`` for ``ttl_secs`` seconds, replacing any cached one."""
+        """Cache ``policy`` for ``ttl_secs`` seconds, replacing any cached one; a
+        ``get_or_load`` under way, in any process, no longer caches its load."""
         agent_id = check_agent_id(agent_id)
         data = policy_to_json(check_policy(policy))
         ttl_secs = check_ttl_secs(ttl_secs)
+        keys = policy_keys(self.pool.keys, agent_id)
         with self._forgotten(agent_id):
-            await self.pool.execute(
-                "SET", self.pool.keys.policy(agent_id), data, "EX", ttl_secs, read=False
-            )
+            try:
+                await self.pool.run_script(CACHE_POLICY, keys, [data, ttl_secs], read=False)
+            finally:
+                self.flights.void(agent_id)
+
+    async def get_or_load(
+        self,
+        agent_id: AgentId,
+        loader: PolicyLoader,
+        ttl_secs: int = DEFAULT_POLICY_CACHE_TTL_SECS,
+    ) -> PolicyDocument:
+        """The cached policy, else ``loader``'s, cached for ``ttl_secs`` (see
+        :class:`aa_storage.PolicyCache`). A hit is one ``GET``, or none from the
+        near-cache."""
+        agent_id = check_agent_id(agent_id)
+        ttl_secs = check_ttl_secs(ttl_secs)
+        loader = check_loader(loader)
+        try:
+            return await self.get_policy(agent_id)
+        except NotFoundError:
+            pass
+        leases = Leases(self.pool)
+        return await self.flights.run(
+            agent_id, lambda flight: leases.read_through(agent_id, loader, ttl_secs, flight)
+        )
 
     async def invalidate(self, agent_id: AgentId) -> None:
-        """Drop the cached policy so the next read misses; idempotent."""
+        """Drop the cached policy so the next read misses; idempotent. A
+        ``get_or_load`` under way, in any process, no longer caches its load."""
         agent_id = check_agent_id(agent_id)
         with self._forgotten(agent_id):
-            await self.pool.execute("DEL", self.pool.keys.policy(agent_id), read=False)
+            try:
+                await self.pool.run_script(
+                    INVALIDATE, policy_keys(self.pool.keys, agent_id), [], read=False
+                )
+            finally:
+                self.flights.void(agent_id)
 
     @contextlib.contextmanager
     def _forgotten(self, agent_id: AgentId) -> Iterator[None]:

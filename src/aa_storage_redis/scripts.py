@@ -69,3 +69,101 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 # A script that changes nothing, run by ``describe`` to learn whether the
 # server accepts EVALSHA.
 PROBE = Script("probe", b"return 1")
+
+# --- the policy cache and its get_or_load leases ---
+#
+# KEYS[1] is the policy key, which holds the JSON exactly as the Rust driver
+# writes it; KEYS[2] is its lease, a string: '+<token>' while a load holds it,
+# '-<token>' once released or killed, 'n<token>' once released by a load that
+# found no policy. It expires lease_ttl after it was issued, whatever it says,
+# and until then keeps the last token, so a new one is always larger. A token
+# is the server's TIME in microseconds, or one more than the last: never
+# reused, and no client clock involved. Killing a lease turns '+' into '-', so
+# the write-back of the load that held it is refused.
+
+# get_or_load's first step. ARGV[1] = lease_ttl in milliseconds, ARGV[2] = the
+# token the caller has been waiting on, or ''. Returns {0, json} on a hit;
+# {1, token} when the caller now holds the lease and must load; {2, token,
+# pttl} while another load holds it; {3} when the load waited on found no
+# policy. A '+' lease without an expiry (written by hand) counts as gone.
+GET_OR_LEASE = Script(
+    "get_or_lease",
+    b"""
+local value = redis.call('GET', KEYS[1])
+if value then return {0, value} end
+local lease = redis.call('GET', KEYS[2])
+local last = 0
+if lease then
+  local state, token = string.sub(lease, 1, 1), string.sub(lease, 2)
+  if state == '+' then
+    local pttl = redis.call('PTTL', KEYS[2])
+    if pttl > 0 then return {2, token, pttl} end
+  elseif state == 'n' and token == ARGV[2] then
+    return {3}
+  end
+  last = tonumber(token) or 0
+end
+local now = redis.call('TIME')
+local issued = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if issued <= last then issued = last + 1 end
+local token = string.format('%.0f', issued)
+redis.call('SET', KEYS[2], '+' .. token, 'PX', ARGV[1])
+return {1, token}
+""",
+)
+
+# The leader's write-back. ARGV[1] = token, ARGV[2] = JSON, ARGV[3] = TTL in
+# seconds. Stores only while the token holds the lease, and only where no
+# policy is cached: one written meanwhile by a writer that knows nothing of
+# leases (a Rust process) is at least as new. Releases the lease. Returns 1 if
+# it stored the policy. Run twice, the second run finds the lease released.
+FILL = Script(
+    "fill",
+    b"""
+if redis.call('GET', KEYS[2]) ~= '+' .. ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], '-' .. ARGV[1], 'KEEPTTL')
+if redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3], 'NX') then return 1 end
+return 0
+""",
+)
+
+# A leader whose loader failed gives the lease up, so waiters need not wait it
+# out. ARGV[1] = token, ARGV[2] = 'n' when the loader found no policy (the
+# waiters on this token get NotFoundError), else '-' (they try again).
+RELEASE = Script(
+    "release",
+    b"""
+if redis.call('GET', KEYS[2]) == '+' .. ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2] .. ARGV[1], 'KEEPTTL')
+end
+return 1
+""",
+)
+
+# cache_policy: the Rust layout's SET ... EX, and the lease killed, so no load
+# under way overwrites this newer policy. ARGV[1] = JSON, ARGV[2] = TTL in seconds.
+CACHE_POLICY = Script(
+    "cache_policy",
+    b"""
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local lease = redis.call('GET', KEYS[2])
+if lease and string.sub(lease, 1, 1) == '+' then
+  redis.call('SET', KEYS[2], '-' .. string.sub(lease, 2), 'KEEPTTL')
+end
+return 1
+""",
+)
+
+# invalidate: the Rust layout's DEL, and the lease killed, so no load that
+# started before it caches its policy after it.
+INVALIDATE = Script(
+    "invalidate",
+    b"""
+redis.call('DEL', KEYS[1])
+local lease = redis.call('GET', KEYS[2])
+if lease and string.sub(lease, 1, 1) == '+' then
+  redis.call('SET', KEYS[2], '-' .. string.sub(lease, 2), 'KEEPTTL')
+end
+return 1
+""",
+)

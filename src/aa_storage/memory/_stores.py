@@ -15,8 +15,14 @@ import attrs
 
 from aa_storage import validation
 from aa_storage._types import AgentId, PolicyDocument, SessionId, SessionRecord
-from aa_storage.contracts import SESSION_TTL_SECS, BackendInfo
+from aa_storage.contracts import (
+    DEFAULT_POLICY_CACHE_TTL_SECS,
+    SESSION_TTL_SECS,
+    BackendInfo,
+    PolicyLoader,
+)
 from aa_storage.errors import NotFoundError, StorageError
+from aa_storage.readthrough import Flight, SingleFlight, load
 
 _I64_MAX = 2**63 - 1
 Clock = Callable[[], float]
@@ -100,9 +106,15 @@ class MemoryRateLimitCounter:
 
 @attrs.define
 class MemoryPolicyStore:
-    """A policy cache in a dict; entries live for the TTL given to ``cache_policy``."""
+    """A policy cache in a dict; entries live for the TTL given to ``cache_policy``.
+
+    ``get_or_load`` runs one load per agent at a time in this process, and
+    ``invalidate`` and ``cache_policy`` void a load under way (see
+    :class:`~aa_storage.readthrough.SingleFlight`).
+    """
 
     _policies: _ExpiringMap[AgentId, PolicyDocument]
+    _flights: SingleFlight = attrs.field(factory=SingleFlight, repr=False)
 
     async def get_policy(self, agent_id: AgentId) -> PolicyDocument:
         entry = self._policies.get(validation.check_agent_id(agent_id))
@@ -114,9 +126,34 @@ class MemoryPolicyStore:
         agent_id = validation.check_agent_id(agent_id)
         policy = validation.check_policy(policy)
         self._policies.put(agent_id, policy, validation.check_ttl_secs(ttl_secs))
+        self._flights.void(agent_id)
+
+    async def get_or_load(
+        self,
+        agent_id: AgentId,
+        loader: PolicyLoader,
+        ttl_secs: int = DEFAULT_POLICY_CACHE_TTL_SECS,
+    ) -> PolicyDocument:
+        agent_id = validation.check_agent_id(agent_id)
+        ttl_secs = validation.check_ttl_secs(ttl_secs)
+        loader = validation.check_loader(loader)
+
+        async def attempt(flight: Flight) -> PolicyDocument:
+            entry = self._policies.get(agent_id)
+            if entry is not None:
+                return entry.value
+            policy = await load(loader, agent_id)
+            if not flight.voided:
+                self._policies.put(agent_id, policy, ttl_secs)
+            return policy
+
+        entry = self._policies.get(agent_id)
+        return entry.value if entry is not None else await self._flights.run(agent_id, attempt)
 
     async def invalidate(self, agent_id: AgentId) -> None:
-        self._policies.pop(validation.check_agent_id(agent_id))
+        agent_id = validation.check_agent_id(agent_id)
+        self._policies.pop(agent_id)
+        self._flights.void(agent_id)
 
 
 @attrs.frozen

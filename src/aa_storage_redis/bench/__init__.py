@@ -3,8 +3,9 @@
 Each store operation runs sequentially and with ``concurrency`` callers, once
 through the driver and once as the same command sent with raw redis-py async
 (hiredis), against the server a config names or a throwaway redis-server.
-:func:`command` is the CLI's entry; it prints one table, and the driver's
-stats over the run.
+Then a stampede: ``get_or_load`` callers in several processes on one cold key.
+:func:`command` is the CLI's entry; it prints one table, the stampede's
+line, and the driver's stats over the run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aa_storage_redis.bench.measure import Budget, run
 from aa_storage_redis.bench.operations import OPERATIONS
 from aa_storage_redis.bench.report import Progress, propagation_lines, stats_lines, table
 from aa_storage_redis.bench.server import BINARY, throwaway_server
+from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.hooks import DRIVER_NAME
 
@@ -80,6 +82,9 @@ def _bench(
         rows, stats, propagation = asyncio.run(run(config, concurrency, budget, progress))
     finally:
         progress.stop()
-    for line in (*table(rows), "", *propagation_lines(propagation), "", *stats_lines(stats)):
+    err.write(f"aa-storage bench: stampede, {CALLERS} callers in {PROCESSES} processes ...\n")
+    crowd = stampede(config)
+    tail = (*propagation_lines(propagation), "", crowd.line(), "", *stats_lines(stats))
+    for line in (*table(rows), "", *tail):
         out.write(line + "\n")
     return 0

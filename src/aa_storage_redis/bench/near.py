@@ -4,9 +4,9 @@ stop this one serving the old policy.
 
 Both run on a backend of their own with ``near_cache = true``, whatever the
 config says, once its tracking is up. The other process is a spawned Python
-with a plain redis-py client: it sends exactly what ``cache_policy`` and
-``invalidate`` send (``SET … EX``, ``DEL``), in turns, and says when it began
-each one on the machine's monotonic clock, which both processes share.
+with a plain redis-py client: it sends ``SET … EX`` and ``DEL`` in turns, as
+a Rust gateway would, and says when it began each one on the machine's
+monotonic clock, which both processes share.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 raw redis-py command that makes the server do the same work.
 
 Raw redis-py sends exactly the driver's command: ``EVALSHA`` of the driver's own
-script for ``increment`` and ``save``, ``GET``, ``SET ... EX`` and ``HMGET`` for
+script for ``increment``, ``save`` and ``cache_policy``, ``GET`` and ``HMGET`` for
 the others, on the keys the driver would use.
 """
 
@@ -28,9 +28,10 @@ from aa_storage import (
 )
 from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.leases import policy_keys
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
-from aa_storage_redis.scripts import INCREMENT, SAVE_SESSION
+from aa_storage_redis.scripts import CACHE_POLICY, INCREMENT, SAVE_SESSION
 from aa_storage_redis.sessions import RedisSessionStore
 
 WINDOW_SECS = 600
@@ -61,6 +62,7 @@ class Caller:
             keys.rate_limit(self.counter),
             keys.session(self.record.session_id),
             keys.policy(self.agent),
+            keys.policy_lease(self.agent),
         ]
 
 
@@ -120,6 +122,11 @@ async def _raw_increment(subject: Subject, caller: Caller) -> Any:
     return await subject.client.evalsha(INCREMENT.sha, 1, key, 1, WINDOW_SECS * 1000)
 
 
+async def _raw_cache_policy(subject: Subject, caller: Caller) -> Any:
+    keys = policy_keys(subject.keys, caller.agent)
+    return await subject.client.evalsha(CACHE_POLICY.sha, 2, *keys, _POLICY_JSON, POLICY_TTL_SECS)
+
+
 async def _raw_save(subject: Subject, caller: Caller) -> Any:
     record = caller.record
     key = subject.keys.session(record.session_id)
@@ -146,7 +153,7 @@ OPERATIONS = (
         "cache_policy",
         prepare=_cache_policy,
         driver=_cache_policy,
-        raw=lambda s, c: s.client.set(s.keys.policy(c.agent), _POLICY_JSON, ex=POLICY_TTL_SECS),
+        raw=_raw_cache_policy,
     ),
     Operation("save", prepare=_save, driver=_save, raw=_raw_save),
     Operation(
