@@ -53,7 +53,7 @@ from aa_storage_redis import (
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.leases import Leases
 from aa_storage_redis.pool import Pool
-from aa_storage_redis.tracking import ACL_COMMANDS
+from aa_storage_redis.tracking_connection import ACL_COMMANDS
 from test_contract_suite import suite_tests
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from aa_storage.testing import ContractSuite
 from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
 from aa_storage_redis.near_cache import Fill, NearCache
 from aa_storage_redis.policies import RedisPolicyStore
-from aa_storage_redis.tracking import ACL_COMMANDS
+from aa_storage_redis.tracking_connection import ACL_COMMANDS
 from cluster import LocalCluster
 from executor_support import PATIENT, OpenBackend
 from faultproxy import FaultProxyFactory
@@ -649,10 +649,16 @@ class TestValkeyNearCacheContract(ContractSuite):
         await backend.aclose()
 
 
+# A user of its own, so that the session server's other users stay as other tests
+# expect them.
+NEAR_USER = "aa-near-cache"
+
+
 def _set_user(server: RedisServer, rule: list[str]) -> str:
+    """``NEAR_USER`` with ``rule`` (the README's, after its user name); its URL."""
     with server.client() as admin:
-        admin.execute_command("ACL", "SETUSER", "aa-driver", "reset", *rule)
-    return server.url_for(user="aa-driver", password="CHANGE-ME")
+        admin.execute_command("ACL", "SETUSER", NEAR_USER, "reset", *rule)
+    return server.url_for(user=NEAR_USER, password="CHANGE-ME")
 
 
 class TestNearCacheUnderTheReadmeRule(ContractSuite):
@@ -667,15 +673,23 @@ class TestNearCacheUnderTheReadmeRule(ContractSuite):
         await tracking_up(backend)  # so that reads are served and filled
         yield backend
         await backend.aclose()
+        acl_redis_server.flushall()
+
+
+@pytest.fixture
+def acl_server(acl_redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session ACL server, emptied after the test, as other tests expect it."""
+    yield acl_redis_server
+    acl_redis_server.flushall()
 
 
 @pytest.mark.asyncio
 class TestAcl:
     async def test_the_readme_rule_lets_tracking_up(
-        self, acl_redis_server: RedisServer, open_backend: OpenBackend
+        self, acl_server: RedisServer, open_backend: OpenBackend
     ) -> None:
         """As the README's user, tracking comes up and reads are hits."""
-        backend = open_backend(_set_user(acl_redis_server, readme_acl_rule()), **NEAR)
+        backend = open_backend(_set_user(acl_server, readme_acl_rule()), **NEAR)
         await tracking_up(backend)
         agent = AgentId.new()
         await backend.policies().cache_policy(agent, policy(1), 600)
@@ -683,13 +697,13 @@ class TestAcl:
 
     @pytest.mark.parametrize("command", ACL_COMMANDS)
     async def test_each_command_of_the_rule_is_needed(
-        self, command: str, acl_redis_server: RedisServer, open_backend: OpenBackend
+        self, command: str, acl_server: RedisServer, open_backend: OpenBackend
     ) -> None:
         """Without any one of the near-cache's commands, tracking stays down, saying the
         permission was denied, and reads still go to the server."""
         rule = [part for part in readme_acl_rule() if part != f"+{command}"]
         assert len(rule) == len(readme_acl_rule()) - 1
-        backend = open_backend(_set_user(acl_redis_server, rule), **NEAR)
+        backend = open_backend(_set_user(acl_server, rule), **NEAR)
         agent = AgentId.new()
         await backend.policies().cache_policy(agent, policy(1), 600)
         assert await backend.policies().get_policy(agent) == policy(1)
@@ -884,13 +898,13 @@ class TestSentinel:
             await backend.aclose()
 
     async def test_a_refused_login_is_shown_without_the_password(
-        self, acl_redis_server: RedisServer, open_backend: OpenBackend, caplog: Any
+        self, acl_server: RedisServer, open_backend: OpenBackend, caplog: Any
     ) -> None:
         """Tracking that cannot log in says so, in check and in the log, never showing
         the password."""
-        _set_user(acl_redis_server, readme_acl_rule())
+        _set_user(acl_server, readme_acl_rule())
         secret = "pa55-near-never-shown"
-        backend = open_backend(acl_redis_server.url_for("aa-driver", secret), **NEAR)
+        backend = open_backend(acl_server.url_for(NEAR_USER, secret), **NEAR)
         with pytest.raises(StorageError):
             await backend.policies().get_policy(AgentId.new())
         await eventually(
