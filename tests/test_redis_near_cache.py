@@ -20,6 +20,7 @@ from redis.asyncio.connection import Connection
 from aa_storage import (
     AgentId,
     InvalidConfigError,
+    Kind,
     NotFoundError,
     PolicyDecision,
     PolicyDocument,
@@ -624,8 +625,15 @@ def debug_redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+# The near-cache changes only the policy store, so its contract runs only the policy
+# tests; sessions and counters run with the same servers in the other contract suites.
+NEAR_CACHE_KINDS = frozenset({Kind.POLICY_STORE})
+
+
 class TestNearCacheContract(ContractSuite):
-    """The whole contract holds with the near-cache on."""
+    """The policy contract holds with the near-cache on."""
+
+    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(
@@ -638,7 +646,9 @@ class TestNearCacheContract(ContractSuite):
 
 
 class TestValkeyNearCacheContract(ContractSuite):
-    """The whole contract holds on valkey-server with the near-cache on."""
+    """The policy contract holds on valkey-server with the near-cache on."""
+
+    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, valkey_server: RedisServer) -> AsyncIterator[RedisBackend]:
@@ -662,8 +672,10 @@ def _set_user(server: RedisServer, rule: list[str]) -> str:
 
 
 class TestNearCacheUnderTheReadmeRule(ContractSuite):
-    """The whole contract holds with the near-cache on, as a user with exactly the
+    """The policy contract holds with the near-cache on, as a user with exactly the
     README's ACL rule."""
+
+    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, acl_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
@@ -731,7 +743,9 @@ def spread_agents(count: int) -> list[AgentId]:
 
 
 class TestClusterNearCacheContract(ContractSuite):
-    """The whole contract holds on a cluster with the near-cache on."""
+    """The policy contract holds on a cluster with the near-cache on."""
+
+    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, redis_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
@@ -743,7 +757,9 @@ class TestClusterNearCacheContract(ContractSuite):
 
 
 class TestSentinelNearCacheContract(ContractSuite):
-    """The whole contract holds behind sentinels with the near-cache on."""
+    """The policy contract holds behind sentinels with the near-cache on."""
+
+    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
@@ -762,8 +778,10 @@ def readme_rule_cluster() -> Iterator[LocalCluster]:
 
 
 class TestClusterNearCacheUnderTheReadmeRule(ContractSuite):
-    """The whole contract holds on a cluster with the near-cache on, as a user with
+    """The policy contract holds on a cluster with the near-cache on, as a user with
     exactly the README's cluster rule."""
+
+    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, readme_rule_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:

@@ -151,6 +151,16 @@ def _exercises(kind: Kind) -> Callable[[_Test], _Test]:
     return tag
 
 
+def kind_exercised(test: Callable[..., Any]) -> Kind | None:
+    """The kind of store a :class:`ContractSuite` test exercises; ``None`` for others.
+
+    For a test suite that would rather deselect the tests of kinds a driver
+    lacks than see them skipped.
+    """
+    kind = getattr(test, _KIND_ATTRIBUTE, None)
+    return kind if isinstance(kind, Kind) else None
+
+
 class ContractSuite:
     """Tests every driver must pass. Override ``backend``, and ``clock`` if it can be faked.
 
@@ -170,7 +180,7 @@ class ContractSuite:
                 f"{type(self).__name__}.kinds must be a non-empty set of aa_storage.Kind, "
                 f"got {kinds!r}"
             )
-        kind = getattr(request.function, _KIND_ATTRIBUTE, None)
+        kind = kind_exercised(request.function)
         if kind is not None and kind not in kinds:
             pytest.skip(
                 f"the driver does not provide {kind.value} (not in {type(self).__name__}.kinds)"
