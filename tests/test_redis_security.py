@@ -119,6 +119,11 @@ class TestTls:
 # --- ACL ---
 
 
+# A user of its own: the session's ACL server keeps its aa-driver user as other tests
+# expect it.
+README_USER = "aa-driver-readme"
+
+
 def _set_user(server: RedisServer, name: str, rule: list[str]) -> str:
     with server.client() as admin:
         admin.execute_command("ACL", "SETUSER", name, "reset", *rule)
@@ -131,7 +136,7 @@ class TestLeastPrivilegeContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, acl_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
         acl_redis_server.flushall()
-        url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        url = _set_user(acl_redis_server, README_USER, readme_acl_rule())
         backend = RedisBackend.connect(acl_redis_server.backend_config(url=url))
         yield backend
         await backend.aclose()
@@ -157,8 +162,8 @@ class TestAcl:
 
     async def test_wrong_password_is_a_refused_login(self, acl_redis_server: RedisServer) -> None:
         """A bad password is a BackendError about the login, without the password in it."""
-        url = acl_redis_server.url_for(user="aa-driver", password=SECRET)
-        _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        url = acl_redis_server.url_for(user=README_USER, password=SECRET)
+        _set_user(acl_redis_server, README_USER, readme_acl_rule())
         backend = RedisBackend.connect(RedisStorageConfig(url=url))
         try:
             with pytest.raises(BackendError, match="refused the login") as caught:
@@ -170,7 +175,7 @@ class TestAcl:
     async def test_describe_says_what_it_may_not_read(self, acl_redis_server: RedisServer) -> None:
         """With the README rule (no INFO, no ACL WHOAMI), describe() says those facts are not
         permitted, and warns of no eviction policy it could not read."""
-        url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        url = _set_user(acl_redis_server, README_USER, readme_acl_rule())
         backend = RedisBackend.connect(acl_redis_server.backend_config(url=url))
         try:
             info = await backend.describe()
@@ -191,7 +196,7 @@ class TestCheckUnderTheReadmeRule:
     ) -> None:
         """`aa-storage check` as a user with exactly the README's rule passes, says which
         facts it may not read, and prints no "unknown" and no warning it cannot back."""
-        url = _set_user(acl_redis_server, "aa-driver", readme_acl_rule())
+        url = _set_user(acl_redis_server, README_USER, readme_acl_rule())
         config = tmp_path / "acl.toml"
         config.write_text(f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{url}"\n')
         assert main(["check", "--config", str(config)]) == 0
@@ -200,7 +205,7 @@ class TestCheckUnderTheReadmeRule:
         *report, traffic = out.partition("\n[redis]\n")[2].partition("\n\n")[0].splitlines()
         assert re.fullmatch(r"  traffic: \d+ commands in \d+ socket writes .*", traffic)
         assert report == [
-            f"  server: redis://aa-driver:***@127.0.0.1:{acl_redis_server.port}",
+            f"  server: redis://{README_USER}:***@127.0.0.1:{acl_redis_server.port}",
             "  topology: standalone",
             "  version: not permitted (INFO is denied to this user)",
             "  mode: not permitted (INFO is denied to this user)",
