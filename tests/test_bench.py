@@ -183,6 +183,7 @@ class TestAgainstAConfig:
     ) -> None:
         """A user allowed only the keys aa:* can run the benchmark: every key it
         touches starts with the key_prefix, and none is left."""
+        acl_redis_server.flushall()  # the server is shared: start from no keys
         url = acl_redis_server.url_for(DRIVER_USER, DRIVER_PASSWORD)
         path = config_file(tmp_path, url, **TIMEOUTS)
         assert bench("--config", path, "--requests", "10") == 0, capsys.readouterr().err
