@@ -20,6 +20,7 @@ from aa_storage_redis import RedisBackend, RedisStorageConfig
 from cluster import LocalCluster
 from sentinel import SentinelSet
 from servers import LOADED_MACHINE_TIMEOUTS, free_ports
+from test_redis_security import readme_acl_rule
 
 HANG_GUARD = 60.0
 
@@ -365,3 +366,33 @@ class TestSentinelUnderTheReadmeRule:
         assert "refuses to report failovers" not in caplog.text
         assert load.errors == []
         assert totals == load.acknowledged
+
+
+DATA_USER_PASSWORD = "sentinel-data-pw"
+
+
+def readme_sentinel_data_rule() -> str:
+    """What the README asks of a data node behind sentinels: the standalone rule,
+    plus ``+role`` so the primary's role is checked."""
+    rule = " ".join(readme_acl_rule()).replace(">CHANGE-ME", f">{DATA_USER_PASSWORD}")
+    return f"aa-driver-data {rule} +role"
+
+
+@pytest.fixture(scope="module")
+def acl_sentinel_set() -> Iterator[SentinelSet]:
+    """A sentinel set whose data nodes have the README's user for them."""
+    with SentinelSet("redis-server", acl_users=[readme_sentinel_data_rule()]) as sentinels:
+        yield sentinels
+
+
+class TestSentinelContractUnderTheReadmeRule(ContractSuite):
+    """The whole contract holds behind sentinels for a data-node user with exactly the
+    README's rule (the standalone rule plus +role), the near-cache on."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, acl_sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
+        acl_sentinel_set.flushall()
+        url = acl_sentinel_set.url_for(user="aa-driver-data", password=DATA_USER_PASSWORD)
+        backend = connect(url, near_cache=True)
+        yield backend
+        await backend.aclose()
