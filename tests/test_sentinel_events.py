@@ -104,3 +104,76 @@ class TestFailoverEvents:
 
 def no_sentinel(address: tuple[str, int]) -> Any:
     raise redis.ConnectionError("no sentinel in this test")
+
+
+@pytest.mark.asyncio
+class TestDiscovery:
+    """Which primary discovery picks when the sentinels disagree. Every data node
+    answers ROLE with master here, as an old primary does for seconds after a
+    failover, before the sentinels demote it."""
+
+    @pytest.fixture(autouse=True)
+    def every_node_is_a_primary(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def role(node: Node, *command: str) -> list[bytes]:
+            assert command == ("ROLE",)
+            return [b"master"]
+
+        monkeypatch.setattr("aa_storage_redis.sentinel.ask", role)
+
+    def sentinels_say(
+        self, monkeypatch: pytest.MonkeyPatch, topology: Sentinel, answers: list[Any]
+    ) -> None:
+        """Sentinel i answers ``answers[i]``: (config epoch, primary) or an exception."""
+        replies = dict(zip(topology._sentinels, answers, strict=True))
+
+        async def named(sentinel: tuple[str, int]) -> tuple[int, tuple[str, int]]:
+            reply = replies[sentinel]
+            if isinstance(reply, BaseException):
+                raise reply
+            return reply  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(topology, "_named_primary", named)
+
+    def three_sentinels(self) -> Sentinel:
+        sentinels = [("127.0.0.1", 26379 + i) for i in range(3)]
+        return Sentinel(sentinels, "svc", a_node, unused, timeout=1.0)
+
+    async def test_the_highest_config_epoch_wins_over_the_first_answer(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        topology = self.three_sentinels()
+        self.sentinels_say(monkeypatch, topology, [(1, OLD), (2, NEW), (1, OLD)])
+        await topology._find_primary()
+        assert topology.node_for(None) is topology._node(NEW)
+
+    async def test_a_sentinel_that_fails_is_outvoted_by_those_that_answer(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        topology = self.three_sentinels()
+        down = redis.ConnectionError("sentinel down")
+        self.sentinels_say(monkeypatch, topology, [down, (3, NEW), (2, OLD)])
+        await topology._find_primary()
+        assert topology.node_for(None) is topology._node(NEW)
+
+    async def test_a_promoted_replica_announced_is_tried_before_any_sentinel(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Between +promoted-slave and +switch-master every sentinel still names the
+        old primary, with its old epoch."""
+        topology = self.three_sentinels()
+        topology._primary = topology._node(OLD)
+        self.sentinels_say(monkeypatch, topology, [(1, OLD), (1, OLD), (1, OLD)])
+        hear(
+            topology, "+promoted-slave", "slave 127.0.0.1:7002 127.0.0.1 7002 @ svc 127.0.0.1 7001"
+        )
+        await topology._find_primary()
+        assert topology.node_for(None) is topology._node(NEW)
+
+    async def test_no_sentinel_answering_is_the_sentinels_error(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        topology = self.three_sentinels()
+        down = redis.ConnectionError("sentinel down")
+        self.sentinels_say(monkeypatch, topology, [down, down, down])
+        with pytest.raises(redis.ConnectionError, match="sentinel down"):
+            await topology._find_primary()

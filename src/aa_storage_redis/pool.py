@@ -97,9 +97,7 @@ class Pool:
         asking: Node | None = None  # where a cluster's ASK sent this command
         while True:
             if self._closed:
-                raise StorageError(
-                    f"the backend is closed: aclose() was called on the backend for {self.server}"
-                )
+                raise self._closed_error()
             node = asking or self._topology.node_for(key)
             try:
                 if node is None:
@@ -163,15 +161,18 @@ class Pool:
                     f"(max_pending={self.config.max_pending}): the server is not keeping up"
                 ) from None
             except Closed:
-                raise StorageError(
-                    f"the backend is closed: aclose() was called on the backend for {self.server}"
-                ) from None
+                raise self._closed_error() from None
             if node is not None and isinstance(error, redis_errors.ConnectionError):
                 self._topology.failed(node)
             if not retry or attempt >= self.config.retries:
                 raise translate(error, server=self._where(node), secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
+
+    def _closed_error(self) -> StorageError:
+        return StorageError(
+            f"the backend is closed: aclose() was called on the backend for {self.server}"
+        )
 
     def _where(self, node: Node | None) -> str:
         """The deployment, and the node that failed when the URL does not name it."""
