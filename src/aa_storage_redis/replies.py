@@ -1,4 +1,7 @@
-"""Reading replies in the transport's callback: hiredis parses them as bytes arrive."""
+"""Reading replies with hiredis: in the transport's callback as bytes arrive
+(:class:`ReplyReader`, the multiplexed connections), or awaited one at a time
+from a redis-py connection's stream (:class:`StreamReplies`, the sentinel
+watchers and the tracking connections)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,14 @@ from typing import Any, Protocol
 import hiredis
 from redis import exceptions as redis_errors
 from redis._parsers import BaseParser
+from redis.asyncio.connection import AbstractConnection
+
+
+def _parser() -> hiredis.Reader:
+    # Error replies become redis-py's exception classes, as in redis-py itself.
+    return hiredis.Reader(
+        protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error
+    )
 
 
 class ReplyOwner(Protocol):
@@ -25,10 +36,7 @@ class ReplyReader(asyncio.Protocol):
 
     def __init__(self, owner: ReplyOwner, closed: asyncio.Future[None]) -> None:
         self._owner = owner
-        # Error replies become redis-py's exception classes, as in redis-py itself.
-        self._reader = hiredis.Reader(
-            protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error
-        )
+        self._reader = _parser()
         self.closed = closed
         """Resolved once the transport is closed."""
 
@@ -54,3 +62,30 @@ class ReplyReader(asyncio.Protocol):
 def resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class StreamReplies:
+    """The replies and RESP3 pushes of an open redis-py connection, read from its
+    stream directly. An error reply is returned as redis-py's exception, not
+    raised; a closed stream raises ``redis.ConnectionError``.
+
+    Not redis-py's ``read_response``: it hands pushes to a handler of its own, and
+    an endless wait in it ends slowly when its task is cancelled. Cancelling
+    :meth:`next` loses nothing: unread bytes stay in the stream.
+    """
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        stream = connection._reader
+        if stream is None:
+            raise redis_errors.ConnectionError("the connection is not open")
+        self._stream = stream
+        self._parser = _parser()
+
+    async def next(self) -> Any:
+        """The next reply or push, as hiredis reads it (a push is a list)."""
+        while (message := self._parser.gets()) is False:
+            data = await self._stream.read(65536)
+            if not data:
+                raise redis_errors.ConnectionError("Connection closed by server.")
+            self._parser.feed(data)
+        return message

@@ -7,11 +7,11 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.node import Node
+from aa_storage_redis.replies import StreamReplies
 from aa_storage_redis.topology import Address, Facts, NodeFactory, ask, unchanged
 
 logger = logging.getLogger("aa_storage_redis")
@@ -298,18 +298,13 @@ class Sentinel:
 
     async def _follow(self, connection: AbstractConnection) -> None:
         """Read pub/sub messages until the sentinel goes away."""
-        # Read the stream directly: an endless wait in redis-py's read_response
-        # does not end promptly when the watcher is cancelled.
-        stream = connection._reader
-        assert stream is not None
-        reader = hiredis.Reader()
-        while data := await stream.read(65536):
-            reader.feed(data)
-            while (message := reader.gets()) is not False:
-                if isinstance(message, hiredis.ReplyError):
-                    raise redis_errors.ResponseError(str(message))
-                if message[0] == b"message":
-                    self._heard(message[1], message[2])
+        replies = StreamReplies(connection)
+        while True:
+            message = await replies.next()
+            if isinstance(message, redis_errors.RedisError):
+                raise message
+            if message[0] == b"message":
+                self._heard(message[1], message[2])
 
 
 def _service_of(event: str, words: list[str]) -> str | None:

@@ -22,11 +22,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import hiredis
 from redis import exceptions as redis_errors
-from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection
 
+from aa_storage_redis.replies import StreamReplies
 from aa_storage_redis.topology import Address
 from aa_storage_redis.wire import pack
 
@@ -49,9 +48,7 @@ class TrackingConnection:
     def __init__(self, address: Address, connection: AbstractConnection) -> None:
         self.address = address
         self._connection = connection
-        self._reader = hiredis.Reader(
-            protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error
-        )
+        self._replies: StreamReplies | None = None  # once the connection is open
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -123,22 +120,15 @@ class TrackingConnection:
 
     async def _reply(self, on_push: Callable[[list[Any]], None]) -> Any:
         """The next reply that is not a push, handing pushes to ``on_push`` meanwhile."""
-        stream = self._connection._reader
-        assert stream is not None
+        if self._replies is None:
+            self._replies = StreamReplies(self._connection)
         while True:
-            while (message := self._reader.gets()) is not False:
-                # hiredis reads a RESP3 push as a list; no reply on this connection is one.
-                if isinstance(message, list):
-                    if message and message[0] == b"invalidate":
-                        on_push(message)
-                    continue
+            message = await self._replies.next()
+            # hiredis reads a RESP3 push as a list; no reply on this connection is one.
+            if not isinstance(message, list):
                 return message
-            # Read the stream directly: redis-py's read_response would hand pushes to
-            # its own handler, and its endless wait ends slowly when cancelled.
-            data = await stream.read(65536)
-            if not data:
-                raise redis_errors.ConnectionError("Connection closed by server.")
-            self._reader.feed(data)
+            if message and message[0] == b"invalidate":
+                on_push(message)
 
     def _write(self, packed: bytes) -> None:
         writer = self._connection._writer
