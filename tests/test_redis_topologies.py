@@ -275,12 +275,18 @@ class TestTopologySecrets:
         assert "***" in text
 
 
-def readme_cluster_acl_rule() -> str:
-    """The cluster ACL SETUSER rule the README gives, user name included."""
+def readme_setuser_rule(user: str, password: str) -> str:
+    """The ACL SETUSER rule the README gives ``user``, user name included, with
+    ``password`` in place of the README's CHANGE-ME."""
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^\s*ACL SETUSER (aa-driver-cluster .+)$", readme, re.MULTILINE)
-    assert match, "README.md must give the cluster driver user's ACL SETUSER rule"
-    return match.group(1).replace(">CHANGE-ME", f">{CLUSTER_USER_PASSWORD}")
+    match = re.search(rf"^\s*ACL SETUSER ({re.escape(user)} .+)$", readme, re.MULTILINE)
+    assert match, f"README.md must give the ACL SETUSER rule of {user}"
+    return match.group(1).replace(">CHANGE-ME", f">{password}")
+
+
+def readme_cluster_acl_rule() -> str:
+    """The cluster driver user's rule the README gives."""
+    return readme_setuser_rule("aa-driver-cluster", CLUSTER_USER_PASSWORD)
 
 
 CLUSTER_USER_PASSWORD = "cluster-user-pw"
@@ -313,11 +319,8 @@ class TestClusterUnderTheReadmeRule(ContractSuite):
 
 
 def readme_sentinel_acl_rule() -> str:
-    """The sentinel-side ACL SETUSER rule the README gives, user name included."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^\s*ACL SETUSER (aa-sentinel-watch .+)$", readme, re.MULTILINE)
-    assert match, "README.md must give the sentinel user's ACL SETUSER rule"
-    return match.group(1).replace(">CHANGE-ME", f">{SENTINEL_USER_PASSWORD}")
+    """The sentinel-side user's rule the README gives."""
+    return readme_setuser_rule("aa-sentinel-watch", SENTINEL_USER_PASSWORD)
 
 
 SENTINEL_USER_PASSWORD = "sentinel-user-pw"
