@@ -15,7 +15,7 @@ import redis
 from aa_storage.testing import ContractSuite, kind_exercised
 from aa_storage_redis import RedisBackend, RedisStorageConfig
 from cluster import LocalCluster
-from executor_support import PATIENT, OpenBackend
+from executor_support import PATIENT, OpenBackend, ProxiedBackend
 from faultproxy import FaultProxy, FaultProxyFactory
 from sentinel import SentinelSet
 from servers import (
@@ -248,3 +248,20 @@ async def open_backend() -> AsyncIterator[OpenBackend]:
         await asyncio.wait_for(
             backend.aclose(), config.connect_timeout + 2 * config.socket_timeout + HANG_GUARD
         )
+
+
+@pytest.fixture
+def proxied_backend(
+    redis_server: RedisServer,
+    redis_url: str,
+    fault_proxy: FaultProxyFactory,
+    open_backend: OpenBackend,
+) -> ProxiedBackend:
+    """``proxied_backend(**settings)``: a FaultProxy in front of the emptied ``redis_server``,
+    and an ``open_backend`` through it; both closed after the test."""
+
+    def make(**settings: Any) -> tuple[FaultProxy, RedisBackend]:
+        proxy = fault_proxy(redis_server.port)
+        return proxy, open_backend(proxy.url, **settings)
+
+    return make

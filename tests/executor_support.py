@@ -14,6 +14,7 @@ import attrs
 
 from aa_storage import AgentId, PolicyDocument, SessionId, SessionRecord
 from aa_storage_redis import RedisBackend
+from faultproxy import FaultProxy
 
 # Timeouts no loaded machine reaches, for tests where a timeout would be a false failure.
 PATIENT = {"connect_timeout": 10.0, "socket_timeout": 10.0}
@@ -24,6 +25,9 @@ SLOTS = 20
 
 OpenBackend = Callable[..., RedisBackend]
 """Type of the ``open_backend`` fixture (see conftest.py)."""
+
+ProxiedBackend = Callable[..., tuple[FaultProxy, RedisBackend]]
+"""Type of the ``proxied_backend`` fixture (see conftest.py)."""
 
 
 @attrs.frozen

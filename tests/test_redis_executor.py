@@ -23,12 +23,12 @@ from executor_support import (
     SHORT,
     WINDOW,
     OpenBackend,
+    ProxiedBackend,
     Slot,
     known_read,
     plant,
     read_all_known,
 )
-from faultproxy import FaultProxyFactory
 from servers import RedisServer
 from waiting import HANG_GUARD, bounded, eventually
 
@@ -38,17 +38,11 @@ pytestmark = pytest.mark.asyncio
 class TestBatching:
     @pytest.mark.parametrize("operation", ["current", "increment"])
     async def test_concurrent_commands_share_socket_writes(
-        self,
-        redis_server: RedisServer,
-        raw: redis.Redis,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
-        operation: str,
+        self, raw: redis.Redis, operation: str, proxied_backend: ProxiedBackend
     ) -> None:
         """200 concurrent commands over one connection reach the server in far fewer socket
         writes than commands, and each caller gets its own answer."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1)
+        proxy, backend = proxied_backend(pool_size=1)
         counter = backend.rate_limiter()
         for i in range(200):
             raw.set(f"aa:ratelimit:b{i}", i)
@@ -73,17 +67,10 @@ class TestBatching:
         assert proxy.chunks_to_server - chunks_before < commands / 4
         assert proxy.connections_accepted == 1
 
-    async def test_a_lone_command_is_written_at_once(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
-    ) -> None:
+    async def test_a_lone_command_is_written_at_once(self, proxied_backend: ProxiedBackend) -> None:
         """On an idle connection a call is written in the caller's own step, one write for one
         command, so sequential callers never wait for a batch to fill."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1)
+        proxy, backend = proxied_backend(pool_size=1)
         counter = backend.rate_limiter()
         await counter.increment("k", 5, WINDOW)
         for _ in range(20):
@@ -99,16 +86,11 @@ class TestBatching:
             assert proxy.chunks_to_server == chunks_before + 1
 
     async def test_a_sequential_caller_uses_one_connection(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
+        self, proxied_backend: ProxiedBackend
     ) -> None:
         """Commands go to the connection with the fewest pending, the first on ties, so one
         caller at a time never opens a second connection however large the pool."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=4)
+        proxy, backend = proxied_backend(pool_size=4)
         counter = backend.rate_limiter()
         for total in range(1, 51):
             assert await counter.increment("k", 1, WINDOW) == total
@@ -116,11 +98,10 @@ class TestBatching:
         assert backend.stats().connections_opened == 1
 
     async def test_concurrent_callers_never_exceed_pool_size(
-        self, redis_server: RedisServer, fault_proxy: FaultProxyFactory, open_backend: OpenBackend
+        self, proxied_backend: ProxiedBackend
     ) -> None:
         """Hundreds of concurrent callers share at most pool_size connections."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=3)
+        proxy, backend = proxied_backend(pool_size=3)
         await plant(backend)
         rng = random.Random(3)
         reads = [known_read(backend, rng) for _ in range(600)]
@@ -133,17 +114,11 @@ class TestBatching:
 class TestCancellation:
     @pytest.mark.parametrize("pool_size", [1, 2])
     async def test_cancelled_calls_never_misdeliver_a_reply(
-        self,
-        redis_server: RedisServer,
-        raw: redis.Redis,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
-        pool_size: int,
+        self, raw: redis.Redis, pool_size: int, proxied_backend: ProxiedBackend
     ) -> None:
         """Thousands of calls cancelled or timed out at random points, among normal calls,
         leave every completed call its own key's value and close no connection."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=pool_size)
+        proxy, backend = proxied_backend(pool_size=pool_size)
         await plant(backend)
         rng = random.Random(pool_size)
         increments: dict[str, tuple[int, bool]] = {}  # key -> (amount, acknowledged)
@@ -336,14 +311,12 @@ class TestBounds:
         await bounded(read_all_known(backend))
 
     async def test_past_max_pending_a_call_fails_at_once(
-        self, redis_server: RedisServer, redis_url: str, fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
-    ) -> None:  # fmt: skip
+        self, proxied_backend: ProxiedBackend
+    ) -> None:
         """With max_pending=5 and a silent network, further calls fail at once naming
         max_pending, never run, and the pending count never passes 5."""
-        proxy = fault_proxy(redis_server.port)
         # No timeout may fire while calls are held; a failed test heals the network first.
-        backend = open_backend(proxy.url, pool_size=1, max_pending=5, socket_timeout=60.0)
+        proxy, backend = proxied_backend(pool_size=1, max_pending=5, socket_timeout=60.0)
         counter = backend.rate_limiter()
         await counter.increment("k", 3, WINDOW)
         proxy.blackhole()

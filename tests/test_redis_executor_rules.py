@@ -23,6 +23,7 @@ from executor_support import (
     SHORT,
     WINDOW,
     OpenBackend,
+    ProxiedBackend,
     plant,
 )
 from faultproxy import FaultProxyFactory
@@ -44,18 +45,12 @@ READS: dict[str, tuple[Callable[[RedisBackend], Awaitable[Any]], str, Any]] = {
 class TestReadsAndWrites:
     @pytest.mark.parametrize("read", READS)
     async def test_a_read_is_retried_on_a_new_connection_after_its_reply_is_cut(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
-        read: str,
+        self, redis_server: RedisServer, read: str, proxied_backend: ProxiedBackend
     ) -> None:
         """A read whose reply is cut answers right: it ran twice, the second time on a new
         connection."""
         call, command, expected = READS[read]
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1)
+        proxy, backend = proxied_backend(pool_size=1)
         await plant(backend)
         accepted, ran = proxy.connections_accepted, redis_server.commandstats().get(command, 0)
         proxy.drop_mid_reply()
@@ -65,16 +60,11 @@ class TestReadsAndWrites:
         assert redis_server.commandstats()[command] == ran + 2
 
     async def test_batched_writes_whose_replies_are_cut_run_at_most_once(
-        self,
-        redis_server: RedisServer,
-        raw: redis.Redis,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
+        self, raw: redis.Redis, proxied_backend: ProxiedBackend
     ) -> None:
         """When a batch's replies are cut, each increment either answers (and ran once) or
         fails with BackendError (and ran at most once); the reads in the batch answer right."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1)
+        proxy, backend = proxied_backend(pool_size=1)
         await plant(backend)
         counter = backend.rate_limiter()
         proxy.drop_mid_reply()
@@ -97,17 +87,12 @@ class TestReadsAndWrites:
         assert failed, "the cut hit no write, so the test proved nothing"
 
     async def test_writes_that_never_left_are_sent_once_a_connection_opens(
-        self,
-        redis_server: RedisServer,
-        raw: redis.Redis,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
+        self, raw: redis.Redis, proxied_backend: ProxiedBackend
     ) -> None:
         """Writes queued while the first connection is refused are sent on the next one, each
         exactly once."""
-        proxy = fault_proxy(redis_server.port)
-        proxy.refuse(1)
-        backend = open_backend(proxy.url, pool_size=1, retries=2)
+        proxy, backend = proxied_backend(pool_size=1, retries=2)
+        proxy.refuse(1)  # before the first call: the backend connects only then
         counter = backend.rate_limiter()
         writes = [counter.increment(f"queued{i}", 1, WINDOW) for i in range(20)]
         assert await bounded(asyncio.gather(*writes)) == [1] * 20
@@ -120,18 +105,12 @@ class TestReadsAndWrites:
 class TestTimeouts:
     @pytest.mark.parametrize("read", READS)
     async def test_a_timeout_is_never_retried(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
-        read: str,
+        self, redis_server: RedisServer, read: str, proxied_backend: ProxiedBackend
     ) -> None:
         """A read the server does not answer in time fails after one attempt: no connection
         is opened for a retry, and the server runs the command once when the network heals."""
         call, command, _ = READS[read]
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1, retries=3, **SHORT)
+        proxy, backend = proxied_backend(pool_size=1, retries=3, **SHORT)
         await plant(backend)
         accepted, ran = proxy.connections_accepted, redis_server.commandstats().get(command, 0)
         proxy.blackhole()
@@ -147,16 +126,11 @@ class TestTimeouts:
         assert proxy.connections_accepted == accepted
 
     async def test_a_lone_command_after_an_idle_spell_still_times_out(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
+        self, proxied_backend: ProxiedBackend
     ) -> None:
         """A command written at once on a connection that has been idle for longer than
         socket_timeout is still bounded by it: a silent network fails it with BackendError."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1, **SHORT)
+        proxy, backend = proxied_backend(pool_size=1, **SHORT)
         counter = backend.rate_limiter()
         await counter.increment("k", 1, WINDOW)
         await asyncio.sleep(2 * SHORT["socket_timeout"])  # every earlier deadline has passed
@@ -169,16 +143,11 @@ class TestTimeouts:
         assert backend.stats().timeouts == 1
 
     async def test_a_timed_out_connection_is_replaced_and_its_late_reply_never_read(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
+        self, proxied_backend: ProxiedBackend
     ) -> None:
         """After a timeout the next call opens a new connection, so the late reply to the
         timed-out call is never read as another command's answer."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1, **SHORT)
+        proxy, backend = proxied_backend(pool_size=1, **SHORT)
         counter = backend.rate_limiter()
         await counter.increment("a", 111, WINDOW)
         await counter.increment("b", 222, WINDOW)
@@ -194,16 +163,11 @@ class TestTimeouts:
         assert (stats.timeouts, stats.reconnects) == (1, 1)
 
     async def test_a_timeout_fails_every_command_pending_on_the_connection(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
+        self, proxied_backend: ProxiedBackend
     ) -> None:
         """When the oldest pending command times out, every command pending on that
         connection fails with BackendError, and none of their late replies is misread."""
-        proxy = fault_proxy(redis_server.port)
-        backend = open_backend(proxy.url, pool_size=1, **SHORT)
+        proxy, backend = proxied_backend(pool_size=1, **SHORT)
         await plant(backend)
         counter = backend.rate_limiter()
         proxy.blackhole()
@@ -245,19 +209,12 @@ class TestRetryCount:
     @pytest.mark.parametrize("retries", [0, 1, 3])
     @pytest.mark.parametrize("operation", ["current", "increment"])
     async def test_exactly_retries_extra_tries_are_made(
-        self,
-        redis_server: RedisServer,
-        redis_url: str,
-        fault_proxy: FaultProxyFactory,
-        open_backend: OpenBackend,
-        retries: int,
-        operation: str,
+        self, retries: int, operation: str, proxied_backend: ProxiedBackend
     ) -> None:
         """With every connection refused, a call (read or never-sent write) is tried exactly
         1 + retries times, then fails; once connections are accepted it works."""
-        proxy = fault_proxy(redis_server.port)
-        proxy.refuse()
-        backend = open_backend(proxy.url, retries=retries)
+        proxy, backend = proxied_backend(retries=retries)
+        proxy.refuse()  # before the first call: the backend connects only then
         counter = backend.rate_limiter()
         call = {"current": counter.current, "increment": lambda k: counter.increment(k, 1, 60)}
         with pytest.raises(BackendError, match="cannot reach redis"):

@@ -63,6 +63,34 @@ async def polling(backend: RedisBackend) -> None:
     await eventually(lambda: backend.stats().commands_sent >= before + 3, "a second poll")
 
 
+@attrs.frozen
+class WaitedOnLoad:
+    """A load whose loader failed while a caller in another process waited on its lease."""
+
+    led: asyncio.Future[PolicyDocument]
+    waited: asyncio.Future[PolicyDocument]
+    waiter_loader: ScriptedLoader
+    waiting: RedisBackend
+    agent: AgentId
+
+
+async def a_failed_load_waited_on_elsewhere(
+    redis_url: str, open_backend: OpenBackend, failure: Exception
+) -> WaitedOnLoad:
+    """Lead a load on one backend, have another backend's get_or_load wait on its lease
+    (its own loader would return NEW), then let the leader's loader raise ``failure``."""
+    leading = open_backend(redis_url, **PATIENT_LEASE)
+    waiting = open_backend(redis_url, **PATIENT_LEASE)
+    agent, leader_loader = AgentId.new(), gated(failure)
+    led = asyncio.ensure_future(leading.policies().get_or_load(agent, leader_loader, 60))
+    await bounded(leader_loader.entered.wait())
+    waiter_loader = ScriptedLoader([NEW])
+    waited = asyncio.ensure_future(waiting.policies().get_or_load(agent, waiter_loader, 60))
+    await polling(waiting)
+    release(leader_loader)
+    return WaitedOnLoad(led, waited, waiter_loader, waiting, agent)
+
+
 class TestStampede:
     def test_100_callers_in_4_processes_run_the_loader_once(
         self, redis_server: RedisServer, redis_url: str
@@ -244,40 +272,28 @@ class TestFencing:
     ) -> None:
         """A caller in another process waiting on a load whose loader found no policy
         gets NotFoundError without running its own loader."""
-        leading = open_backend(redis_url, **PATIENT_LEASE)
-        waiting = open_backend(redis_url, **PATIENT_LEASE)
-        agent, leader_loader = AgentId.new(), gated(NotFoundError("none upstream"))
-        led = asyncio.ensure_future(leading.policies().get_or_load(agent, leader_loader, 60))
-        await bounded(leader_loader.entered.wait())
-        waiter_loader = ScriptedLoader([NEW])
-        waited = asyncio.ensure_future(waiting.policies().get_or_load(agent, waiter_loader, 60))
-        await polling(waiting)
-        release(leader_loader)
+        load = await a_failed_load_waited_on_elsewhere(
+            redis_url, open_backend, NotFoundError("none upstream")
+        )
         with pytest.raises(NotFoundError, match="none upstream"):
-            await bounded(led)
+            await bounded(load.led)
         with pytest.raises(NotFoundError, match="found none"):
-            await bounded(waited)
-        assert waiter_loader.runs == 0
+            await bounded(load.waited)
+        assert load.waiter_loader.runs == 0
 
     async def test_waiters_elsewhere_load_again_after_another_error(
         self, redis_url: str, open_backend: OpenBackend
     ) -> None:
         """A waiter whose leader's loader failed otherwise takes the released lease at once,
         loads, and caches its policy."""
-        leading = open_backend(redis_url, **PATIENT_LEASE)
-        waiting = open_backend(redis_url, **PATIENT_LEASE)
-        agent, leader_loader = AgentId.new(), gated(RuntimeError("upstream timeout"))
-        led = asyncio.ensure_future(leading.policies().get_or_load(agent, leader_loader, 60))
-        await bounded(leader_loader.entered.wait())
-        waiter_loader = ScriptedLoader([NEW])
-        waited = asyncio.ensure_future(waiting.policies().get_or_load(agent, waiter_loader, 60))
-        await polling(waiting)
-        release(leader_loader)
+        load = await a_failed_load_waited_on_elsewhere(
+            redis_url, open_backend, RuntimeError("upstream timeout")
+        )
         with pytest.raises(RuntimeError, match="upstream timeout"):
-            await bounded(led)
-        assert await bounded(waited) == NEW
-        assert waiter_loader.runs == 1
-        assert await waiting.policies().get_policy(agent) == NEW
+            await bounded(load.led)
+        assert await bounded(load.waited) == NEW
+        assert load.waiter_loader.runs == 1
+        assert await load.waiting.policies().get_policy(load.agent) == NEW
 
     async def test_past_lease_wait_a_caller_loads_for_itself_and_caches_nothing(
         self, redis_url: str, open_backend: OpenBackend

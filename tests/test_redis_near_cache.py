@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -64,6 +65,17 @@ async def tracking_up(backend: RedisBackend) -> NearCache:
         await backend.policies().get_policy(AgentId.new())
     await eventually(lambda: near.live, "tracking is up")
     return near
+
+
+@asynccontextmanager
+async def tracked(backend: RedisBackend) -> AsyncIterator[RedisBackend]:
+    """``backend`` (near-cache on) with its tracking up, so that reads are served and
+    filled; closed when the block is left."""
+    try:
+        await tracking_up(backend)
+        yield backend
+    finally:
+        await backend.aclose()
 
 
 async def read(policies: RedisPolicyStore, agent: AgentId) -> PolicyDocument | None:
@@ -639,10 +651,8 @@ class TestNearCacheContract(ContractSuite):
     async def backend(
         self, redis_server: RedisServer, redis_url: str
     ) -> AsyncIterator[RedisBackend]:
-        backend = RedisBackend.connect(redis_server.backend_config(**NEAR))
-        await tracking_up(backend)  # so that reads are served and filled
-        yield backend
-        await backend.aclose()
+        async with tracked(RedisBackend.connect(redis_server.backend_config(**NEAR))) as backend:
+            yield backend
 
 
 class TestValkeyNearCacheContract(ContractSuite):
@@ -653,10 +663,8 @@ class TestValkeyNearCacheContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, valkey_server: RedisServer) -> AsyncIterator[RedisBackend]:
         valkey_server.flushall()
-        backend = RedisBackend.connect(valkey_server.backend_config(**NEAR))
-        await tracking_up(backend)  # so that reads are served and filled
-        yield backend
-        await backend.aclose()
+        async with tracked(RedisBackend.connect(valkey_server.backend_config(**NEAR))) as backend:
+            yield backend
 
 
 # A user of its own, so that the session server's other users stay as other tests
@@ -681,10 +689,9 @@ class TestNearCacheUnderTheReadmeRule(ContractSuite):
     async def backend(self, acl_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
         acl_redis_server.flushall()
         url = _set_user(acl_redis_server, readme_acl_rule())
-        backend = RedisBackend.connect(acl_redis_server.backend_config(url=url, **NEAR))
-        await tracking_up(backend)  # so that reads are served and filled
-        yield backend
-        await backend.aclose()
+        config = acl_redis_server.backend_config(url=url, **NEAR)
+        async with tracked(RedisBackend.connect(config)) as backend:
+            yield backend
         acl_redis_server.flushall()
 
 
@@ -731,10 +738,18 @@ class TestAcl:
 # --- cluster and sentinel ---
 
 
-def topology_backend(url: str, **settings: Any) -> RedisBackend:
-    return RedisBackend.connect(
-        RedisStorageConfig(url=url, **{**PATIENT, "retries": 10, **NEAR, **settings})
-    )
+# Near-cache on, and patient enough to wait out failovers and slot moves.
+TOPOLOGY = {**PATIENT, "retries": 10, **NEAR}
+
+
+def topology_backend(url: str) -> RedisBackend:
+    return RedisBackend.connect(RedisStorageConfig(url=url, **TOPOLOGY))
+
+
+@pytest.fixture
+def open_topology(open_backend: OpenBackend) -> OpenBackend:
+    """``open_topology(url)``: a ``topology_backend``, closed after the test."""
+    return lambda url: open_backend(url, **TOPOLOGY)
 
 
 def spread_agents(count: int) -> list[AgentId]:
@@ -750,10 +765,8 @@ class TestClusterNearCacheContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, redis_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
         redis_cluster.flushall()
-        backend = topology_backend(redis_cluster.url)
-        await tracking_up(backend)  # so that reads are served and filled
-        yield backend
-        await backend.aclose()
+        async with tracked(topology_backend(redis_cluster.url)) as backend:
+            yield backend
 
 
 class TestSentinelNearCacheContract(ContractSuite):
@@ -764,10 +777,8 @@ class TestSentinelNearCacheContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
         sentinel_set.flushall()
-        backend = topology_backend(sentinel_set.url)
-        await tracking_up(backend)  # so that reads are served and filled
-        yield backend
-        await backend.aclose()
+        async with tracked(topology_backend(sentinel_set.url)) as backend:
+            yield backend
 
 
 @pytest.fixture(scope="module")
@@ -787,133 +798,112 @@ class TestClusterNearCacheUnderTheReadmeRule(ContractSuite):
     async def backend(self, readme_rule_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
         readme_rule_cluster.flushall()
         url = readme_rule_cluster.url_for(user="aa-driver-cluster", password=CLUSTER_USER_PASSWORD)
-        backend = topology_backend(url)
-        await tracking_up(backend)
-        yield backend
-        await backend.aclose()
+        async with tracked(topology_backend(url)) as backend:
+            yield backend
 
 
 @pytest.mark.asyncio
 class TestCluster:
     async def test_every_primary_is_tracked_and_changes_are_seen(
-        self, redis_cluster: LocalCluster
+        self, redis_cluster: LocalCluster, open_topology: OpenBackend
     ) -> None:
         """One tracking connection per primary; a change made by another client to a key
         on any primary reaches the near-cache."""
         redis_cluster.flushall()
-        backend, other = topology_backend(redis_cluster.url), topology_backend(redis_cluster.url)
-        try:
-            await tracking_up(backend)
-            for primary in redis_cluster.primaries():
-                assert len(tracking_clients(primary)) == 1, primary
-            assert "up on 3 primaries" in backend.pool.near_cache_state()
-            agents = spread_agents(12)
-            for agent in agents:
-                await other.policies().cache_policy(agent, policy(1), 600)
-                await cached_hit(backend, agent, policy(1))
-            for agent in agents:
-                await other.policies().cache_policy(agent, policy(2), 600)
-            for agent in agents:
-                await sees(backend.policies(), agent, policy(2))
-        finally:
-            await other.aclose()
-            await backend.aclose()
+        backend, other = open_topology(redis_cluster.url), open_topology(redis_cluster.url)
+        await tracking_up(backend)
+        for primary in redis_cluster.primaries():
+            assert len(tracking_clients(primary)) == 1, primary
+        assert "up on 3 primaries" in backend.pool.near_cache_state()
+        agents = spread_agents(12)
+        for agent in agents:
+            await other.policies().cache_policy(agent, policy(1), 600)
+            await cached_hit(backend, agent, policy(1))
+        for agent in agents:
+            await other.policies().cache_policy(agent, policy(2), 600)
+        for agent in agents:
+            await sees(backend.policies(), agent, policy(2))
 
     async def test_a_killed_tracking_connection_flushes_and_comes_back(
-        self, redis_cluster: LocalCluster
+        self, redis_cluster: LocalCluster, open_topology: OpenBackend
     ) -> None:
         """CLIENT KILL of one primary's tracking connection flushes everything; tracking
         comes back on that primary."""
         redis_cluster.flushall()
-        backend = topology_backend(redis_cluster.url)
-        try:
-            near = await tracking_up(backend)
-            agent = AgentId.new()
-            await backend.policies().cache_policy(agent, policy(1), 600)
-            await cached_hit(backend, agent, policy(1))
-            flushes = near.flushes
-            victim = redis_cluster.primaries()[1]
-            kill_tracking(victim)
-            await eventually(lambda: near.flushes > flushes, "the lost connection flushed")
-            await eventually(lambda: near.live, "tracking is back")
-            assert len(tracking_clients(victim)) == 1
-            await cached_hit(backend, agent, policy(1))
-        finally:
-            await backend.aclose()
+        backend = open_topology(redis_cluster.url)
+        near = await tracking_up(backend)
+        agent = AgentId.new()
+        await backend.policies().cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+        flushes = near.flushes
+        victim = redis_cluster.primaries()[1]
+        kill_tracking(victim)
+        await eventually(lambda: near.flushes > flushes, "the lost connection flushed")
+        await eventually(lambda: near.live, "tracking is back")
+        assert len(tracking_clients(victim)) == 1
+        await cached_hit(backend, agent, policy(1))
 
     async def test_a_failover_flushes_and_changes_after_it_are_seen(
-        self, fresh_redis_cluster: LocalCluster
+        self, fresh_redis_cluster: LocalCluster, open_topology: OpenBackend
     ) -> None:
         """After CLUSTER FAILOVER, writes to the new primary reach the near-cache, and
         tracking ends up on the new set of primaries."""
         cluster = fresh_redis_cluster
-        backend, other = topology_backend(cluster.url), topology_backend(cluster.url)
-        try:
-            near = await tracking_up(backend)
-            agents = spread_agents(12)
-            for agent in agents:
-                await other.policies().cache_policy(agent, policy(1), 600)
-                await cached_hit(backend, agent, policy(1))
-            cluster.manual_failover(cluster.replica_of(cluster.primaries()[0]))
-            for agent in agents:
-                await other.policies().cache_policy(agent, policy(2), 600)
-            for agent in agents:
-                await sees(backend.policies(), agent, policy(2))
-            await eventually(lambda: near.live, "tracking is up again")
-            await eventually(
-                lambda: all(len(tracking_clients(node)) == 1 for node in cluster.primaries()),
-                "every new primary is tracked",
-            )
-        finally:
-            await other.aclose()
-            await backend.aclose()
+        backend, other = open_topology(cluster.url), open_topology(cluster.url)
+        near = await tracking_up(backend)
+        agents = spread_agents(12)
+        for agent in agents:
+            await other.policies().cache_policy(agent, policy(1), 600)
+            await cached_hit(backend, agent, policy(1))
+        cluster.manual_failover(cluster.replica_of(cluster.primaries()[0]))
+        for agent in agents:
+            await other.policies().cache_policy(agent, policy(2), 600)
+        for agent in agents:
+            await sees(backend.policies(), agent, policy(2))
+        await eventually(lambda: near.live, "tracking is up again")
+        await eventually(
+            lambda: all(len(tracking_clients(node)) == 1 for node in cluster.primaries()),
+            "every new primary is tracked",
+        )
 
 
 @pytest.mark.asyncio
 class TestSentinel:
     async def test_the_primary_is_tracked_and_changes_are_seen(
-        self, sentinel_set: SentinelSet
+        self, sentinel_set: SentinelSet, open_topology: OpenBackend
     ) -> None:
         """Tracking runs on the primary the sentinels name; changes there are seen."""
         sentinel_set.flushall()
-        backend, other = topology_backend(sentinel_set.url), topology_backend(sentinel_set.url)
-        try:
-            await tracking_up(backend)
-            assert len(tracking_clients(sentinel_set.current_primary())) == 1
-            agent = AgentId.new()
-            await other.policies().cache_policy(agent, policy(1), 600)
-            await cached_hit(backend, agent, policy(1))
-            await other.policies().invalidate(agent)
-            await sees(backend.policies(), agent, None)
-        finally:
-            await other.aclose()
-            await backend.aclose()
+        backend, other = open_topology(sentinel_set.url), open_topology(sentinel_set.url)
+        await tracking_up(backend)
+        assert len(tracking_clients(sentinel_set.current_primary())) == 1
+        agent = AgentId.new()
+        await other.policies().cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+        await other.policies().invalidate(agent)
+        await sees(backend.policies(), agent, None)
 
     async def test_a_failover_flushes_and_tracking_follows_the_new_primary(
-        self, fresh_sentinel_set: SentinelSet
+        self, fresh_sentinel_set: SentinelSet, open_topology: OpenBackend
     ) -> None:
         """SENTINEL FAILOVER flushes the near-cache; tracking comes back on the new
         primary, and changes made there are seen."""
         sentinels = fresh_sentinel_set
-        backend, other = topology_backend(sentinels.url), topology_backend(sentinels.url)
-        try:
-            near = await tracking_up(backend)
-            agent = AgentId.new()
-            await other.policies().cache_policy(agent, policy(1), 600)
-            await cached_hit(backend, agent, policy(1))
-            flushes = near.flushes
-            new_primary = sentinels.failover()
-            await eventually(lambda: near.flushes > flushes, "the failover flushed")
-            await other.policies().cache_policy(agent, policy(2), 600)
-            await sees(backend.policies(), agent, policy(2))
-            await eventually(lambda: near.live, "tracking is back")
-            await eventually(
-                lambda: len(tracking_clients(new_primary)) == 1, "the new primary is tracked"
-            )
-            await cached_hit(backend, agent, policy(2))
-        finally:
-            await other.aclose()
-            await backend.aclose()
+        backend, other = open_topology(sentinels.url), open_topology(sentinels.url)
+        near = await tracking_up(backend)
+        agent = AgentId.new()
+        await other.policies().cache_policy(agent, policy(1), 600)
+        await cached_hit(backend, agent, policy(1))
+        flushes = near.flushes
+        new_primary = sentinels.failover()
+        await eventually(lambda: near.flushes > flushes, "the failover flushed")
+        await other.policies().cache_policy(agent, policy(2), 600)
+        await sees(backend.policies(), agent, policy(2))
+        await eventually(lambda: near.live, "tracking is back")
+        await eventually(
+            lambda: len(tracking_clients(new_primary)) == 1, "the new primary is tracked"
+        )
+        await cached_hit(backend, agent, policy(2))
 
     async def test_a_refused_login_is_shown_without_the_password(
         self, acl_server: RedisServer, open_backend: OpenBackend, caplog: Any

@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +26,45 @@ from test_redis_security import readme_acl_rule
 HANG_GUARD = 60.0
 
 
-def connect(url: str, **settings: Any) -> RedisBackend:
-    return RedisBackend.connect(
+@asynccontextmanager
+async def connected(url: str, **settings: Any) -> AsyncIterator[RedisBackend]:
+    """A driver backend patient enough for failovers and slot moves (unless ``settings``
+    say otherwise), closed when the block is left."""
+    backend = RedisBackend.connect(
         RedisStorageConfig(url=url, **{**LOADED_MACHINE_TIMEOUTS, "retries": 10, **settings})
     )
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+async def found_past_a_dead_first_seed(url: str, key: str) -> None:
+    """Check that ``url`` with a closed port put before its seeds still reaches the
+    deployment: an increment of ``key`` answers (and is undone)."""
+    scheme, live = url.split("://", 1)
+    [dead_port] = free_ports(1)
+    async with connected(f"{scheme}://127.0.0.1:{dead_port},{live}") as backend:
+        try:
+            assert await backend.rate_limiter().increment(key, 1, 60) == 1
+        finally:
+            await backend.rate_limiter().reset(key)
 
 
 class TestClusterContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, redis_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
         redis_cluster.flushall()
-        backend = connect(redis_cluster.url)
-        yield backend
-        await backend.aclose()
+        async with connected(redis_cluster.url) as backend:
+            yield backend
 
 
 class TestSentinelContract(ContractSuite):
     @pytest_asyncio.fixture
     async def backend(self, sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
         sentinel_set.flushall()
-        backend = connect(sentinel_set.url)
-        yield backend
-        await backend.aclose()
+        async with connected(sentinel_set.url) as backend:
+            yield backend
 
 
 class Load:
@@ -94,16 +112,13 @@ class TestClusterUnderLoad:
         """20 callers increment 500 keys on every primary while slots move between two
         primaries: no call fails, and every total is exactly what was acknowledged."""
         cluster = fresh_redis_cluster
-        backend = connect(cluster.url)
-        load = Load(backend, [f"key-{i}" for i in range(500)], callers=20)
-        source, target = cluster.primaries()[:2]
-        moved: list[int] = []
-        try:
+        async with connected(cluster.url) as backend:
+            load = Load(backend, [f"key-{i}" for i in range(500)], callers=20)
+            source, target = cluster.primaries()[:2]
+            moved: list[int] = []
             await load.run_while(lambda: moved.extend(cluster.reshard(200, source, target)))
             assert load.errors == []
             assert await load.totals() == load.acknowledged
-        finally:
-            await backend.aclose()
         assert len(moved) == 200
         assert set(moved) <= set(cluster.slots_of(target))
 
@@ -112,34 +127,28 @@ class TestClusterUnderLoad:
     ) -> None:
         """CLUSTER FAILOVER under load: totals are exact, and calls go on afterwards."""
         cluster = fresh_redis_cluster
-        backend = connect(cluster.url)
-        load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
-        replica = cluster.replica_of(cluster.primaries()[0])
-        try:
+        async with connected(cluster.url) as backend:
+            load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
+            replica = cluster.replica_of(cluster.primaries()[0])
             await load.run_while(lambda: cluster.manual_failover(replica))
             assert await load.totals() == load.acknowledged
             assert load.errors == []
-        finally:
-            await backend.aclose()
 
     async def test_a_killed_primary_is_replaced_and_calls_resume(
         self, fresh_redis_cluster: LocalCluster
     ) -> None:
         """SIGKILL of a primary: once its replica is promoted, every key answers again."""
         cluster = fresh_redis_cluster
-        backend = connect(cluster.url, socket_timeout=2.0, connect_timeout=1.0)
-        load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
-        victim = cluster.primaries()[0]
+        async with connected(cluster.url, socket_timeout=2.0, connect_timeout=1.0) as backend:
+            load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
+            victim = cluster.primaries()[0]
 
-        def kill_and_wait() -> None:
-            cluster.kill(victim)
-            cluster.wait_until_converged()
+            def kill_and_wait() -> None:
+                cluster.kill(victim)
+                cluster.wait_until_converged()
 
-        try:
             await load.run_while(kill_and_wait)
             after = await asyncio.gather(*(load.counter.increment(k, 1, 60) for k in load.keys))
-        finally:
-            await backend.aclose()
         # Replication is asynchronous: the kill may lose what the replica had not yet
         # received, so only "calls resume" is promised here.
         assert all(total >= 1 for total in after)
@@ -153,37 +162,29 @@ class TestClusterUnderLoad:
         """With wait_replicas=1, SIGKILL of a primary under load: every session saved
         before loads afterwards, and no total falls below what was acknowledged."""
         cluster = fresh_redis_cluster
-        backend = connect(cluster.url, wait_replicas=1, wait_timeout=1.0, socket_timeout=2.0)
-        sessions = backend.sessions()
-        records = [SessionRecord(SessionId.new(), AgentId.new(), i) for i in range(100)]
-        load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
-        victim = cluster.primaries()[0]
+        async with connected(
+            cluster.url, wait_replicas=1, wait_timeout=1.0, socket_timeout=2.0
+        ) as backend:
+            sessions = backend.sessions()
+            records = [SessionRecord(SessionId.new(), AgentId.new(), i) for i in range(100)]
+            load = Load(backend, [f"key-{i}" for i in range(100)], callers=20)
+            victim = cluster.primaries()[0]
 
-        def kill_and_wait() -> None:
-            cluster.kill(victim)
-            cluster.wait_until_converged()
+            def kill_and_wait() -> None:
+                cluster.kill(victim)
+                cluster.wait_until_converged()
 
-        try:
             await asyncio.gather(*(sessions.save(record) for record in records))
             await load.run_while(kill_and_wait)
             loaded = [await sessions.load(record.session_id) for record in records]
             totals = await load.totals()
-        finally:
-            await backend.aclose()
         assert loaded == records
         assert all(totals[key] >= load.acknowledged[key] for key in totals)
         assert sum(load.acknowledged.values()) > 0
 
     async def test_a_dead_seed_does_not_stop_discovery(self, redis_cluster: LocalCluster) -> None:
         """A URL whose first node is down still finds the cluster through the others."""
-        [dead_port] = free_ports(1)
-        live = redis_cluster.url.removeprefix("redis+cluster://")
-        backend = connect(f"redis+cluster://127.0.0.1:{dead_port},{live}")
-        try:
-            assert await backend.rate_limiter().increment("seeded", 1, 60) == 1
-        finally:
-            await backend.rate_limiter().reset("seeded")
-            await backend.aclose()
+        await found_past_a_dead_first_seed(redis_cluster.url, "seeded")
 
 
 @pytest.mark.asyncio
@@ -194,14 +195,11 @@ class TestSentinelUnderLoad:
         exactly what was acknowledged and no call fails."""
         sentinels = fresh_sentinel_set
         old = sentinels.current_primary()
-        backend = connect(sentinels.url)
-        load = Load(backend, [f"key-{i}" for i in range(50)], callers=10)
-        try:
+        async with connected(sentinels.url) as backend:
+            load = Load(backend, [f"key-{i}" for i in range(50)], callers=10)
             await load.run_while(sentinels.failover)
             totals = await load.totals()
             facts = dict((await backend.describe()).facts)
-        finally:
-            await backend.aclose()
         assert load.errors == []
         assert totals == load.acknowledged
         assert sum(load.acknowledged.values()) > 0
@@ -214,16 +212,13 @@ class TestSentinelUnderLoad:
         sentinels promote the replica that has the most, so no acknowledged
         increment is lost, and calls go on on the new primary."""
         sentinels = fresh_sentinel_set
-        backend = connect(sentinels.url, wait_replicas=1, wait_timeout=1.0)
-        load = Load(backend, [f"key-{i}" for i in range(50)], callers=10)
-        try:
+        async with connected(sentinels.url, wait_replicas=1, wait_timeout=1.0) as backend:
+            load = Load(backend, [f"key-{i}" for i in range(50)], callers=10)
             await load.run_while(sentinels.failover)
             after = await asyncio.wait_for(
                 backend.rate_limiter().increment("after", 1, 60), HANG_GUARD
             )
             totals = await load.totals()
-        finally:
-            await backend.aclose()
         assert after == 1
         assert all(totals[key] >= load.acknowledged[key] for key in totals)
         assert sum(load.acknowledged.values()) > 0
@@ -234,29 +229,19 @@ class TestSentinelUnderLoad:
         """With wait_replicas=1, every session acknowledged before the primary is killed
         loads from the promoted replica."""
         sentinels = fresh_sentinel_set
-        backend = connect(sentinels.url, wait_replicas=1, wait_timeout=1.0)
-        sessions = backend.sessions()
-        records = [SessionRecord(SessionId.new(), AgentId.new(), i) for i in range(200)]
-        try:
+        async with connected(sentinels.url, wait_replicas=1, wait_timeout=1.0) as backend:
+            sessions = backend.sessions()
+            records = [SessionRecord(SessionId.new(), AgentId.new(), i) for i in range(200)]
             for record in records:
                 await sessions.save(record)
             old = await asyncio.to_thread(sentinels.kill_primary)
             await asyncio.to_thread(sentinels.wait_for_new_primary, old)
             loaded = [await sessions.load(record.session_id) for record in records]
-        finally:
-            await backend.aclose()
         assert loaded == records
 
     async def test_a_dead_sentinel_does_not_stop_discovery(self, sentinel_set: SentinelSet) -> None:
         """A URL whose first sentinel is down still finds the primary through the others."""
-        [dead_port] = free_ports(1)
-        live = sentinel_set.url.removeprefix("redis+sentinel://")
-        backend = connect(f"redis+sentinel://127.0.0.1:{dead_port},{live}")
-        try:
-            assert await backend.rate_limiter().increment("sentinel-seed", 1, 60) == 1
-        finally:
-            await backend.rate_limiter().reset("sentinel-seed")
-            await backend.aclose()
+        await found_past_a_dead_first_seed(sentinel_set.url, "sentinel-seed")
 
 
 class TestTopologySecrets:
@@ -290,12 +275,18 @@ class TestTopologySecrets:
         assert "***" in text
 
 
-def readme_cluster_acl_rule() -> str:
-    """The cluster ACL SETUSER rule the README gives, user name included."""
+def readme_setuser_rule(user: str, password: str) -> str:
+    """The ACL SETUSER rule the README gives ``user``, user name included, with
+    ``password`` in place of the README's CHANGE-ME."""
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^\s*ACL SETUSER (aa-driver-cluster .+)$", readme, re.MULTILINE)
-    assert match, "README.md must give the cluster driver user's ACL SETUSER rule"
-    return match.group(1).replace(">CHANGE-ME", f">{CLUSTER_USER_PASSWORD}")
+    match = re.search(rf"^\s*ACL SETUSER ({re.escape(user)} .+)$", readme, re.MULTILINE)
+    assert match, f"README.md must give the ACL SETUSER rule of {user}"
+    return match.group(1).replace(">CHANGE-ME", f">{password}")
+
+
+def readme_cluster_acl_rule() -> str:
+    """The cluster driver user's rule the README gives."""
+    return readme_setuser_rule("aa-driver-cluster", CLUSTER_USER_PASSWORD)
 
 
 CLUSTER_USER_PASSWORD = "cluster-user-pw"
@@ -315,9 +306,8 @@ class TestClusterUnderTheReadmeRule(ContractSuite):
     async def backend(self, acl_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
         acl_cluster.flushall()
         url = acl_cluster.url_for(user="aa-driver-cluster", password=CLUSTER_USER_PASSWORD)
-        backend = connect(url)
-        yield backend
-        await backend.aclose()
+        async with connected(url) as backend:
+            yield backend
 
     @pytest.mark.asyncio
     async def test_check_counts_replicas_without_cluster_nodes(self, backend: Any) -> None:
@@ -329,11 +319,8 @@ class TestClusterUnderTheReadmeRule(ContractSuite):
 
 
 def readme_sentinel_acl_rule() -> str:
-    """The sentinel-side ACL SETUSER rule the README gives, user name included."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^\s*ACL SETUSER (aa-sentinel-watch .+)$", readme, re.MULTILINE)
-    assert match, "README.md must give the sentinel user's ACL SETUSER rule"
-    return match.group(1).replace(">CHANGE-ME", f">{SENTINEL_USER_PASSWORD}")
+    """The sentinel-side user's rule the README gives."""
+    return readme_setuser_rule("aa-sentinel-watch", SENTINEL_USER_PASSWORD)
 
 
 SENTINEL_USER_PASSWORD = "sentinel-user-pw"
@@ -350,18 +337,15 @@ class TestSentinelUnderTheReadmeRule:
         for sentinel in sentinels.sentinels:
             with sentinel.client() as client:
                 client.execute_command("ACL", "SETUSER", *readme_sentinel_acl_rule().split())
-        backend = connect(
+        async with connected(
             sentinels.url,
             sentinel_username="aa-sentinel-watch",
             sentinel_password=SENTINEL_USER_PASSWORD,
-        )
-        load = Load(backend, [f"key-{i}" for i in range(20)], callers=5)
-        try:
+        ) as backend:
+            load = Load(backend, [f"key-{i}" for i in range(20)], callers=5)
             facts = dict((await backend.describe()).facts)
             await load.run_while(sentinels.failover)
             totals = await load.totals()
-        finally:
-            await backend.aclose()
         assert facts["sentinels_answering"] == "3 of 3"
         assert "refuses to report failovers" not in caplog.text
         assert load.errors == []
@@ -393,6 +377,5 @@ class TestSentinelContractUnderTheReadmeRule(ContractSuite):
     async def backend(self, acl_sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
         acl_sentinel_set.flushall()
         url = acl_sentinel_set.url_for(user="aa-driver-data", password=DATA_USER_PASSWORD)
-        backend = connect(url, near_cache=True)
-        yield backend
-        await backend.aclose()
+        async with connected(url, near_cache=True) as backend:
+            yield backend
