@@ -11,7 +11,7 @@ from aa_storage.validation import check_agent_id, check_loader, check_policy, ch
 from aa_storage_redis.leases import Leases, policy_keys
 from aa_storage_redis.near_cache import Fill, NearCache
 from aa_storage_redis.pool import Pool
-from aa_storage_redis.scripts import CACHE_POLICY, GET_POLICY_WITH_TTL, INVALIDATE, Script
+from aa_storage_redis.scripts import CACHE_POLICY, GET_POLICY_WITH_TTL, INVALIDATE
 
 
 @attrs.frozen
@@ -52,7 +52,11 @@ class RedisPolicyStore:
         agent_id = check_agent_id(agent_id)
         data = policy_to_json(check_policy(policy))
         ttl_secs = check_ttl_secs(ttl_secs)
-        await self._write(CACHE_POLICY, agent_id, [data, ttl_secs])
+        keys = policy_keys(self.pool.keys, agent_id)
+        try:
+            await self.pool.run_script(CACHE_POLICY, keys, [data, ttl_secs], read=False)
+        finally:
+            self._written(agent_id)
 
     async def get_or_load(
         self,
@@ -78,23 +82,23 @@ class RedisPolicyStore:
     async def invalidate(self, agent_id: AgentId) -> None:
         """Drop the cached policy so the next read misses; idempotent. A
         ``get_or_load`` under way, in any process, no longer caches its load."""
-        await self._write(INVALIDATE, check_agent_id(agent_id), [])
-
-    async def _write(
-        self, script: Script, agent_id: AgentId, args: list[bytes | str | int]
-    ) -> None:
-        """Run a script that changes the agent's policy and kills its lease. Whatever
-        its outcome, this process's next read goes to the server, and no read or
-        load under way here caches what it got: the near-cache drops the entry and
-        voids its reads in flight, and the load under way is voided."""
+        agent_id = check_agent_id(agent_id)
         try:
             await self.pool.run_script(
-                script, policy_keys(self.pool.keys, agent_id), args, read=False
+                INVALIDATE, policy_keys(self.pool.keys, agent_id), [], read=False
             )
         finally:
-            if self.pool.near_cache is not None:
-                self.pool.near_cache.forget(agent_id)
-            self.flights.void(agent_id)
+            self._written(agent_id)
+
+    def _written(self, agent_id: AgentId) -> None:
+        """After a write to the agent's policy, whatever its outcome: this process's
+        next read goes to the server, and no read or load under way here caches what
+        it got. The near-cache drops the entry and voids its reads in flight, and
+        the load under way is voided. (Each write's call stays in its method, where
+        the docs tests read the commands it sends.)"""
+        if self.pool.near_cache is not None:
+            self.pool.near_cache.forget(agent_id)
+        self.flights.void(agent_id)
 
     async def _fill(self, near: NearCache, fill: Fill, agent_id: AgentId) -> PolicyDocument:
         """A near-cache miss: the policy and its TTL, read together, then cached if no
