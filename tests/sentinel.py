@@ -164,6 +164,12 @@ class SentinelSet:
         Like ``wait_for_new_primary``, this does not wait for the old primary to be turned
         into a replica: the sentinels do that on their own schedule, ten seconds or so later.
         """
+        old = self.start_failover()
+        return self.wait_for_new_primary(old)
+
+    def start_failover(self) -> RedisServer:
+        """Send SENTINEL FAILOVER to the first running sentinel and return the primary
+        it replaces, without waiting: the failover is under way, nothing more."""
         old = self.current_primary()
         sentinel = next(sentinel for sentinel in self.sentinels if sentinel.running)
         with self._client(sentinel) as client:
@@ -171,7 +177,7 @@ class SentinelSet:
                 client.execute_command("SENTINEL", "FAILOVER", SERVICE)
             except redis.ResponseError as error:
                 raise RedisServerError(f"SENTINEL FAILOVER failed: {error}") from error
-        return self.wait_for_new_primary(old)
+        return old
 
     def kill_primary(self) -> RedisServer:
         """SIGKILL the current primary and return it; see ``wait_for_new_primary``."""

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from aa_storage_redis.node import Node
-from aa_storage_redis.sentinel import CHANNELS, Sentinel
+from aa_storage_redis.sentinel import CHANNELS, Sentinel, _Named
 
 OLD = ("127.0.0.1", 7001)
 NEW = ("127.0.0.1", 7002)
@@ -53,6 +53,13 @@ class TestFailoverEvents:
         hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
         assert primary is not None
         assert sentinel.node_for(None) is None
+
+    async def test_a_garbled_promotion_is_ignored(self, sentinel: Sentinel) -> None:
+        """A port that is not a number neither moves calls nor stops the watcher."""
+        primary = sentinel.node_for(None)
+        hear(sentinel, "+promoted-slave", "slave 127.0.0.1:x 127.0.0.1 x @ svc 127.0.0.1 7001")
+        hear(sentinel, "+switch-master", "svc 127.0.0.1 7001 127.0.0.1 x")
+        assert sentinel.node_for(None) is primary
 
     async def test_another_services_failover_changes_nothing(self, sentinel: Sentinel) -> None:
         primary = sentinel.node_for(None)
@@ -114,25 +121,40 @@ class TestDiscovery:
 
     @pytest.fixture(autouse=True)
     def every_node_is_a_primary(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """... except those a test puts in ``self.replicas`` (as ``host:port``)."""
+        self.replicas: set[str] = set()
+
         async def role(node: Node, *command: str) -> list[bytes]:
             assert command == ("ROLE",)
-            return [b"master"]
+            return [b"slave"] if node.address in self.replicas else [b"master"]
 
         monkeypatch.setattr("aa_storage_redis.sentinel.ask", role)
 
     def sentinels_say(
         self, monkeypatch: pytest.MonkeyPatch, topology: Sentinel, answers: list[Any]
     ) -> None:
-        """Sentinel i answers ``answers[i]``: (config epoch, primary) or an exception."""
+        """Sentinel i answers ``answers[i]``: (config epoch, primary), with a third item
+        True when it leads a failover, or an exception."""
         replies = dict(zip(topology._sentinels, answers, strict=True))
 
-        async def named(sentinel: tuple[str, int]) -> tuple[int, tuple[str, int]]:
+        async def named(sentinel: tuple[str, int]) -> _Named:
             reply = replies[sentinel]
             if isinstance(reply, BaseException):
                 raise reply
-            return reply  # type: ignore[no-any-return]
+            epoch, primary, *leading = reply
+            return _Named(epoch, primary, failing_over=bool(leading), sentinel=sentinel)
 
         monkeypatch.setattr(topology, "_named_primary", named)
+
+    def failover_promotes(
+        self, monkeypatch: pytest.MonkeyPatch, topology: Sentinel, target: Any
+    ) -> None:
+        """The sentinel leading a failover has chosen ``target`` (None: not yet)."""
+
+        async def chosen(sentinel: tuple[str, int]) -> Any:
+            return target
+
+        monkeypatch.setattr(topology, "_failover_target", chosen)
 
     def three_sentinels(self) -> Sentinel:
         sentinels = [("127.0.0.1", 26379 + i) for i in range(3)]
@@ -177,3 +199,41 @@ class TestDiscovery:
         self.sentinels_say(monkeypatch, topology, [down, down, down])
         with pytest.raises(redis.ConnectionError, match="sentinel down"):
             await topology._find_primary()
+
+    async def test_a_failover_under_way_holds_calls_until_its_replica_is_promoted(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A failover that began before the watchers listened: the leading sentinel
+        still names the old primary, which still answers as one, but no call goes
+        there; the chosen replica is used once it answers as a primary."""
+        topology = self.three_sentinels()
+        self.sentinels_say(monkeypatch, topology, [(1, OLD, "leads"), (1, OLD), (1, OLD)])
+        self.failover_promotes(monkeypatch, topology, NEW)
+        self.replicas.add("127.0.0.1:7002")
+        await topology._find_primary()
+        assert topology.node_for(None) is None
+        assert not topology._settled.is_set()
+        topology._settle(None)
+        self.replicas.clear()
+        await topology._find_primary()
+        assert topology.node_for(None) is topology._node(NEW)
+
+    async def test_a_failover_that_has_not_chosen_a_replica_yet_holds_calls(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        topology = self.three_sentinels()
+        self.sentinels_say(monkeypatch, topology, [(1, OLD), (1, OLD, "leads"), (1, OLD)])
+        self.failover_promotes(monkeypatch, topology, None)
+        await topology._find_primary()
+        assert topology.node_for(None) is None
+
+    async def test_past_the_hold_the_primary_the_sentinels_name_is_used(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        topology = self.three_sentinels()
+        self.sentinels_say(monkeypatch, topology, [(1, OLD, "leads"), (1, OLD), (1, OLD)])
+        self.failover_promotes(monkeypatch, topology, NEW)
+        self.replicas.add("127.0.0.1:7002")
+        topology._hold_ran_out = True
+        await topology._find_primary()
+        assert topology.node_for(None) is topology._node(OLD)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
@@ -36,6 +36,15 @@ _ABORTED = (
 CHANNELS = (_STARTED, _PROMOTED, _SWITCHED, *_ABORTED)
 
 
+class _Named(NamedTuple):
+    """What one sentinel says of the service."""
+
+    epoch: int  # its config epoch: the highest names the newest primary
+    primary: Address
+    failing_over: bool  # it leads a failover of the service right now
+    sentinel: Address
+
+
 class Sentinel:
     """A primary that sentinels name, followed through failovers.
 
@@ -46,10 +55,15 @@ class Sentinel:
     checked with ``ROLE`` (a user whose ACL denies ``ROLE`` trusts the
     sentinels).
 
-    A watcher per sentinel follows its failover events. From ``+try-failover``
-    on, calls wait (up to :data:`FAILOVER_HOLD_SECS`) instead of being sent to
-    a primary about to be replaced; ``+promoted-slave`` or ``+switch-master``
-    moves them to the new primary, and an aborted failover lets them go on.
+    A watcher per sentinel follows its failover events, and discovery returns
+    only once every sentinel that answers has its watcher listening, so no call
+    is sent before a failover can be heard of. From ``+try-failover`` on, calls
+    wait (up to :data:`FAILOVER_HOLD_SECS`) instead of being sent to a primary
+    about to be replaced; ``+promoted-slave`` or ``+switch-master`` moves them
+    to the new primary, and an aborted failover lets them go on. A failover
+    that began before the watchers listened is seen in discovery (the leading
+    sentinel flags it ``failover_in_progress``) and held for the same way; the
+    replica it promotes is used as soon as it answers ``ROLE`` as a primary.
     A ``READONLY`` reply or a lost connection drops the primary too; the next
     command then looks again.
     """
@@ -74,8 +88,12 @@ class Sentinel:
         self._settled = asyncio.Event()
         self._settled.set()
         self._hold_until = 0.0
+        self._hold_ran_out = False  # past the cap: use what the sentinels name
         self._discovery: asyncio.Task[None] | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        # Set while a sentinel's watcher listens, or has just failed to: discovery
+        # waits for these, not for a sentinel that is away.
+        self._listening = {sentinel: asyncio.Event() for sentinel in self._sentinels}
         self._refused: set[Address] = set()
 
     def node_for(self, key: bytes | None) -> Node | None:
@@ -89,22 +107,25 @@ class Sentinel:
             self._watchers = [
                 loop.create_task(self._watch(sentinel)) for sentinel in self._sentinels
             ]
-        if not self._settled.is_set():
-            try:
-                async with asyncio.timeout(max(0.0, self._hold_until - loop.time())):
-                    await self._settled.wait()
-            except TimeoutError:
-                logger.warning(
-                    "the failover of %s did not finish within %ss; asking the sentinels",
-                    self._service,
-                    FAILOVER_HOLD_SECS,
-                )
-                self._settle(None)
-        if self._primary is not None:
-            return
-        if self._discovery is None or self._discovery.done():
-            self._discovery = loop.create_task(self._find_primary())
-        await asyncio.shield(self._discovery)
+        while True:
+            if not self._settled.is_set():
+                try:
+                    async with asyncio.timeout(max(0.0, self._hold_until - loop.time())):
+                        await self._settled.wait()
+                except TimeoutError:
+                    logger.warning(
+                        "the failover of %s did not finish within %ss; asking the sentinels",
+                        self._service,
+                        FAILOVER_HOLD_SECS,
+                    )
+                    self._hold_ran_out = True
+                    self._settle(None)
+            if self._primary is not None:
+                return
+            if self._discovery is None or self._discovery.done():
+                self._discovery = loop.create_task(self._find_primary())
+            # Ends with a primary, an error, or a hold on a failover under way.
+            await asyncio.shield(self._discovery)
 
     def failed(self, node: Node) -> None:
         if node is self._primary:
@@ -183,15 +204,28 @@ class Sentinel:
         return node
 
     async def _find_primary(self) -> None:
+        """Set the primary; or, while a failover is under way and its new primary
+        is not one yet, hold calls until the failover's events (or the cap) end it."""
+        await self._watchers_listening()
         answers = await asyncio.gather(
             *(self._named_primary(sentinel) for sentinel in self._sentinels),
             return_exceptions=True,
         )
         named = sorted(
-            (answer for answer in answers if isinstance(answer, tuple)),
-            key=lambda answer: -answer[0],
+            (answer for answer in answers if isinstance(answer, _Named)),
+            key=lambda answer: -answer.epoch,
         )
-        candidates = [address for _, address in named]
+        candidates = [answer.primary for answer in named]
+        leading = [answer.sentinel for answer in named if answer.failing_over]
+        if leading:
+            target = await self._failover_target(leading[0])
+            if target is not None and await self._is_primary(target):
+                self._settle(target)
+                candidates = [target]
+            elif not self._hold_ran_out:
+                # The old primary keeps taking writes the promotion will drop.
+                self._hold()
+                return
         if self._announced is not None:
             candidates.insert(0, self._announced)
         error: BaseException = next(
@@ -213,14 +247,42 @@ class Sentinel:
                 )
                 continue
             self._primary = node
+            self._hold_ran_out = False
             self.on_change()
             return
         if not isinstance(error, redis_errors.RedisError):
             raise redis_errors.ConnectionError(f"no sentinel answered: {error!r}")
         raise error
 
-    async def _named_primary(self, sentinel: Address) -> tuple[int, Address]:
-        """The primary ``sentinel`` names for the service, with its config epoch."""
+    async def _watchers_listening(self) -> None:
+        """Wait until each watcher listens or has failed to (each try is bounded)."""
+        if self._watchers:
+            await asyncio.gather(*(event.wait() for event in self._listening.values()))
+
+    async def _is_primary(self, address: Address) -> bool:
+        try:
+            role = await ask(self._node(address), "ROLE")
+        except redis_errors.NoPermissionError:
+            return False  # without ROLE, wait for the sentinels to say so
+        except redis_errors.RedisError:
+            return False
+        return bool(role[0] == b"master")
+
+    async def _failover_target(self, sentinel: Address) -> Address | None:
+        """The replica that ``sentinel``, leading a failover, promotes, if chosen yet."""
+        try:
+            replicas = await self.ask_sentinel(sentinel, "SENTINEL", "REPLICAS", self._service)
+        except redis_errors.RedisError:
+            return None
+        for replica in replicas:
+            fields = _fields(replica)
+            if b"promoted" in fields.get(b"flags", b"").split(b","):
+                return fields[b"ip"].decode(), int(fields[b"port"])
+        return None
+
+    async def _named_primary(self, sentinel: Address) -> _Named:
+        """What ``sentinel`` says of the service: its primary and config epoch, and
+        whether it leads a failover of it."""
         try:
             reply = await self.ask_sentinel(sentinel, "SENTINEL", "MASTER", self._service)
         except redis_errors.ResponseError as exc:
@@ -230,8 +292,12 @@ class Sentinel:
                 ) from None
             raise
         fields = _fields(reply)
-        address = (fields[b"ip"].decode(), int(fields[b"port"]))
-        return int(fields.get(b"config-epoch", b"0")), address
+        return _Named(
+            epoch=int(fields.get(b"config-epoch", b"0")),
+            primary=(fields[b"ip"].decode(), int(fields[b"port"])),
+            failing_over=b"failover_in_progress" in fields.get(b"flags", b"").split(b","),
+            sentinel=sentinel,
+        )
 
     def _hold(self) -> None:
         if self._settled.is_set():
@@ -259,10 +325,10 @@ class Sentinel:
             return
         if event == _STARTED:
             self._hold()
-        elif event == _PROMOTED and len(words) >= 4:
+        elif event == _PROMOTED and len(words) >= 4 and words[3].isdigit():
             # slave <ip:port> <ip> <port> @ <service> <old ip> <old port>
             self._settle((words[2], int(words[3])))
-        elif event == _SWITCHED and len(words) >= 5:
+        elif event == _SWITCHED and len(words) >= 5 and words[4].isdigit():
             # <service> <old ip> <old port> <new ip> <new port>
             self._settle((words[3], int(words[4])))
         elif event in _ABORTED:
@@ -271,14 +337,22 @@ class Sentinel:
     async def _watch(self, sentinel: Address) -> None:
         """Follow one sentinel's failover events, reconnecting with backoff."""
         attempt = 0
+        listening = self._listening[sentinel]
         while True:
+            listening.clear()
             connection = self._open_sentinel(sentinel)
             try:
                 async with asyncio.timeout(self._timeout):
                     await connection.connect()  # type: ignore[no-untyped-call]
                     await connection.send_command("SUBSCRIBE", *CHANNELS)
+                    replies = StreamReplies(connection)
+                    for _ in CHANNELS:  # one confirmation per channel
+                        confirmed = await replies.next()
+                        if isinstance(confirmed, redis_errors.RedisError):
+                            raise confirmed
+                listening.set()
                 attempt = 0
-                await self._follow(connection)
+                await self._follow(replies)
             except redis_errors.ResponseError as exc:
                 # Refused (an ACL without the channels): say so once, keep trying.
                 if sentinel not in self._refused:
@@ -292,13 +366,13 @@ class Sentinel:
             except (redis_errors.RedisError, OSError, TimeoutError):
                 pass  # the sentinel is away: try again
             finally:
+                listening.set()  # not listening, but no one should wait for it now
                 connection._close()  # type: ignore[no-untyped-call]
             attempt += 1
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
-    async def _follow(self, connection: AbstractConnection) -> None:
+    async def _follow(self, replies: StreamReplies) -> None:
         """Read pub/sub messages until the sentinel goes away."""
-        replies = StreamReplies(connection)
         while True:
             message = await replies.next()
             if isinstance(message, redis_errors.RedisError):
