@@ -42,6 +42,7 @@ OPERATIONS = [
     ("rate_limit_counter", "increment"),
     ("rate_limit_counter", "current"),
     ("rate_limit_counter", "reset"),
+    ("policy_store", "get_or_load"),
     ("policy_store", "cache_policy"),
     ("policy_store", "get_policy"),
     ("policy_store", "invalidate"),
@@ -322,19 +323,19 @@ class TestClosedPipe:
 
 class TestCheck:
     def test_memory_defaults(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """`check` without a config round-trips all 9 operations on memory and exits 0."""
+        """`check` without a config runs all 10 operations on memory and exits 0."""
         assert main(["check"]) == 0
         out, err = capsys.readouterr()
         assert err == ""
         lines = out.splitlines()
         assert lines[0] == HEADER
         rows = [
-            re.fullmatch(r"(\w+) +(\w+) +(\w+) +yes +\d+\.\d\dms", line) for line in lines[1:10]
+            re.fullmatch(r"(\w+) +(\w+) +(\w+) +yes +\d+\.\d\dms", line) for line in lines[1:11]
         ]
         assert [
-            row.groups() if row else line for row, line in zip(rows, lines[1:10], strict=True)
+            row.groups() if row else line for row, line in zip(rows, lines[1:11], strict=True)
         ] == [(kind, "memory", operation) for kind, operation in OPERATIONS]
-        assert lines[10:13] == ["", "[memory]", "  storage: in this process; lost when it exits"]
+        assert lines[11:14] == ["", "[memory]", "  storage: in this process; lost when it exits"]
         assert out.endswith(MEMORY_CONFIG_TAIL)
 
     def test_config_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class TestCheck:
     def test_reports_every_operation_and_the_server(
         self, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A passing check prints nine rows, the server's version and mode, TLS and the user."""
+        """A passing check prints ten rows, the server's version and mode, TLS and the user."""
         assert main(["check", "--config", config_file(tmp_path, redis_url)]) == 0
         out = capsys.readouterr().out
         rows = [line for line in out.splitlines() if line.split()[:1] and " yes " in line]
@@ -42,6 +43,7 @@ class TestCheck:
             ["rate_limit_counter", "redis", "increment"],
             ["rate_limit_counter", "redis", "current"],
             ["rate_limit_counter", "redis", "reset"],
+            ["policy_store", "redis", "get_or_load"],
             ["policy_store", "redis", "cache_policy"],
             ["policy_store", "redis", "get_policy"],
             ["policy_store", "redis", "invalidate"],
@@ -52,13 +54,18 @@ class TestCheck:
         assert "  user: default" in out
         assert "WARNING" not in out
 
-    def test_leaves_no_keys_behind(
+    def test_leaves_only_an_expiring_lease_behind(
         self, redis_server: RedisServer, redis_url: str, tmp_path: Path
     ) -> None:
-        """The check cleans up every key it wrote."""
-        assert main(["check", "--config", config_file(tmp_path, redis_url)]) == 0
+        """The check cleans up every key it wrote, but for the lease of its get_or_load,
+        which expires within lease_ttl on its own."""
+        assert main(["check", "--config", config_file(tmp_path, redis_url, lease_ttl="2.5")]) == 0
         with redis_server.client() as admin:
-            assert admin.dbsize() == 0
+            [left] = admin.keys("*")
+            pttl = admin.pttl(left)
+            admin.delete(left)
+        assert re.fullmatch(rb"\{aa:policy:[0-9a-f]{32}\}:lease", left)
+        assert 0 < pttl <= 2500
 
     @pytest.mark.usefixtures("eviction")
     def test_warns_about_an_evicting_server(

@@ -219,6 +219,23 @@ class TestCheckUnderTheReadmeRule:
         assert "unknown" not in out
         assert "WARNING" not in out
 
+    def test_fails_on_get_or_load_when_the_rule_lacks_time(
+        self, acl_redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A rule without ``+time`` lets every other operation through, but leases need the
+        server's clock: check fails at get_or_load, in one line that names it."""
+        rule = [part for part in readme_acl_rule() if part != "+time"]
+        assert len(rule) == len(readme_acl_rule()) - 1
+        url = _set_user(acl_redis_server, "aa-timeless", rule)
+        config = tmp_path / "acl.toml"
+        config.write_text(f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{url}"\n')
+        assert main(["check", "--config", str(config)]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith("aa-storage: BackendError: policy_store get_or_load via redis: ")
+        assert "permission" in err
+        assert err.count("\n") == 1
+
 
 # --- passwords that need percent-encoding ---
 

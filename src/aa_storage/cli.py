@@ -2,8 +2,8 @@
 benchmark the Redis driver.
 
 ``check`` loads the config (the file ``--config`` or ``AA_STORAGE_CONFIG``
-names, else memory defaults), runs one real round trip of every operation of
-every kind, and prints what each cost and the effective config as TOML. Any
+names, else memory defaults), runs every operation of every kind once against
+the real stores, and prints what each cost and the effective config as TOML. Any
 failure is one line on stderr and exit status 1, never a traceback; so is a
 reader that stops early (``aa-storage check | head -1``).
 """
@@ -105,7 +105,18 @@ async def _check_kinds(storage: Storage) -> list[Row]:
     policy_driver = storage.config.driver_for(Kind.POLICY_STORE)
     policy = step(Kind.POLICY_STORE, policy_driver)
     agent = AgentId.new()
-    document = PolicyDocument(1, "aa-storage check", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+    loaded = PolicyDocument(1, "aa-storage check", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
+    loads: list[AgentId] = []
+
+    async def loader(agent_id: AgentId) -> PolicyDocument:
+        loads.append(agent_id)
+        return loaded
+
+    # A cold agent: the read-through path (on Redis, its lease) loads it once.
+    got = await policy("get_or_load", storage.policies.get_or_load(agent, loader, 60))
+    _expect(got, loaded, "get_or_load")
+    _expect(loads, [agent], "get_or_load's loader calls")
+    document = attrs.evolve(loaded, version=2)
     await policy("cache_policy", storage.policies.cache_policy(agent, document, 60))
     cached = await policy("get_policy", storage.policies.get_policy(agent))
     _expect(cached, document, "get_policy")
@@ -233,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="round-trip every operation of every kind",
         description=(
-            "Run one round trip of every operation of every kind of store, and print each "
+            "Run every operation of every kind of store once, and print each "
             "latency, what each backend reports about itself, and the effective config."
         ),
     )
