@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from aa_storage import StorageError
-from aa_storage_redis import RedisBackend, RedisRateLimitCounter
+from aa_storage_redis import RedisBackend, RedisRateLimitCounter, RedisStorageConfig
 from executor_support import (
     KNOWN,
     WINDOW,
@@ -154,3 +155,48 @@ def test_closing_with_calls_in_flight_leaks_no_transport(redis_url: str) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0 []"
     assert result.stderr == ""
+
+
+class TestAnotherEventLoop:
+    """A backend belongs to the event loop it first ran in; asyncio.run twice must not
+    hang, and a near-cache must not answer from a loop whose tracking is gone."""
+
+    @staticmethod
+    def run(call: Callable[[], Awaitable[Any]]) -> Any:
+        async def guarded() -> Any:
+            return await asyncio.wait_for(call(), 10)
+
+        return asyncio.run(guarded())
+
+    @pytest.mark.parametrize("near_cache", [False, True], ids=["plain", "near-cache"])
+    def test_every_call_from_a_second_loop_says_so(self, redis_url: str, near_cache: bool) -> None:
+        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url, near_cache=near_cache))
+        agent = SLOT.record.agent_id
+
+        async def first() -> None:
+            await plant(backend)
+            await backend.policies().get_policy(agent)  # the near-cache holds it now
+
+        self.run(first)
+        for name, call in every_call(backend).items():
+            with pytest.raises(StorageError, match="another event loop") as caught:
+                self.run(call)
+            assert "asyncio.run called twice" in str(caught.value), name
+        self.run(backend.aclose)
+        with pytest.raises(StorageError, match="backend is closed"):
+            self.run(every_call(backend)["current"])
+
+    def test_aclose_from_a_loop_that_still_runs_elsewhere_says_so(self, redis_url: str) -> None:
+        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+        other = asyncio.new_event_loop()
+        thread = threading.Thread(target=other.run_forever)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(plant(backend), other).result(10)
+            with pytest.raises(StorageError, match="another event loop"):
+                self.run(backend.aclose)
+            asyncio.run_coroutine_threadsafe(backend.aclose(), other).result(10)
+        finally:
+            other.call_soon_threadsafe(other.stop)
+            thread.join(10)
+            other.close()

@@ -37,6 +37,7 @@ class RedisPolicyStore:
         agent_id = check_agent_id(agent_id)
         near = self.pool.near_cache
         if near is not None:
+            self.pool.check_loop()  # a hit sends nothing, so execute would not check
             if (cached := near.lookup(agent_id)) is not None:
                 return cached
             if (fill := near.begin_fill(agent_id)) is not None:

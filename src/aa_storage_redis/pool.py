@@ -55,6 +55,11 @@ class Pool:
     run is never sent again: a retried ``DEL`` or ``SET`` would undo other
     callers' writes acknowledged in between. Timeouts and refused logins are
     never retried. After :meth:`aclose`, every call raises ``StorageError``.
+
+    A pool belongs to the event loop it first runs a command in: its
+    connections, tasks and futures live there. A call from any other loop
+    raises ``StorageError`` at once, instead of waiting on a loop that no
+    longer runs.
     """
 
     config: RedisStorageConfig
@@ -67,6 +72,7 @@ class Pool:
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
     _wait: bytes | None = attrs.field(init=False, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False, repr=False)
     evalsha_refused: bool = attrs.field(default=False, init=False)
     """True once the server refused ``EVALSHA`` (renamed, disabled or denied by
     ACL) while running scripts; from then on every script is sent in full."""
@@ -83,6 +89,19 @@ class Pool:
         """The deployment's URL without its password, for messages."""
         return redact_url(self.config.effective_url)
 
+    def check_loop(self) -> None:
+        """Bind the pool to the running event loop on first use; afterwards raise
+        ``StorageError`` when called from another one."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise StorageError(
+                f"the backend for {self.server} is used from another event loop than the "
+                "one it first ran in (asyncio.run called twice?); open a backend in each "
+                "event loop that needs one"
+            )
+
     async def execute(self, *args: bytes | str | int, read: bool) -> Any:
         """Send one command and return its raw reply; failures are core errors.
 
@@ -91,6 +110,9 @@ class Pool:
         cluster (TRYAGAIN, CLUSTERDOWN) are followed without counting as retries:
         each means the command did not run.
         """
+        if self._closed:
+            raise self._closed_error()
+        self.check_loop()
         packed = pack(*args)
         key = _routing_key(args)
         attempt = redirects = 0
@@ -221,6 +243,7 @@ class Pool:
 
     async def describe_topology(self) -> tuple[Facts, tuple[str, ...]]:
         """The deployment's shape as ``check`` shows it; failures are core errors."""
+        self.check_loop()
         try:
             return await self._topology.describe()
         except redis_errors.RedisError as exc:
@@ -249,8 +272,17 @@ class Pool:
 
     async def aclose(self) -> None:
         """Refuse new calls, stop the near-cache's tracking, let the calls in flight
-        finish or fail within the timeouts, then close every connection. Idempotent."""
+        finish or fail within the timeouts, then close every connection. Idempotent.
+
+        From another event loop than the pool's: once that loop is closed, only
+        marks the pool closed (its connections cannot be closed without it; their
+        sockets go when the pool is collected); while it still runs, raises
+        ``StorageError``."""
         self._closed = True
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            if self._loop.is_closed():
+                return
+            self.check_loop()
         if self._tracker is not None:
             await self._tracker.aclose()
         await self._topology.aclose()
