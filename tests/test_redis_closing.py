@@ -169,20 +169,45 @@ class TestAnotherEventLoop:
         return asyncio.run(guarded())
 
     @pytest.mark.parametrize("near_cache", [False, True], ids=["plain", "near-cache"])
-    def test_every_call_from_a_second_loop_says_so(self, redis_url: str, near_cache: bool) -> None:
+    @pytest.mark.parametrize("first_loop", ["closed", "stopped"])
+    def test_every_call_from_a_second_loop_says_so(
+        self, redis_url: str, near_cache: bool, first_loop: str
+    ) -> None:
+        """Whether the first loop was closed (asyncio.run) or only stopped, with its
+        tracking task still pending and the near-cache still holding the policy."""
         backend = RedisBackend.connect(RedisStorageConfig(url=redis_url, near_cache=near_cache))
         agent = SLOT.record.agent_id
 
         async def first() -> None:
             await plant(backend)
-            await backend.policies().get_policy(agent)  # the near-cache holds it now
+            if near_cache:  # the first read starts tracking; then reads fill and hit
+                await backend.policies().get_policy(agent)
+                await eventually(lambda: "tracking up" in backend.pool.near_cache_state(), "up")
+                assert await backend.policies().get_policy(agent) == SLOT.policy
+                assert await backend.policies().get_policy(agent) == SLOT.policy
+                assert backend.stats().near_cache_hits == 1
 
-        self.run(first)
-        for name, call in every_call(backend).items():
-            with pytest.raises(StorageError, match="another event loop") as caught:
-                self.run(call)
-            assert "asyncio.run called twice" in str(caught.value), name
-        self.run(backend.aclose)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(first())
+            if first_loop == "closed":
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                loop.run_until_complete(asyncio.sleep(0.1))
+                loop.close()
+            calls = every_call(backend)
+            # get_policy first: a failed cache_policy or invalidate drops the entry.
+            for name, call in sorted(calls.items(), key=lambda item: item[0] != "get_policy"):
+                with pytest.raises(StorageError, match="another event loop") as caught:
+                    self.run(call)
+                assert "asyncio.run called twice" in str(caught.value), name
+            if first_loop == "closed":
+                self.run(backend.aclose)
+            else:
+                loop.run_until_complete(backend.aclose())
+        finally:
+            loop.close()
         with pytest.raises(StorageError, match="backend is closed"):
             self.run(every_call(backend)["current"])
 
@@ -195,6 +220,8 @@ class TestAnotherEventLoop:
             asyncio.run_coroutine_threadsafe(plant(backend), other).result(10)
             with pytest.raises(StorageError, match="another event loop"):
                 self.run(backend.aclose)
+            still_open = backend.rate_limiter().current(SLOT.counter)
+            assert asyncio.run_coroutine_threadsafe(still_open, other).result(10) == SLOT.total
             asyncio.run_coroutine_threadsafe(backend.aclose(), other).result(10)
         finally:
             other.call_soon_threadsafe(other.stop)

@@ -7,6 +7,7 @@ publish them on demand. The end-to-end behaviour (exact totals through
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -146,16 +147,6 @@ class TestDiscovery:
 
         monkeypatch.setattr(topology, "_named_primary", named)
 
-    def failover_promotes(
-        self, monkeypatch: pytest.MonkeyPatch, topology: Sentinel, target: Any
-    ) -> None:
-        """The sentinel leading a failover has chosen ``target`` (None: not yet)."""
-
-        async def chosen(sentinel: tuple[str, int]) -> Any:
-            return target
-
-        monkeypatch.setattr(topology, "_failover_target", chosen)
-
     def three_sentinels(self) -> Sentinel:
         sentinels = [("127.0.0.1", 26379 + i) for i in range(3)]
         return Sentinel(sentinels, "svc", a_node, unused, timeout=1.0)
@@ -200,19 +191,29 @@ class TestDiscovery:
         with pytest.raises(redis.ConnectionError, match="sentinel down"):
             await topology._find_primary()
 
+    def failing_over(self, monkeypatch: pytest.MonkeyPatch, chosen: Any) -> Sentinel:
+        """Three sentinels naming OLD, the first leading a failover to ``chosen`` (None:
+        no replica chosen yet), which is still a replica."""
+        topology = self.three_sentinels()
+        self.sentinels_say(monkeypatch, topology, [(1, OLD, "leads"), (1, OLD), (1, OLD)])
+
+        async def target(sentinel: tuple[str, int]) -> Any:
+            assert sentinel == topology._sentinels[0], "ask the sentinel that leads"
+            return chosen
+
+        monkeypatch.setattr(topology, "_failover_target", target)
+        self.replicas.add("127.0.0.1:7002")
+        return topology
+
     async def test_a_failover_under_way_holds_calls_until_its_replica_is_promoted(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A failover that began before the watchers listened: the leading sentinel
         still names the old primary, which still answers as one, but no call goes
         there; the chosen replica is used once it answers as a primary."""
-        topology = self.three_sentinels()
-        self.sentinels_say(monkeypatch, topology, [(1, OLD, "leads"), (1, OLD), (1, OLD)])
-        self.failover_promotes(monkeypatch, topology, NEW)
-        self.replicas.add("127.0.0.1:7002")
+        topology = self.failing_over(monkeypatch, NEW)
         await topology._find_primary()
-        assert topology.node_for(None) is None
-        assert not topology._settled.is_set()
+        assert_holding(topology)
         topology._settle(None)
         self.replicas.clear()
         await topology._find_primary()
@@ -221,19 +222,85 @@ class TestDiscovery:
     async def test_a_failover_that_has_not_chosen_a_replica_yet_holds_calls(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        topology = self.three_sentinels()
-        self.sentinels_say(monkeypatch, topology, [(1, OLD), (1, OLD, "leads"), (1, OLD)])
-        self.failover_promotes(monkeypatch, topology, None)
+        topology = self.failing_over(monkeypatch, None)
         await topology._find_primary()
-        assert topology.node_for(None) is None
+        assert_holding(topology)
 
     async def test_past_the_hold_the_primary_the_sentinels_name_is_used(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        topology = self.three_sentinels()
-        self.sentinels_say(monkeypatch, topology, [(1, OLD, "leads"), (1, OLD), (1, OLD)])
-        self.failover_promotes(monkeypatch, topology, NEW)
-        self.replicas.add("127.0.0.1:7002")
+        topology = self.failing_over(monkeypatch, NEW)
         topology._hold_ran_out = True
         await topology._find_primary()
         assert topology.node_for(None) is topology._node(OLD)
+
+    async def test_a_primary_found_lets_the_next_failover_hold_calls_again(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Running out of patience lasts for one failover only."""
+        topology = self.failing_over(monkeypatch, NEW)
+        topology._hold_ran_out = True
+        await topology._find_primary()
+        topology.failed(topology._node(OLD))
+        await topology._find_primary()
+        assert_holding(topology)
+
+
+def assert_holding(topology: Sentinel) -> None:
+    """Calls wait: no primary to send them to, and a failover being waited out."""
+    assert topology.node_for(None) is None
+    assert not topology._settled.is_set()
+
+
+class ListeningLater:
+    """A sentinel connection whose SUBSCRIBE is confirmed only when the test says so."""
+
+    def __init__(self) -> None:
+        self._reader = asyncio.StreamReader()
+        self.subscribed = asyncio.Event()
+
+    async def connect(self) -> None:
+        pass
+
+    async def send_command(self, *command: str) -> None:
+        assert command[0] == "SUBSCRIBE"
+        self.subscribed.set()
+
+    def confirm(self) -> None:
+        for number, channel in enumerate(CHANNELS, 1):
+            self._reader.feed_data(
+                b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n"
+                % (len(channel), channel.encode(), number)
+            )
+
+    def _close(self) -> None:
+        self._reader.feed_eof()
+
+
+@pytest.mark.asyncio
+async def test_discovery_waits_until_the_watchers_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No primary is chosen, so no call is sent, before the sentinel has confirmed the
+    watcher's subscriptions: a failover it started meanwhile would go unheard."""
+    connection = ListeningLater()
+    topology = Sentinel([("127.0.0.1", 26379)], "svc", a_node, lambda _: connection, 1.0)
+
+    async def named(sentinel: tuple[str, int]) -> _Named:
+        return _Named(1, OLD, failing_over=False, sentinel=sentinel)
+
+    async def role(node: Node, *command: str) -> list[bytes]:
+        return [b"master"]
+
+    monkeypatch.setattr(topology, "_named_primary", named)
+    monkeypatch.setattr("aa_storage_redis.sentinel.ask", role)
+    discovery = asyncio.ensure_future(topology.discover())
+    try:
+        await asyncio.wait_for(connection.subscribed.wait(), 10)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not discovery.done()
+        assert topology.node_for(None) is None
+        connection.confirm()
+        await asyncio.wait_for(discovery, 10)
+        assert topology.node_for(None) is topology._node(OLD)
+    finally:
+        await topology.aclose()

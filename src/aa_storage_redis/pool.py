@@ -96,11 +96,7 @@ class Pool:
         if self._loop is None:
             self._loop = loop
         elif loop is not self._loop:
-            raise StorageError(
-                f"the backend for {self.server} is used from another event loop than the "
-                "one it first ran in (asyncio.run called twice?); open a backend in each "
-                "event loop that needs one"
-            )
+            raise self._other_loop_error()
 
     async def execute(self, *args: bytes | str | int, read: bool) -> Any:
         """Send one command and return its raw reply; failures are core errors.
@@ -110,9 +106,6 @@ class Pool:
         cluster (TRYAGAIN, CLUSTERDOWN) are followed without counting as retries:
         each means the command did not run.
         """
-        if self._closed:
-            raise self._closed_error()
-        self.check_loop()
         packed = pack(*args)
         key = _routing_key(args)
         attempt = redirects = 0
@@ -120,6 +113,7 @@ class Pool:
         while True:
             if self._closed:
                 raise self._closed_error()
+            self.check_loop()
             node = asking or self._topology.node_for(key)
             try:
                 if node is None:
@@ -194,6 +188,13 @@ class Pool:
     def _closed_error(self) -> StorageError:
         return StorageError(
             f"the backend is closed: aclose() was called on the backend for {self.server}"
+        )
+
+    def _other_loop_error(self) -> StorageError:
+        return StorageError(
+            f"the backend for {self.server} is used from another event loop than the "
+            "one it first ran in (asyncio.run called twice?); open a backend in each "
+            "event loop that needs one"
         )
 
     def _where(self, node: Node | None) -> str:
@@ -277,12 +278,13 @@ class Pool:
         From another event loop than the pool's: once that loop is closed, only
         marks the pool closed (its connections cannot be closed without it; their
         sockets go when the pool is collected); while it still runs, raises
-        ``StorageError``."""
-        self._closed = True
+        ``StorageError`` and leaves the pool open."""
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            if self._loop.is_closed():
-                return
-            self.check_loop()
+            if not self._loop.is_closed():
+                raise self._other_loop_error()
+            self._closed = True
+            return
+        self._closed = True
         if self._tracker is not None:
             await self._tracker.aclose()
         await self._topology.aclose()

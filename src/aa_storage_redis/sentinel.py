@@ -220,9 +220,11 @@ class Sentinel:
         if leading:
             target = await self._failover_target(leading[0])
             if target is not None and await self._is_primary(target):
-                self._settle(target)
-                candidates = [target]
-            elif not self._hold_ran_out:
+                logger.warning("sentinels moved %s to %s:%s", self._service, *target)
+                self._announced = target
+                self._use(target)
+                return
+            if not self._hold_ran_out:
                 # The old primary keeps taking writes the promotion will drop.
                 self._hold()
                 return
@@ -246,13 +248,17 @@ class Sentinel:
                     f"{address[0]}:{address[1]} is not a primary yet"
                 )
                 continue
-            self._primary = node
-            self._hold_ran_out = False
-            self.on_change()
+            self._use(address)
             return
         if not isinstance(error, redis_errors.RedisError):
             raise redis_errors.ConnectionError(f"no sentinel answered: {error!r}")
         raise error
+
+    def _use(self, address: Address) -> None:
+        """Send calls to ``address`` from now on: discovery found it a primary."""
+        self._primary = self._node(address)
+        self._hold_ran_out = False
+        self.on_change()
 
     async def _watchers_listening(self) -> None:
         """Wait until each watcher listens or has failed to (each try is bounded)."""
@@ -260,10 +266,11 @@ class Sentinel:
             await asyncio.gather(*(event.wait() for event in self._listening.values()))
 
     async def _is_primary(self, address: Address) -> bool:
+        """Whether ``address`` answers ``ROLE`` as a primary. Unreachable, or
+        without ``ROLE`` in its ACL, it is not one yet: the sentinels' events say
+        when it is."""
         try:
             role = await ask(self._node(address), "ROLE")
-        except redis_errors.NoPermissionError:
-            return False  # without ROLE, wait for the sentinels to say so
         except redis_errors.RedisError:
             return False
         return bool(role[0] == b"master")
@@ -340,8 +347,9 @@ class Sentinel:
         listening = self._listening[sentinel]
         while True:
             listening.clear()
-            connection = self._open_sentinel(sentinel)
+            connection: AbstractConnection | None = None
             try:
+                connection = self._open_sentinel(sentinel)
                 async with asyncio.timeout(self._timeout):
                     await connection.connect()  # type: ignore[no-untyped-call]
                     await connection.send_command("SUBSCRIBE", *CHANNELS)
@@ -367,7 +375,8 @@ class Sentinel:
                 pass  # the sentinel is away: try again
             finally:
                 listening.set()  # not listening, but no one should wait for it now
-                connection._close()  # type: ignore[no-untyped-call]
+                if connection is not None:
+                    connection._close()  # type: ignore[no-untyped-call]
             attempt += 1
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
