@@ -8,8 +8,8 @@ from functools import partial
 from typing import Any
 
 from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from aa_storage.redaction import redact_url
 from aa_storage_redis.cluster import Cluster
