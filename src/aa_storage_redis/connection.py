@@ -30,6 +30,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
+from aa_storage_redis.redis_py import take_stream
 from aa_storage_redis.replies import ReplyReader, resolve
 from aa_storage_redis.stats import Counters
 from aa_storage_redis.wire import Closed, NotSent, ReplyLost
@@ -110,7 +111,8 @@ class MultiplexedConnection:
                 self._flush_handle = loop.call_soon(self._flush)
         elif self._state is _IDLE:
             self._state = _CONNECTING
-            self._connect_task = loop.create_task(self._connect())
+            task = self._connect_task = loop.create_task(self._connect())
+            task.add_done_callback(self._connect_ended)
         return future
 
     async def aclose(self) -> None:
@@ -151,36 +153,50 @@ class MultiplexedConnection:
     # --- connecting ------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        connection = self._open_connection()
+        """Open the socket, run the handshake and see the server answer, all within
+        ``connect_timeout``; any failure is raised, and :meth:`_connect_ended` fails
+        the requests waiting for it."""
+        connection: AbstractConnection | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
+                connection = self._open_connection()
                 await connection.connect()  # type: ignore[no-untyped-call]
                 await _prove_alive(connection)
-        except asyncio.CancelledError:
-            connection._close()  # type: ignore[no-untyped-call]
+            self._adopt(connection)
+        except BaseException:
+            if connection is not None:
+                # Closes the socket before its first await, so even when cancelled;
+                # a failure here must not hide the one being raised.
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
             raise
-        except Exception as exc:
-            connection._close()  # type: ignore[no-untyped-call]
-            self._state = _IDLE
-            cause = _connect_failure(exc, self._connect_timeout)
-            self._fail_all(lambda: NotSent(cause), lambda: NotSent(cause))
-            return
         self._counters.connections_opened += 1
         if self._ever_opened:
             self._counters.reconnects += 1
         self._ever_opened = True
-        self._adopt(connection)
         self._flush()
+
+    def _connect_ended(self, task: asyncio.Task[None]) -> None:
+        """Fail the requests waiting for a connect task that ended without a socket,
+        whatever ended it, so no caller waits on a task that is gone."""
+        if self._state is not _CONNECTING or task is not self._connect_task:
+            return  # opened, or aclose() took over
+        self._state = _IDLE
+        if task.cancelled():
+            cause: redis_errors.RedisError = redis_errors.ConnectionError(
+                "connecting was cancelled"
+            )
+        else:
+            cause = _connect_failure(task.exception(), self._connect_timeout)
+        self._fail_all(lambda: NotSent(cause), lambda: NotSent(cause))
 
     def _adopt(self, connection: AbstractConnection) -> None:
         """Take the transport over from redis-py once its handshake is done."""
-        writer = connection._writer
-        assert writer is not None
+        # From here on this object owns the socket, so redis-py must not close it.
+        writer = take_stream(connection)
         transport = writer.transport
         self._replies = ReplyReader(self, asyncio.get_running_loop().create_future())
         transport.set_protocol(self._replies)
-        # From here on this object owns the socket, so redis-py must not close it.
-        connection._reader = connection._writer = None
         self._stream_writer = writer
         self._transport = transport
         self._state = _OPEN
@@ -274,7 +290,9 @@ async def _prove_alive(connection: AbstractConnection) -> None:
         await connection.read_response()
 
 
-def _connect_failure(exc: BaseException, connect_timeout: float) -> redis_errors.RedisError:
+def _connect_failure(exc: BaseException | None, connect_timeout: float) -> redis_errors.RedisError:
+    """What callers are told when no connection could be opened: redis-py's error
+    as it is, or one that names whatever else went wrong."""
     if isinstance(exc, TimeoutError | redis_errors.TimeoutError):
         # The words redis-py uses, which errors.translate recognises.
         return redis_errors.TimeoutError(
@@ -282,6 +300,9 @@ def _connect_failure(exc: BaseException, connect_timeout: float) -> redis_errors
         )
     if isinstance(exc, redis_errors.RedisError):
         return exc
-    cause = redis_errors.ConnectionError(str(exc) or type(exc).__name__)
+    # Not redis-py's: a bug, or a redis-py release the driver does not know.
+    cause = redis_errors.ConnectionError(
+        f"opening a connection failed: {type(exc).__name__}: {exc}"
+    )
     cause.__context__ = exc
     return cause

@@ -18,6 +18,7 @@ from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node
 from aa_storage_redis.pool import Pool
+from aa_storage_redis.redis_py import verify as verify_redis_py
 from aa_storage_redis.sentinel import Sentinel
 from aa_storage_redis.topology import Address, Standalone, Topology
 from aa_storage_redis.tracking import Tracker
@@ -30,8 +31,10 @@ def build_pool(config: RedisStorageConfig) -> Pool:
     """A :class:`Pool` for ``config``. No I/O happens until the first command.
 
     Logs one warning when the connection would carry data in the clear to a
-    host that is not this machine.
+    host that is not this machine. Raises :class:`~aa_storage_redis.redis_py.RedisPyChanged`
+    when the installed redis-py lacks what the driver relies on.
     """
+    verify_redis_py()
     deployment = config.deployment
     options: dict[str, Any] = {
         "username": deployment.username,
@@ -41,6 +44,8 @@ def build_pool(config: RedisStorageConfig) -> Pool:
         "socket_timeout": config.socket_timeout,
         # Retries are the Pool's job: redis-py's own would repeat writes.
         "retry": Retry(NoBackoff(), 0),
+        # No CLIENT SETINFO in the handshake: two more commands per connection,
+        # and a grant more for every ACL user.
         "driver_info": None,
         "protocol": 2,
     }

@@ -117,7 +117,7 @@ class Pool:
             node = asking or self._topology.node_for(key)
             try:
                 if node is None:
-                    await self._topology.discover()
+                    await self._discover()
                     continue
                 if asking is not None:
                     asking = None
@@ -127,7 +127,7 @@ class Pool:
                 if self._wait is not None and not read:
                     return await self._confirmed(*node.submit_together(packed, self._wait))
                 return await node.submit(packed)
-            except NotSent as failure:
+            except (NotSent, _Undiscovered) as failure:
                 error = failure.cause
                 retry = not isinstance(error, _FINAL)
             except ReplyLost as failure:
@@ -184,6 +184,19 @@ class Pool:
                 raise translate(error, server=self._where(node), secret=self._password) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
+
+    async def _discover(self) -> None:
+        """Learn which node serves what. Every failure, whatever its type, is raised
+        as :class:`_Undiscovered`: nothing of the caller's was sent."""
+        try:
+            await self._topology.discover()
+        except redis_errors.RedisError as exc:
+            raise _Undiscovered(exc) from None
+        except Exception as exc:
+            cause = redis_errors.ConnectionError(
+                f"finding the nodes failed: {type(exc).__name__}: {exc}"
+            )
+            raise _Undiscovered(cause) from exc
 
     def _closed_error(self) -> StorageError:
         return StorageError(
@@ -288,6 +301,14 @@ class Pool:
         if self._tracker is not None:
             await self._tracker.aclose()
         await self._topology.aclose()
+
+
+class _Undiscovered(Exception):
+    """The topology could not be learnt; the command was not sent."""
+
+    def __init__(self, cause: redis_errors.RedisError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _Unconfirmed(Exception):

@@ -10,15 +10,14 @@ from typing import Any, Protocol
 
 import hiredis
 from redis import exceptions as redis_errors
-from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection
+
+from aa_storage_redis.redis_py import error_reply, stream_of
 
 
 def _parser() -> hiredis.Reader:
     # Error replies become redis-py's exception classes, as in redis-py itself.
-    return hiredis.Reader(
-        protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error
-    )
+    return hiredis.Reader(protocolError=redis_errors.InvalidResponse, replyError=error_reply)
 
 
 class ReplyOwner(Protocol):
@@ -75,10 +74,7 @@ class StreamReplies:
     """
 
     def __init__(self, connection: AbstractConnection) -> None:
-        stream = connection._reader
-        if stream is None:
-            raise redis_errors.ConnectionError("the connection is not open")
-        self._stream = stream
+        self._stream = stream_of(connection)
         self._parser = _parser()
 
     async def next(self) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -183,10 +184,13 @@ class Sentinel:
         await asyncio.gather(*(node.aclose() for node in self.nodes()))
 
     async def ask_sentinel(self, address: Address, *command: str) -> Any:
-        """One command to the sentinel at ``address``, on a connection of its own."""
-        connection = self._open_sentinel(address)
+        """One command to the sentinel at ``address``, on a connection of its own,
+        within the sentinel timeout. Every failure is a ``redis.RedisError``: one
+        that is not redis-py's becomes a ``ConnectionError`` that names it."""
+        connection: AbstractConnection | None = None
         try:
             async with asyncio.timeout(self._timeout):
+                connection = self._open_sentinel(address)
                 await connection.connect()  # type: ignore[no-untyped-call]
                 await connection.send_command(*command)
                 return await connection.read_response()
@@ -194,8 +198,14 @@ class Sentinel:
             raise redis_errors.TimeoutError(
                 f"sentinel {address[0]}:{address[1]} timed out"
             ) from None
+        except redis_errors.RedisError:
+            raise
+        except Exception as exc:
+            raise _unexpected(f"sentinel {address[0]}:{address[1]}", exc) from exc
         finally:
-            await connection.disconnect(nowait=True)
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
 
     def _node(self, address: Address) -> Node:
         node = self._nodes.get(address)
@@ -251,7 +261,7 @@ class Sentinel:
             self._use(address)
             return
         if not isinstance(error, redis_errors.RedisError):
-            raise redis_errors.ConnectionError(f"no sentinel answered: {error!r}")
+            raise _unexpected("asking the sentinels", error)
         raise error
 
     def _use(self, address: Address) -> None:
@@ -373,10 +383,20 @@ class Sentinel:
                     )
             except (redis_errors.RedisError, OSError, TimeoutError):
                 pass  # the sentinel is away: try again
+            except Exception as exc:
+                # Not the network's doing: a bug, or a redis-py release the driver does
+                # not know. Say it, and keep trying, as for a sentinel that is away.
+                logger.warning(
+                    "watching sentinel %s:%s for failovers failed: %s: %s",
+                    *sentinel,
+                    type(exc).__name__,
+                    exc,
+                )
             finally:
                 listening.set()  # not listening, but no one should wait for it now
                 if connection is not None:
-                    connection._close()  # type: ignore[no-untyped-call]
+                    with contextlib.suppress(Exception):
+                        await connection.disconnect(nowait=True)
             attempt += 1
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
@@ -388,6 +408,13 @@ class Sentinel:
                 raise message
             if message[0] == b"message":
                 self._heard(message[1], message[2])
+
+
+def _unexpected(where: str, exc: BaseException) -> redis_errors.ConnectionError:
+    """A failure that is not redis-py's, as the connection error callers are told of."""
+    cause = redis_errors.ConnectionError(f"{where} failed: {type(exc).__name__}: {exc}")
+    cause.__context__ = exc
+    return cause
 
 
 def _service_of(event: str, words: list[str]) -> str | None:

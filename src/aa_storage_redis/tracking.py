@@ -165,11 +165,24 @@ class Tracker:
         for address in [address for address in self._links if address not in wanted]:
             self._links.pop(address).close()
         missing = [address for address in wanted if address not in self._links]
+        loop = asyncio.get_running_loop()
         opening = [
-            TrackingConnection.open(self._connect, address, self._prefix, self._open_timeout)
+            loop.create_task(
+                TrackingConnection.open(self._connect, address, self._prefix, self._open_timeout)
+            )
             for address in missing
         ]
-        opened = await asyncio.gather(*opening, return_exceptions=True)
+        try:
+            opened = await asyncio.gather(*opening, return_exceptions=True)
+        except BaseException:
+            # Cancelled (aclose) once some had opened: their results are dropped here,
+            # so close them, now or as they open.
+            for task in opening:
+                if task.done():
+                    _close_if_opened(task)
+                else:
+                    task.add_done_callback(_close_if_opened)
+            raise
         failure: BaseException | None = None
         for link in opened:
             if isinstance(link, TrackingConnection):
@@ -182,3 +195,8 @@ class Tracker:
                 failure = link
         if failure is not None:
             raise failure
+
+
+def _close_if_opened(task: asyncio.Task[TrackingConnection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()

@@ -25,6 +25,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
+from aa_storage_redis.redis_py import close_now
 from aa_storage_redis.replies import StreamReplies
 from aa_storage_redis.topology import Address
 from aa_storage_redis.wire import pack
@@ -55,25 +56,26 @@ class TrackingConnection:
     async def open(
         cls, connect: TrackingConnector, address: Address, prefix: bytes, bound: float
     ) -> TrackingConnection:
-        """A connection with tracking on; raises ``redis.RedisError`` when it cannot be had."""
-        link = cls(address, connect(address))
+        """A connection with tracking on, within ``bound`` seconds; raises
+        ``redis.RedisError`` when it cannot be had, or whatever else went wrong."""
+        opened: TrackingConnection | None = None
         try:
             async with asyncio.timeout(bound):
-                await link._connection.connect()  # type: ignore[no-untyped-call]
-                link._write(pack("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix))
-                reply = await link._reply(lambda _: None)
-        except TimeoutError:
-            link.close()
-            raise redis_errors.TimeoutError(
-                f"tracking on {address[0]}:{address[1]} timed out after {bound}s"
-            ) from None
-        except BaseException:
-            link.close()
+                opened = cls(address, connect(address))
+                await opened._connection.connect()  # type: ignore[no-untyped-call]
+                await opened._write(pack("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix))
+                reply = await opened._reply(lambda _: None)
+            if isinstance(reply, redis_errors.RedisError):
+                raise reply
+        except BaseException as exc:
+            if opened is not None:
+                opened.close()
+            if isinstance(exc, TimeoutError):
+                raise redis_errors.TimeoutError(
+                    f"tracking on {address[0]}:{address[1]} timed out after {bound}s"
+                ) from None
             raise
-        if isinstance(reply, redis_errors.RedisError):
-            link.close()
-            raise reply
-        return link
+        return opened
 
     def start(
         self,
@@ -106,7 +108,7 @@ class TrackingConnection:
                         await self._reply(on_push)
                 except TimeoutError:
                     if pinged_at is None:
-                        self._write(_PING)
+                        await self._write(_PING)
                         pinged_at = loop.time()
                     elif loop.time() - pinged_at > patience:
                         lost(self, f"no PING reply within socket_timeout={patience}s")
@@ -130,14 +132,14 @@ class TrackingConnection:
             if message and message[0] == b"invalidate":
                 on_push(message)
 
-    def _write(self, packed: bytes) -> None:
-        writer = self._connection._writer
-        if writer is None:
+    async def _write(self, packed: bytes) -> None:
+        if not self._connection.is_connected:
+            # send_packed_command would open a new socket, without tracking on it.
             raise redis_errors.ConnectionError("the tracking connection is closed")
-        writer.write(packed)
+        await self._connection.send_packed_command(packed, check_health=False)
 
     def close(self) -> None:
         """Stop reading and close the socket at once."""
         if self.task is not None:
             self.task.cancel()
-        self._connection._close()  # type: ignore[no-untyped-call]
+        close_now(self._connection)
