@@ -3,12 +3,14 @@ the throwaway server it starts, and its errors. No figure is asserted, only its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -232,12 +234,12 @@ class TestThrowawayServer:
     @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
     def test_is_stopped_when_the_run_is_interrupted(self, stop: signal.Signals) -> None:
         """Ctrl-C or SIGTERM mid-run ends bench with status 130, and its server with it."""
-        process = _bench_process("--seconds", str(PATIENCE_SECS))
-        err = _stderr_until(process, "[1/")
-        pid = int(re.search(r"\(pid (\d+)\)", err)[1])  # type: ignore[index]
-        process.send_signal(stop)
-        assert process.wait(PATIENCE_SECS) == 130
-        assert "aa-storage bench: interrupted" in err + process.stderr.read()  # type: ignore[union-attr]
+        with _bench_process("--seconds", str(PATIENCE_SECS)) as process:
+            err = _stderr_until(process, "[1/")
+            pid = int(re.search(r"\(pid (\d+)\)", err)[1])  # type: ignore[index]
+            process.send_signal(stop)
+            assert process.wait(PATIENCE_SECS) == 130
+            assert "aa-storage bench: interrupted" in err + process.stderr.read()  # type: ignore[union-attr]
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
@@ -256,9 +258,11 @@ class TestThrowawayServer:
 
 def test_interrupt_deletes_the_keys_made_so_far(redis_server: RedisServer, config: str) -> None:
     """Ctrl-C while a case runs still deletes every key the run made."""
-    process = _bench_process("--config", config, "--seconds", str(PATIENCE_SECS))
-    _stderr_until(process, "[1/")
-    with redis_server.client() as admin:
+    with (
+        _bench_process("--config", config, "--seconds", str(PATIENCE_SECS)) as process,
+        redis_server.client() as admin,
+    ):
+        _stderr_until(process, "[1/")
         deadline = time.monotonic() + PATIENCE_SECS
         while admin.dbsize() == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -313,13 +317,21 @@ def test_bad_arguments_are_refused(
     assert "aa-storage bench: error:" in capsys.readouterr().err
 
 
-def _bench_process(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _bench_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """A bench run in a process of its own; killed if the test leaves it running, and
+    its pipe closed, so a failed test leaves nothing behind."""
+    with subprocess.Popen(
         [sys.executable, "-m", "aa_storage", "bench", "--concurrency", str(CONCURRENCY), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    ) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def _stderr_until(process: subprocess.Popen[str], mark: str) -> str:

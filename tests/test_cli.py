@@ -305,18 +305,18 @@ class TestClosedPipe:
 
     def test_reader_that_reads_one_line(self) -> None:
         """`aa-storage check | head -1` prints the header and no traceback."""
-        process = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "aa_storage", "check"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        assert process.stdout is not None
-        assert process.stderr is not None
-        first = process.stdout.readline()
-        process.stdout.close()
-        stderr = process.stderr.read()
-        process.wait(timeout=60)
+        ) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            first = process.stdout.readline()
+            process.stdout.close()
+            stderr = process.stderr.read()
+            process.wait(timeout=60)
         assert first.startswith("kind ")
         assert stderr == ""
 

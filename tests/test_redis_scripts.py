@@ -107,6 +107,7 @@ class TestIncrementIsNeverHalfApplied:
             client.config_set("maxmemory", 0)
             assert client.exists(KEY) == 0
         finally:
+            client.close()
             await backend.aclose()
             client.close()
 

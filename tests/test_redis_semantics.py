@@ -157,7 +157,8 @@ class CommandLog:
     def __init__(self, server: RedisServer) -> None:
         self._marker = server.client()
         self._marker.echo(self.SENTINEL)  # connect now, so no handshake shows up later
-        self._monitor = server.client().monitor()
+        self._watcher = server.client()
+        self._monitor = self._watcher.monitor()
         self._monitor.__enter__()
 
     def sent_since_last_call(self) -> list[str]:
@@ -173,6 +174,7 @@ class CommandLog:
 
     def close(self) -> None:
         self._monitor.__exit__()
+        self._watcher.close()
         self._marker.close()
 
 
