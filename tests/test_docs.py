@@ -745,7 +745,10 @@ def test_example_config_errors_read_as_documented(
 
     for section_, expected in [
         ({"max_entries": 0}, "storage.dict.max_entries: must be at least 1, got 0"),
-        ({"max_entry": 5}, "storage.dict.max_entry: unknown key"),
+        (
+            {"max_entry": 5},
+            "storage.dict.max_entry: unknown key; did you mean max_entries?",
+        ),
     ]:
         assert problems(section_) == [expected]
         assert f"`{expected}`" in text

@@ -75,7 +75,10 @@ class TestValidation:
     @pytest.mark.parametrize(
         ("settings", "problem"),
         [
-            ({"pool_sise": 3}, "storage.redis.pool_sise: unknown key"),
+            (
+                {"pool_sise": 3},
+                "storage.redis.pool_sise: unknown key; did you mean pool_size?",
+            ),
             ({"pool_size": 0}, "storage.redis.pool_size: must lie in [1, 64], got 0"),
             ({"pool_size": "10"}, "storage.redis.pool_size: expected int, got str"),
             ({"pool_size": 2.5}, "storage.redis.pool_size: expected int, got float"),
