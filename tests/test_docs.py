@@ -505,20 +505,59 @@ def test_quick_start_compiles_and_uses_real_names(readme: str) -> None:
         assert callable(getattr(getattr(storage, store), method, None)), f"{store}.{method}"
 
 
-def test_quick_start_runs_on_redis(
-    readme: str,
-    raw: Any,
-    redis_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+@attrs.frozen
+class QuickStart:
+    """The quick start as a reader copies it: its script, its two configs, and the
+    output the README says the script prints."""
+
+    script: Block
+    memory_config: Block
+    redis_config: Block
+    output: list[str]
+
+    @classmethod
+    def of(cls, readme: str) -> QuickStart:
+        text = section(readme, "Quick start")
+        memory_config, redis_config = code_blocks(text, "toml")
+        [script] = code_blocks(text, "python")
+        [output] = code_blocks(text, "")
+        return cls(script, memory_config, redis_config, output.code.splitlines())
+
+    def run(self, directory: Path, config: str) -> list[str]:
+        """Run the script by its file name in ``directory``, beside ``config`` saved as
+        ``agent-assembly.toml``; the lines it printed."""
+        assert self.memory_config.file_name == "agent-assembly.toml"
+        (directory / "agent-assembly.toml").write_text(config, encoding="utf-8")
+        name = str(self.script.file_name)
+        (directory / name).write_text(self.script.code, encoding="utf-8")
+        result = run_in(directory, name)
+        assert (result.returncode, result.stderr) == (0, "")
+        return result.stdout.splitlines()
+
+
+def test_quick_start_runs_as_shown_on_memory(readme: str, tmp_path: Path) -> None:
+    """The quick start, beside the memory config the README shows, prints the lines the
+    README shows, and the same on a second run (memory starts empty in each process)."""
+    quick = QuickStart.of(readme)
+    assert load_config(tomllib.loads(quick.memory_config.code)).backend == "memory"
+    assert len(quick.output) == 3
+    assert quick.run(tmp_path, quick.memory_config.code) == quick.output
+    assert quick.run(tmp_path, quick.memory_config.code) == quick.output
+
+
+def test_quick_start_runs_as_shown_on_redis(
+    readme: str, raw: Any, redis_url: str, tmp_path: Path
 ) -> None:
-    """The quick start runs as written against a real Redis, and caches the policy it builds."""
-    [block] = code_blocks(section(readme, "Quick start"), "python")
-    (tmp_path / "agent-assembly.toml").write_text(
-        f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{redis_url}"\n'
-    )
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block.code, "README.md quick start", "exec"), {"__name__": "__main__"})
+    """With the Redis config the README shows (its URL pointed at a test server), the quick
+    start prints what the README shows and stores the counter, the policy and a session;
+    run again, it counts 2 and reads the policy from the cache, as the README says."""
+    quick = QuickStart.of(readme)
+    shown = load_config(tomllib.loads(quick.redis_config.code))
+    assert shown.backend == "redis"
+    shown_url = shown.drivers["redis"].url
+    config = quick.redis_config.code.replace(f'"{shown_url}"', f'"{redis_url}"')
+    assert config != quick.redis_config.code
+    assert quick.run(tmp_path, config) == quick.output
     agent = AgentId.from_hex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
     cached = policy_from_json(raw.get(f"aa:policy:{agent.hex}"))
     assert [rule.decision for rule in cached.rules] == [
@@ -528,6 +567,15 @@ def test_quick_start_runs_on_redis(
     ]
     assert raw.get("aa:ratelimit:agent:42:tool-calls") == b"1"
     assert len(raw.keys("aa:session:*")) == 1
+    again = quick.run(tmp_path, config)
+    assert again[:2] == [
+        "agent:42:tool-calls: 2 of 100 this minute",
+        "policy 'default' v1: read from the cache",
+    ]
+    assert again[2] == quick.output[2]
+    assert len(raw.keys("aa:session:*")) == 2
+    text = words(section(readme, "Quick start"))
+    assert "on Redis, where the state outlives the process, it counts `2 of 100` and reads" in text
 
 
 # --- README: what the Redis driver sends ---
