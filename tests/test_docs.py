@@ -701,14 +701,21 @@ def test_plugins_toml_blocks_parse(plugins_md: str) -> None:
 # --- plugins.md: the example project, built from its `# file:` blocks ---
 
 
-@pytest.fixture
-def example_project(plugins_md: str, tmp_path: Path) -> Path:
-    """A directory holding every `# file:` block of plugins.md, as a reader would copy them."""
+def write_example(plugins_md: str, directory: Path) -> Path:
+    """``directory``, holding every `# file:` block of plugins.md, as a reader would copy
+    them."""
     blocks = [block for block in code_blocks(plugins_md) if block.file_name]
     assert sorted(str(block.file_name) for block in blocks) == sorted(EXAMPLE_FILES)
+    directory.mkdir(exist_ok=True)
     for block in blocks:
-        (tmp_path / str(block.file_name)).write_text(block.code, encoding="utf-8")
-    return tmp_path
+        (directory / str(block.file_name)).write_text(block.code, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def example_project(plugins_md: str, tmp_path: Path) -> Path:
+    """A directory holding every `# file:` block of plugins.md."""
+    return write_example(plugins_md, tmp_path)
 
 
 @pytest.fixture
@@ -824,6 +831,43 @@ def test_example_contract_suite_passes_without_a_warning(example_project: Path) 
     match = re.fullmatch(r"=+ (\d+) passed in [\d.]+s =+", summary)
     assert match, summary
     assert int(match[1]) > len(suite_tests())
+
+
+def test_example_builds_in_a_fresh_venv_as_the_page_says(plugins_md: str, tmp_path: Path) -> None:
+    """The set-up commands of plugins.md, run as shown in the example's directory with this
+    clone beside it as ../aa-storage, make a fresh venv in which `aa-storage drivers` lists
+    the example driver and its contract suite passes."""
+    [block] = code_blocks(section(plugins_md, "Setting up the environment"), "sh")
+    project = write_example(plugins_md, tmp_path / "aa-storage-dict")
+    (tmp_path / "aa-storage").symlink_to(ROOT, target_is_directory=True)
+    result = subprocess.run(
+        ["bash", "-euc", block.code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        # The venv must come from the commands alone, not from the one running this test.
+        env={key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed = dict(
+        line.split(None, 1) for line in result.stdout.splitlines() if re.match(r"\w+ {2,}", line)
+    )
+    assert listed["dict"] == "policy_store, rate_limit_counter, session_store"
+    assert {"memory", "redis"} <= set(listed)
+    summary = result.stdout.splitlines()[-1]
+    match = re.fullmatch(r"=+ (\d+) passed in [\d.]+s(?: \(\S+\))? =+", summary)
+    assert match, summary
+    assert int(match[1]) > len(suite_tests())
+    installed = project / ".venv" / "bin" / "python"
+    where = subprocess.run(
+        [installed, "-c", "import aa_storage; print(aa_storage.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).resolve().is_relative_to(ROOT / "src")
 
 
 def test_example_pytest_config_is_what_silences_pytest_asyncio(example_project: Path) -> None:
