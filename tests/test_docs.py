@@ -578,6 +578,45 @@ def test_quick_start_runs_as_shown_on_redis(
     assert "on Redis, where the state outlives the process, it counts `2 of 100` and reads" in text
 
 
+def test_readme_stats_and_describe_are_reached_from_open_storage(
+    readme: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's snippet reaches stats() and describe() through open_storage(): run on a
+    real server, it prints the commands sent so far and the topology."""
+    [block] = [
+        block
+        for block in code_blocks(section(readme, "Connections"), "python")
+        if "storage.backends" in block.code
+    ]
+    (tmp_path / "agent-assembly.toml").write_text(
+        f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{redis_url}"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"open_storage": open_storage}
+    body = textwrap.indent(block.code, "    ")
+    exec(compile(f"async def snippet():\n{body}", "README.md stats", "exec"), namespace)
+    asyncio.run(namespace["snippet"]())
+    sent, shape = capsys.readouterr().out.splitlines()
+    assert int(sent) >= 1
+    assert shape == "standalone ()"
+
+
+def test_readme_wait_timeout_rule_is_the_one_enforced(readme: str) -> None:
+    """wait_timeout must be below socket_timeout when wait_replicas > 0, and only then, as
+    the reference table says."""
+    assert (
+        "when `wait_replicas` > 0, must be below `socket_timeout`"
+        in (config_rows(readme)["wait_timeout"][3])
+    )
+    assert RedisStorageConfig(wait_timeout=2.0, socket_timeout=1.0).wait_timeout == 2.0
+    with pytest.raises(ValueError, match=r"^wait_timeout: must be below socket_timeout"):
+        RedisStorageConfig(wait_replicas=1, wait_timeout=2.0, socket_timeout=1.0)
+
+
 # --- README: what the Redis driver sends ---
 
 
