@@ -35,10 +35,12 @@ PATIENCE_SECS = 30.0
 # What RedisServer.commandstats() itself sends: a new connection's HELLO, and INFO.
 _HELPER_COMMANDS = {"hello", "info"}
 _NUMBER = r"[\d,]+(?:\.\d+)?"
+# A p99 is a figure, or - for a case of too few calls.
+_P99 = rf"(?:{_NUMBER}|-)"
 _ROW = re.compile(
     rf"(?P<operation>\w+) +(?P<mode>sequential|\d+ callers) +"
-    rf"(?P<driver>{_NUMBER}) +{_NUMBER} +{_NUMBER} +{_NUMBER} +"
-    rf"(?P<raw>{_NUMBER}) +{_NUMBER} +{_NUMBER} +(?P<ratio>\d+\.\d\d)x(?P<target>.*)"
+    rf"(?P<driver>{_NUMBER}) +{_NUMBER} +(?P<driver_p99>{_P99}) +{_NUMBER} +"
+    rf"(?P<raw>{_NUMBER}) +{_NUMBER} +(?P<raw_p99>{_P99}) +(?P<ratio>\d+\.\d\d)x(?P<target>.*)"
 )
 
 
@@ -144,17 +146,32 @@ class TestAgainstAConfig:
         self, config: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """After the table: how many changes another process made (one per request), and
-        the p50 and p99 of the time until this process stopped serving the old policy."""
-        assert bench("--config", config, "--requests", "20") == 0
+        the p50 and p99 of the time until this process stopped serving the old policy, and
+        every row's p99, once there are 100 samples."""
+        assert bench("--config", config, "--requests", "100") == 0
         out = capsys.readouterr().out
+        assert all(row["driver_p99"] != "-" != row["raw_p99"] for row in rows(out))
         match = re.search(
             rf"\nnear-cache invalidation from another process \(.*\):\n"
             rf"  (\d+) changes, p50 ({_NUMBER}) us, p99 ({_NUMBER}) us\n",
             out,
         )
         assert match, out
-        assert int(match[1]) == 20
+        assert int(match[1]) == 100
         assert 0 < figure(match[2]) <= figure(match[3])
+
+    def test_a_p99_needs_100_samples(self, config: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """With 20 calls a case, no p99 is shown, in the table or for the near-cache's
+        changes, and a line says why."""
+        assert bench("--config", config, "--requests", "20") == 0
+        out = capsys.readouterr().out
+        assert {(row["driver_p99"], row["raw_p99"]) for row in rows(out)} == {("-", "-")}
+        assert (
+            "\np99 us is - for a case of fewer than 100 calls, where it would only be the "
+            "slowest call; use --seconds or --requests to make more\n"
+        ) in out
+        assert "\n  20 changes, p50 " in out
+        assert out.count(", no p99 (it needs 100 changes)\n") == 1
 
     def test_stampede_runs_the_loader_once(
         self, config: str, capsys: pytest.CaptureFixture[str]
@@ -231,10 +248,14 @@ class TestThrowawayServer:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
+    @pytest.mark.parametrize("ignoring", [False, True], ids=["foreground", "sigint-ignored"])
     @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
-    def test_is_stopped_when_the_run_is_interrupted(self, stop: signal.Signals) -> None:
-        """Ctrl-C or SIGTERM mid-run ends bench with status 130, and its server with it."""
-        with _bench_process("--seconds", str(PATIENCE_SECS)) as process:
+    def test_is_stopped_when_the_run_is_interrupted(
+        self, stop: signal.Signals, ignoring: bool
+    ) -> None:
+        """Ctrl-C or SIGTERM mid-run ends bench with status 130, and its server with it,
+        also when it was started with SIGINT ignored (`bench &` in a script, nohup)."""
+        with _bench_process("--seconds", str(PATIENCE_SECS), sigint_ignored=ignoring) as process:
             err = _stderr_until(process, "[1/")
             pid = int(re.search(r"\(pid (\d+)\)", err)[1])  # type: ignore[index]
             process.send_signal(stop)
@@ -242,6 +263,20 @@ class TestThrowawayServer:
             assert "aa-storage bench: interrupted" in err + process.stderr.read()  # type: ignore[union-attr]
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+    def test_ctrl_c_during_the_stampede_stops_its_processes(self) -> None:
+        """Ctrl-C while the stampede's processes run ends bench with status 130 and
+        leaves none of them behind, also when bench was started with SIGINT ignored."""
+        with _bench_process("--requests", "5", sigint_ignored=True) as process:
+            err = _stderr_until(process, "stampede, ")
+            deadline = time.monotonic() + PATIENCE_SECS
+            while not (workers := _spawned_by(process.pid)) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert workers, "the stampede started no process"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(PATIENCE_SECS) == 130
+            assert "aa-storage bench: interrupted" in err + process.stderr.read()  # type: ignore[union-attr]
+        assert [pid for pid in workers if _alive(pid)] == []
 
     def test_without_redis_server_on_path_says_what_to_do(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -318,20 +353,46 @@ def test_bad_arguments_are_refused(
 
 
 @contextlib.contextmanager
-def _bench_process(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """A bench run in a process of its own; killed if the test leaves it running, and
-    its pipe closed, so a failed test leaves nothing behind."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "aa_storage", "bench", "--concurrency", str(CONCURRENCY), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
+def _bench_process(*args: str, sigint_ignored: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """``aa-storage bench`` in a process of its own, killed on the way out whatever the
+    test did, so that a failed test leaves no bench writing to a shared server. With
+    ``sigint_ignored``, started as a shell starts a background job: SIGINT ignored."""
+    command = [sys.executable, "-m", "aa_storage", "bench", "--concurrency", str(CONCURRENCY)]
+    if sigint_ignored:
+        # `trap '' INT` ignores SIGINT, and exec keeps it ignored, as `bench &` would.
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    process = subprocess.Popen(
+        [*command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def _spawned_by(pid: int) -> list[int]:
+    """The multiprocessing ``spawn`` workers whose parent is ``pid``, from /proc."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            parent = re.search(r"^PPid:\s+(\d+)$", status.read_text(), re.M)
+            command = (status.parent / "cmdline").read_bytes()
+            if parent and int(parent[1]) == pid and b"spawn_main" in command:
+                found.append(int(status.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: it exists and is not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return re.search(r"^State:\s+Z", status, re.M) is None
 
 
 def _stderr_until(process: subprocess.Popen[str], mark: str) -> str:

@@ -198,7 +198,29 @@ class TestUnknownKeys:
     def test_unknown_key_in_a_plugin_section(self, registry: Registry) -> None:
         """A typo inside a plugin driver's section is reported with the full path."""
         table = {"session_store": "probe", "probe": {"pool_sise": 1}}
-        assert _problems({"storage": table}, registry) == ["storage.probe.pool_sise: unknown key"]
+        assert _problems({"storage": table}, registry) == [
+            "storage.probe.pool_sise: unknown key; did you mean pool_size?"
+        ]
+
+    @pytest.mark.parametrize(
+        ("table", "problem"),
+        [
+            ({"backnd": "memory"}, "storage.backnd: unknown key; did you mean backend?"),
+            (
+                {"rate_limit_countr": "memory"},
+                "storage.rate_limit_countr: unknown key; did you mean rate_limit_counter?",
+            ),
+            (
+                {"session_store": "probe", "probe": {"lable": "x"}},
+                "storage.probe.lable: unknown key; did you mean label?",
+            ),
+        ],
+    )
+    def test_a_near_miss_names_the_key_meant(
+        self, registry: Registry, table: dict[str, Any], problem: str
+    ) -> None:
+        """An unknown key close to a real one says which one was probably meant."""
+        assert _problems({"storage": table}, registry) == [problem]
 
     def test_every_problem_is_reported(self, registry: Registry) -> None:
         """Several bad keys in [storage] are all reported, in table order."""

@@ -132,6 +132,82 @@ class TestKinds:
         assert "TestCounterOnly.kinds must be a non-empty set of aa_storage.Kind" in output
 
 
+# The memory driver with one rule broken, where BROKEN stands: its suite must fail
+# exactly the tests of that rule.
+BROKEN_DRIVER_TESTS = """
+import pytest
+from aa_storage.memory import MemoryBackend
+from aa_storage.memory._stores import MemoryRateLimitCounter
+from aa_storage.testing import ContractSuite, FakeClock
+
+BROKEN
+
+
+class TestBroken(ContractSuite):
+    @pytest.fixture
+    def clock(self):
+        return FakeClock()
+
+    @pytest.fixture
+    def backend(self, clock):
+        return Backend(clock=clock)
+"""
+# aclose() that closes nothing: every call still answers afterwards.
+NEVER_CLOSES = """
+class Backend(MemoryBackend):
+    async def aclose(self):
+        pass
+"""
+# current() and reset() without their key check: they read and drop any key.
+UNCHECKED_KEYS = """
+class Counter(MemoryRateLimitCounter):
+    async def current(self, key):
+        entry = self._counters.get(key)
+        return 0 if entry is None else entry.value
+
+    async def reset(self, key):
+        self._counters.pop(key)
+
+
+class Backend(MemoryBackend):
+    def rate_limiter(self):
+        return Counter(super().rate_limiter()._counters)
+"""
+
+
+class TestWhatTheSuiteCatches:
+    @pytest.mark.parametrize(
+        ("broken", "failing"),
+        [
+            (
+                NEVER_CLOSES,
+                {
+                    "test_session_calls_after_aclose_raise",
+                    "test_rate_limit_calls_after_aclose_raise",
+                    "test_policy_calls_after_aclose_raise",
+                },
+            ),
+            (UNCHECKED_KEYS, {"test_bad_keys_are_rejected_by_current_and_reset"}),
+        ],
+        ids=["never-closes", "unchecked-keys"],
+    )
+    def test_a_driver_that_skips_a_rule_fails_its_tests(
+        self, pytester: pytest.Pytester, broken: str, failing: set[str]
+    ) -> None:
+        """A driver whose closed stores still answer, or whose current and reset skip
+        the key check, fails the tests of that rule, and only those."""
+        pytester.makepyfile(test_broken=BROKEN_DRIVER_TESTS.replace("BROKEN", broken))
+        result = pytester.runpytest_inprocess(
+            "-v", "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function"
+        )
+        outcomes: dict[str, set[str]] = {}
+        for line in result.outlines:
+            if match := re.search(r"::TestBroken::(\w+)\S* (PASSED|FAILED|SKIPPED)", line):
+                outcomes.setdefault(match[2], set()).add(match[1])
+        assert outcomes.get("FAILED") == failing, result.stdout.str()
+        assert failing.isdisjoint(outcomes["PASSED"])
+
+
 def test_test_ids_are_the_same_on_every_collection() -> None:
     """Collecting the whole suite twice gives identical test ids, so --lf and --deselect work."""
 

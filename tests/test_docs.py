@@ -505,20 +505,59 @@ def test_quick_start_compiles_and_uses_real_names(readme: str) -> None:
         assert callable(getattr(getattr(storage, store), method, None)), f"{store}.{method}"
 
 
-def test_quick_start_runs_on_redis(
-    readme: str,
-    raw: Any,
-    redis_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+@attrs.frozen
+class QuickStart:
+    """The quick start as a reader copies it: its script, its two configs, and the
+    output the README says the script prints."""
+
+    script: Block
+    memory_config: Block
+    redis_config: Block
+    output: list[str]
+
+    @classmethod
+    def of(cls, readme: str) -> QuickStart:
+        text = section(readme, "Quick start")
+        memory_config, redis_config = code_blocks(text, "toml")
+        [script] = code_blocks(text, "python")
+        [output] = code_blocks(text, "")
+        return cls(script, memory_config, redis_config, output.code.splitlines())
+
+    def run(self, directory: Path, config: str) -> list[str]:
+        """Run the script by its file name in ``directory``, beside ``config`` saved as
+        ``agent-assembly.toml``; the lines it printed."""
+        assert self.memory_config.file_name == "agent-assembly.toml"
+        (directory / "agent-assembly.toml").write_text(config, encoding="utf-8")
+        name = str(self.script.file_name)
+        (directory / name).write_text(self.script.code, encoding="utf-8")
+        result = run_in(directory, name)
+        assert (result.returncode, result.stderr) == (0, "")
+        return result.stdout.splitlines()
+
+
+def test_quick_start_runs_as_shown_on_memory(readme: str, tmp_path: Path) -> None:
+    """The quick start, beside the memory config the README shows, prints the lines the
+    README shows, and the same on a second run (memory starts empty in each process)."""
+    quick = QuickStart.of(readme)
+    assert load_config(tomllib.loads(quick.memory_config.code)).backend == "memory"
+    assert len(quick.output) == 3
+    assert quick.run(tmp_path, quick.memory_config.code) == quick.output
+    assert quick.run(tmp_path, quick.memory_config.code) == quick.output
+
+
+def test_quick_start_runs_as_shown_on_redis(
+    readme: str, raw: Any, redis_url: str, tmp_path: Path
 ) -> None:
-    """The quick start runs as written against a real Redis, and caches the policy it builds."""
-    [block] = code_blocks(section(readme, "Quick start"), "python")
-    (tmp_path / "agent-assembly.toml").write_text(
-        f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{redis_url}"\n'
-    )
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block.code, "README.md quick start", "exec"), {"__name__": "__main__"})
+    """With the Redis config the README shows (its URL pointed at a test server), the quick
+    start prints what the README shows and stores the counter, the policy and a session;
+    run again, it counts 2 and reads the policy from the cache, as the README says."""
+    quick = QuickStart.of(readme)
+    shown = load_config(tomllib.loads(quick.redis_config.code))
+    assert shown.backend == "redis"
+    shown_url = shown.drivers["redis"].url
+    config = quick.redis_config.code.replace(f'"{shown_url}"', f'"{redis_url}"')
+    assert config != quick.redis_config.code
+    assert quick.run(tmp_path, config) == quick.output
     agent = AgentId.from_hex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
     cached = policy_from_json(raw.get(f"aa:policy:{agent.hex}"))
     assert [rule.decision for rule in cached.rules] == [
@@ -528,6 +567,54 @@ def test_quick_start_runs_on_redis(
     ]
     assert raw.get("aa:ratelimit:agent:42:tool-calls") == b"1"
     assert len(raw.keys("aa:session:*")) == 1
+    again = quick.run(tmp_path, config)
+    assert again[:2] == [
+        "agent:42:tool-calls: 2 of 100 this minute",
+        "policy 'default' v1: read from the cache",
+    ]
+    assert again[2] == quick.output[2]
+    assert len(raw.keys("aa:session:*")) == 2
+    text = words(section(readme, "Quick start"))
+    assert "on Redis, where the state outlives the process, it counts `2 of 100` and reads" in text
+
+
+def test_readme_stats_and_describe_are_reached_from_open_storage(
+    readme: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's snippet reaches stats() and describe() through open_storage(): run on a
+    real server, it prints the commands sent so far and the topology."""
+    [block] = [
+        block
+        for block in code_blocks(section(readme, "Connections"), "python")
+        if "storage.backends" in block.code
+    ]
+    (tmp_path / "agent-assembly.toml").write_text(
+        f'[storage]\nbackend = "redis"\n[storage.redis]\nurl = "{redis_url}"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"open_storage": open_storage}
+    body = textwrap.indent(block.code, "    ")
+    exec(compile(f"async def snippet():\n{body}", "README.md stats", "exec"), namespace)
+    asyncio.run(namespace["snippet"]())
+    sent, shape = capsys.readouterr().out.splitlines()
+    assert int(sent) >= 1
+    assert shape == "standalone ()"
+
+
+def test_readme_wait_timeout_rule_is_the_one_enforced(readme: str) -> None:
+    """wait_timeout must be below socket_timeout when wait_replicas > 0, and only then, as
+    the reference table says."""
+    assert (
+        "when `wait_replicas` > 0, must be below `socket_timeout`"
+        in (config_rows(readme)["wait_timeout"][3])
+    )
+    assert RedisStorageConfig(wait_timeout=2.0, socket_timeout=1.0).wait_timeout == 2.0
+    with pytest.raises(ValueError, match=r"^wait_timeout: must be below socket_timeout"):
+        RedisStorageConfig(wait_replicas=1, wait_timeout=2.0, socket_timeout=1.0)
 
 
 # --- README: what the Redis driver sends ---
@@ -653,14 +740,21 @@ def test_plugins_toml_blocks_parse(plugins_md: str) -> None:
 # --- plugins.md: the example project, built from its `# file:` blocks ---
 
 
-@pytest.fixture
-def example_project(plugins_md: str, tmp_path: Path) -> Path:
-    """A directory holding every `# file:` block of plugins.md, as a reader would copy them."""
+def write_example(plugins_md: str, directory: Path) -> Path:
+    """``directory``, holding every `# file:` block of plugins.md, as a reader would copy
+    them."""
     blocks = [block for block in code_blocks(plugins_md) if block.file_name]
     assert sorted(str(block.file_name) for block in blocks) == sorted(EXAMPLE_FILES)
+    directory.mkdir(exist_ok=True)
     for block in blocks:
-        (tmp_path / str(block.file_name)).write_text(block.code, encoding="utf-8")
-    return tmp_path
+        (directory / str(block.file_name)).write_text(block.code, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def example_project(plugins_md: str, tmp_path: Path) -> Path:
+    """A directory holding every `# file:` block of plugins.md."""
+    return write_example(plugins_md, tmp_path)
 
 
 @pytest.fixture
@@ -745,7 +839,10 @@ def test_example_config_errors_read_as_documented(
 
     for section_, expected in [
         ({"max_entries": 0}, "storage.dict.max_entries: must be at least 1, got 0"),
-        ({"max_entry": 5}, "storage.dict.max_entry: unknown key"),
+        (
+            {"max_entry": 5},
+            "storage.dict.max_entry: unknown key; did you mean max_entries?",
+        ),
     ]:
         assert problems(section_) == [expected]
         assert f"`{expected}`" in text
@@ -773,6 +870,43 @@ def test_example_contract_suite_passes_without_a_warning(example_project: Path) 
     match = re.fullmatch(r"=+ (\d+) passed in [\d.]+s =+", summary)
     assert match, summary
     assert int(match[1]) > len(suite_tests())
+
+
+def test_example_builds_in_a_fresh_venv_as_the_page_says(plugins_md: str, tmp_path: Path) -> None:
+    """The set-up commands of plugins.md, run as shown in the example's directory with this
+    clone beside it as ../aa-storage, make a fresh venv in which `aa-storage drivers` lists
+    the example driver and its contract suite passes."""
+    [block] = code_blocks(section(plugins_md, "Setting up the environment"), "sh")
+    project = write_example(plugins_md, tmp_path / "aa-storage-dict")
+    (tmp_path / "aa-storage").symlink_to(ROOT, target_is_directory=True)
+    result = subprocess.run(
+        ["bash", "-euc", block.code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        # The venv must come from the commands alone, not from the one running this test.
+        env={key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed = dict(
+        line.split(None, 1) for line in result.stdout.splitlines() if re.match(r"\w+ {2,}", line)
+    )
+    assert listed["dict"] == "policy_store, rate_limit_counter, session_store"
+    assert {"memory", "redis"} <= set(listed)
+    summary = result.stdout.splitlines()[-1]
+    match = re.fullmatch(r"=+ (\d+) passed in [\d.]+s(?: \(\S+\))? =+", summary)
+    assert match, summary
+    assert int(match[1]) > len(suite_tests())
+    installed = project / ".venv" / "bin" / "python"
+    where = subprocess.run(
+        [installed, "-c", "import aa_storage; print(aa_storage.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).resolve().is_relative_to(ROOT / "src")
 
 
 def test_example_pytest_config_is_what_silences_pytest_asyncio(example_project: Path) -> None:

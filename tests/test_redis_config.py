@@ -75,7 +75,10 @@ class TestValidation:
     @pytest.mark.parametrize(
         ("settings", "problem"),
         [
-            ({"pool_sise": 3}, "storage.redis.pool_sise: unknown key"),
+            (
+                {"pool_sise": 3},
+                "storage.redis.pool_sise: unknown key; did you mean pool_size?",
+            ),
             ({"pool_size": 0}, "storage.redis.pool_size: must lie in [1, 64], got 0"),
             ({"pool_size": "10"}, "storage.redis.pool_size: expected int, got str"),
             ({"pool_size": 2.5}, "storage.redis.pool_size: expected int, got float"),
@@ -327,12 +330,111 @@ FIXED_TEXT = "\n".join(
                 "a '/' or '?' comes before the '@', which would end the host there",
                 "a '%' before the '@' does not start a percent-encoded character",
                 "it holds a control character (a tab or a line break)",
-                "it does not parse as a URL, or its port is not a number in [1, 65535]",
+                "a host does not parse as host[:port] or [ipv6][:port]",
             )
         ),
         "InvalidConfigError(",
     ]
 )
+
+
+class TestUrlMistakes:
+    """Each common slip in a URL gets one line that names it and says what to write, and
+    never quotes a password."""
+
+    @pytest.mark.parametrize(
+        ("url", "problem"),
+        [
+            (
+                f"redis:/app:{SECRET}@cache:6379",
+                "'://' is missing after 'redis:'; write redis://host:port "
+                "(or redis://user:password@host:port)",
+            ),
+            (
+                "redis:/127.0.0.1:6379",
+                "'://' is missing after 'redis:'; write redis://host:port "
+                "(or redis://user:password@host:port)",
+            ),
+            (
+                f"rediss+cluster:app:{SECRET}@cache:6379",
+                "'://' is missing after 'rediss+cluster:'; write rediss+cluster://host:port "
+                "(or rediss+cluster://user:password@host:port)",
+            ),
+            (
+                f"app:{SECRET}@cache:6379",
+                "the URL must start with one of redis://, rediss://, redis+cluster://, "
+                "rediss+cluster://, redis+sentinel://, rediss+sentinel://, and '://' must "
+                "follow the scheme",
+            ),
+            (
+                f"redis:/app:{SECRET}@cache/0?x=1",
+                "'://' is missing after 'redis:'; write redis://host:port "
+                "(or redis://user:password@host:port)",
+            ),
+            (
+                f"app:{SECRET}@redis://cache:6379",
+                "the scheme must be one of redis://, rediss://, redis+cluster://, "
+                "rediss+cluster://, redis+sentinel://, rediss+sentinel://",
+            ),
+            (
+                "redis://127.0.0.1:99999",
+                "the port of host '127.0.0.1' must be a number in [1, 65535]; check the "
+                "digits after the host's ':'",
+            ),
+            (
+                f"redis+cluster://app:{SECRET}@10.0.0.1:7000,10.0.0.2:700000",
+                "the port of host '10.0.0.2' must be a number in [1, 65535]; check the "
+                "digits after the host's ':'",
+            ),
+            (
+                "redis://cache:63x9",
+                "cannot read the URL: a host does not parse as host[:port] or "
+                "[ipv6][:port]; write each host as host:port with a numeric port, and "
+                "separate hosts with ','",
+            ),
+        ],
+    )
+    def test_says_what_is_wrong_and_what_to_write(
+        self, url: str, problem: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The problem line is exactly the one for this slip, and the password is not shown."""
+        line, shown = _url_problem(url, caplog)
+        assert line == f"storage.redis.url: {problem}"
+        assert SECRET not in shown
+
+    @pytest.mark.parametrize(
+        ("url", "warnings"),
+        [
+            (
+                "redis+cluster://10.0.0.1,10.0.0.2:7000,10.0.0.3",
+                [
+                    "the URL gives cluster node 10.0.0.1 no port; assuming 6379, the default "
+                    "port of a cluster node (write 10.0.0.1:PORT to choose another)",
+                    "the URL gives cluster node 10.0.0.3 no port; assuming 6379, the default "
+                    "port of a cluster node (write 10.0.0.3:PORT to choose another)",
+                ],
+            ),
+            (
+                "rediss+sentinel://s1:26380,s2/aa-primary",
+                [
+                    "the URL gives sentinel s2 no port; assuming 26379, the default port of "
+                    "a sentinel (write s2:PORT to choose another)",
+                ],
+            ),
+            ("redis+cluster://10.0.0.1:7000,10.0.0.2:7001", []),
+            ("redis://127.0.0.1", []),
+        ],
+    )
+    def test_a_node_without_a_port_says_which_port_is_assumed(
+        self, url: str, warnings: list[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A cluster node or sentinel without a port gets the default, and a warning saying
+        so; a single server's 6379 is the usual one and passes without a word."""
+        config = RedisStorageConfig(url=url)
+        with caplog.at_level(logging.WARNING, logger="aa_storage_redis.backend"):
+            RedisBackend.connect(config)
+        said = [r.getMessage() for r in caplog.records if r.name == "aa_storage_redis.backend"]
+        assert said == warnings
 
 
 class TestCleartextWarning:

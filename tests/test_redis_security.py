@@ -124,6 +124,10 @@ class TestTls:
 README_USER = "aa-driver-readme"
 
 
+async def _never_loaded(agent_id: AgentId) -> PolicyDocument:
+    raise AssertionError("the lease was denied, so no loader runs")
+
+
 def _set_user(server: RedisServer, name: str, rule: list[str]) -> str:
     with server.client() as admin:
         admin.execute_command("ACL", "SETUSER", name, "reset", *rule)
@@ -159,6 +163,50 @@ class TestAcl:
                     await call
         finally:
             await backend.aclose()
+
+    async def test_each_denial_names_the_grant_it_lacks(
+        self, acl_redis_server: RedisServer
+    ) -> None:
+        """A key outside the user's patterns names the key and the patterns to grant; a
+        command the user lacks names its grant; a command refused inside a script names
+        the script and every grant it needs, not the script's SHA."""
+        outsider = [part if not part.startswith("~") else "~other:*" for part in readme_acl_rule()]
+        timeless = [part for part in readme_acl_rule() if part != "+time"]
+        no_get = [part for part in readme_acl_rule() if part != "+get"]
+        server = f"redis://{{user}}:***@127.0.0.1:{acl_redis_server.port}"
+        cases = [
+            (
+                outsider,
+                lambda backend: backend.rate_limiter().current("k"),
+                "the user may not access the key 'aa:ratelimit:k'; grant a key pattern that "
+                "covers it: ~<key_prefix>* for the stores and ~{<key_prefix>* for "
+                "get_or_load's leases, as in the README's ACL rule",
+            ),
+            (
+                no_get,
+                lambda backend: backend.rate_limiter().current("k"),
+                "the user may not run GET; grant +get",
+            ),
+            (
+                timeless,
+                lambda backend: backend.policies().get_or_load(AgentId.new(), _never_loaded, 60),
+                "the user may run scripts, but not every command that the driver's "
+                "'get_or_lease' script calls (GET, PTTL, TIME, SET); grant +get +pttl +time "
+                "+set, as in the README's ACL rule",
+            ),
+        ]
+        for number, (rule, call, grant) in enumerate(cases):
+            user = f"aa-lacking-{number}"
+            url = _set_user(acl_redis_server, user, rule)
+            backend = RedisBackend.connect(acl_redis_server.backend_config(url=url))
+            try:
+                with pytest.raises(BackendError) as caught:
+                    await call(backend)
+            finally:
+                await backend.aclose()
+            assert str(caught.value) == (
+                f"permission denied by redis at {server.format(user=user)}: {grant}"
+            )
 
     async def test_wrong_password_is_a_refused_login(self, acl_redis_server: RedisServer) -> None:
         """A bad password is a BackendError about the login, without the password in it."""
@@ -233,7 +281,8 @@ class TestCheckUnderTheReadmeRule:
         out, err = capsys.readouterr()
         assert out == ""
         assert err.startswith("aa-storage: BackendError: policy_store get_or_load via redis: ")
-        assert "permission" in err
+        assert "permission denied" in err
+        assert "grant +get +pttl +time +set" in err
         assert err.count("\n") == 1
 
 

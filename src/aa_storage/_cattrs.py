@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
+import attrs
 import cattrs
 from cattrs.errors import (
     AttributeValidationNote,
@@ -56,10 +59,18 @@ def describe_errors(exc: BaseException, path: str) -> list[str]:
         ]
         return lines + [line for inner in unnoted for line in describe_errors(inner, path)]
     if isinstance(exc, ForbiddenExtraKeysError):
-        return [f"{path}.{key}: unknown key" for key in sorted(exc.extra_fields)]
+        known = [field.name for field in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        return [unknown_key(f"{path}.{key}", key, known) for key in sorted(exc.extra_fields)]
     if isinstance(exc, KeyError):
         return [f"{path}: required key missing"]
     return [_on_path(path, line) for line in (str(exc) or type(exc).__name__).splitlines()]
+
+
+def unknown_key(where: str, key: str, known: Iterable[str]) -> str:
+    """``where: unknown key``, with the closest known key when one is close enough to be
+    the one meant: ``storage.redis.pool_sise: unknown key; did you mean pool_size?``"""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"{where}: unknown key" + (f"; did you mean {close[0]}?" if close else "")
 
 
 def _step(note: AttributeValidationNote | IterableValidationNote) -> str:

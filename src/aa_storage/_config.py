@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from aa_storage._cattrs import describe_errors, make_converter
+from aa_storage._cattrs import describe_errors, make_converter, unknown_key
 from aa_storage._registry import Registry
 from aa_storage.contracts import Kind
 from aa_storage.errors import ConfigError, InvalidConfigError, MissingKindError
@@ -75,7 +75,7 @@ def load_config(
         elif isinstance(value, Mapping):
             sections[key] = value
         else:
-            problems.append(f"storage.{key}: unknown key")
+            problems.append(unknown_key(f"storage.{key}", key, _SELECTORS))
     if problems:
         raise InvalidConfigError(problems)
 

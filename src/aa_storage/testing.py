@@ -26,7 +26,7 @@ TTL tests wait about a second each; tests that would wait an hour are skipped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Set
+from collections.abc import Awaitable, Callable, Set
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -139,6 +139,60 @@ async def _within_hang_limit(awaitable: Any) -> Any:
 def a_session(started_at_ns: int = 1_700_000_000_000_000_000) -> SessionRecord:
     """A fresh session record with random ids."""
     return SessionRecord(SessionId.new(), AgentId.new(), started_at_ns)
+
+
+# One valid call of each store method, by kind and name: what a closed backend must
+# refuse. Each store holds the record, counter or policy it names (see _stocked).
+_CALLS: dict[Kind, dict[str, Callable[[Any], Awaitable[Any]]]] = {
+    Kind.SESSION_STORE: {
+        "save": lambda store: store.save(SessionRecord(SessionId(_FIXED_ID), AgentId.new(), 1)),
+        "load": lambda store: store.load(SessionId(_FIXED_ID)),
+        "delete": lambda store: store.delete(SessionId(_FIXED_ID)),
+    },
+    Kind.RATE_LIMIT_COUNTER: {
+        "increment": lambda counter: counter.increment("k", 1, 60),
+        "current": lambda counter: counter.current("k"),
+        "reset": lambda counter: counter.reset("k"),
+    },
+    Kind.POLICY_STORE: {
+        "get_policy": lambda policies: policies.get_policy(AgentId(_FIXED_ID)),
+        "cache_policy": lambda policies: policies.cache_policy(AgentId(_FIXED_ID), a_policy(), 60),
+        "invalidate": lambda policies: policies.invalidate(AgentId(_FIXED_ID)),
+        "get_or_load": lambda policies: policies.get_or_load(
+            AgentId(_FIXED_ID), ScriptedLoader([AssertionError("a closed store loaded")]), 60
+        ),
+    },
+}
+
+
+async def _stocked(backend: Any, kind: Kind) -> Any:
+    """The backend's store of ``kind``, holding what ``_CALLS`` reads, and read once
+    (a driver with a local cache now holds it there too)."""
+    if kind is Kind.SESSION_STORE:
+        store = backend.sessions()
+        await store.save(SessionRecord(SessionId(_FIXED_ID), AgentId.new(), 1))
+        await store.load(SessionId(_FIXED_ID))
+    elif kind is Kind.RATE_LIMIT_COUNTER:
+        store = backend.rate_limiter()
+        await store.increment("k", 1, 60)
+    else:
+        store = backend.policies()
+        await store.cache_policy(AgentId(_FIXED_ID), a_policy(), 60)
+        await store.get_policy(AgentId(_FIXED_ID))
+    return store
+
+
+async def _refused_once_closed(backend: Any, kind: Kind, method: str) -> None:
+    """Close ``backend``, then check that ``method`` of its store of ``kind`` raises a
+    ``StorageError`` that says so: not a ``NotFoundError``, which would claim that the
+    store is empty, and not a stale answer."""
+    store = await _stocked(backend, kind)
+    await backend.aclose()
+    with pytest.raises(StorageError) as caught:
+        await _within_hang_limit(_CALLS[kind][method](store))
+    assert not isinstance(caught.value, NotFoundError), (
+        f"{method} after aclose() raised {caught.value!r}: a closed store is not an empty one"
+    )
 
 
 def _exercises(kind: Kind) -> Callable[[_Test], _Test]:
@@ -255,6 +309,36 @@ class ContractSuite:
         with pytest.raises(TypeError):
             await backend.sessions().save("not a record")
 
+    @_exercises(Kind.SESSION_STORE)
+    @pytest.mark.parametrize(
+        ("method", "argument"),
+        [
+            ("save", None),
+            ("save", (bytes(16), bytes(16), 1)),
+            ("load", None),
+            ("load", "00" * 16),
+            ("delete", AgentId(_FIXED_ID)),
+            ("delete", None),
+        ],
+    )
+    async def test_every_session_method_rejects_a_wrong_argument(
+        self, backend: Any, method: str, argument: Any
+    ) -> None:
+        """save, load and delete each refuse what is not a record or a SessionId with a
+        TypeError, and a refused delete deletes nothing."""
+        store = backend.sessions()
+        record = SessionRecord(SessionId(_FIXED_ID), AgentId.new(), 1)
+        await store.save(record)
+        with pytest.raises(TypeError):
+            await getattr(store, method)(argument)
+        assert await store.load(record.session_id) == record
+
+    @_exercises(Kind.SESSION_STORE)
+    @pytest.mark.parametrize("method", sorted(_CALLS[Kind.SESSION_STORE]))
+    async def test_session_calls_after_aclose_raise(self, backend: Any, method: str) -> None:
+        """Once the backend is closed, every session call raises StorageError."""
+        await _refused_once_closed(backend, Kind.SESSION_STORE, method)
+
     # --- rate limits ---
 
     @_exercises(Kind.RATE_LIMIT_COUNTER)
@@ -349,6 +433,36 @@ class ContractSuite:
         if isinstance(key, str) and key:
             assert await counter.current(key) == 0
 
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
+    @pytest.mark.parametrize("method", ["current", "reset"])
+    @pytest.mark.parametrize(
+        ("key", "error"),
+        [
+            ("", ValueError),
+            ("\ud800", ValueError),
+            (b"k", TypeError),
+            (7, TypeError),
+            (None, TypeError),
+        ],
+        ids=["empty", "lone-surrogate", "bytes", "int", "none"],
+    )
+    async def test_bad_keys_are_rejected_by_current_and_reset(
+        self, backend: Any, method: str, key: Any, error: type[Exception]
+    ) -> None:
+        """current and reset check their key as increment does: an empty or unencodable
+        key is a ValueError, a key that is not a str a TypeError, and nothing is reset."""
+        counter = backend.rate_limiter()
+        await counter.increment("k", 3, 60)
+        with pytest.raises(error):
+            await getattr(counter, method)(key)
+        assert await counter.current("k") == 3
+
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
+    @pytest.mark.parametrize("method", sorted(_CALLS[Kind.RATE_LIMIT_COUNTER]))
+    async def test_rate_limit_calls_after_aclose_raise(self, backend: Any, method: str) -> None:
+        """Once the backend is closed, every counter call raises StorageError."""
+        await _refused_once_closed(backend, Kind.RATE_LIMIT_COUNTER, method)
+
     # --- policies ---
 
     @_exercises(Kind.POLICY_STORE)
@@ -411,6 +525,31 @@ class ContractSuite:
             await backend.policies().get_policy(SessionId.new())
         with pytest.raises(TypeError):
             await backend.policies().invalidate(AgentId.new().bytes)
+
+    @_exercises(Kind.POLICY_STORE)
+    @pytest.mark.parametrize("method", ["get_policy", "invalidate"])
+    @pytest.mark.parametrize(
+        "agent",
+        [SessionId(_FIXED_ID), _FIXED_ID, _FIXED_ID.hex(), None],
+        ids=["session-id", "raw-bytes", "hex", "none"],
+    )
+    async def test_policy_reads_and_invalidations_reject_a_wrong_id(
+        self, backend: Any, method: str, agent: Any
+    ) -> None:
+        """get_policy and invalidate refuse anything but an AgentId with a TypeError, and a
+        refused invalidate drops nothing."""
+        policies = backend.policies()
+        await policies.cache_policy(AgentId(_FIXED_ID), a_policy(), 60)
+        with pytest.raises(TypeError):
+            await getattr(policies, method)(agent)
+        assert await policies.get_policy(AgentId(_FIXED_ID)) == a_policy()
+
+    @_exercises(Kind.POLICY_STORE)
+    @pytest.mark.parametrize("method", sorted(_CALLS[Kind.POLICY_STORE]))
+    async def test_policy_calls_after_aclose_raise(self, backend: Any, method: str) -> None:
+        """Once the backend is closed, every policy call raises StorageError, a policy
+        read before included, and get_or_load runs no loader."""
+        await _refused_once_closed(backend, Kind.POLICY_STORE, method)
 
     # --- read-through ---
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 
 from aa_storage import BackendError, BackendInfo
@@ -14,6 +16,9 @@ from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.scripts import PROBE
 from aa_storage_redis.sessions import RedisSessionStore
 from aa_storage_redis.stats import ExecutorStats
+from aa_storage_redis.urls import CLUSTER, SENTINEL, Deployment, default_port_of
+
+logger = logging.getLogger(__name__)
 
 _SAFE_EVICTION_POLICY = "noeviction"
 _DENIED = "not permitted ({command} is denied to this user)"
@@ -29,8 +34,11 @@ class RedisBackend:
     @classmethod
     def connect(cls, config: RedisStorageConfig | None = None) -> RedisBackend:
         """A backend for ``config`` (the defaults when ``None``). Lazy: the first
-        store call opens the first connection."""
-        return cls(build_pool(config or RedisStorageConfig()))
+        store call opens the first connection. Logs one warning per cluster node or
+        sentinel that the URL gives without a port, naming the port assumed."""
+        config = config or RedisStorageConfig()
+        _warn_of_assumed_ports(config.deployment)
+        return cls(build_pool(config))
 
     def sessions(self) -> RedisSessionStore:
         return RedisSessionStore(self.pool)
@@ -118,6 +126,24 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Close every connection of the pool."""
         await self.pool.aclose()
+
+
+def _warn_of_assumed_ports(deployment: Deployment) -> None:
+    """A cluster node or a sentinel rarely listens on the default port, so using it
+    silently would hide a forgotten port."""
+    what = {CLUSTER: "cluster node", SENTINEL: "sentinel"}.get(deployment.topology)
+    if what is None:
+        return
+    for host in deployment.without_port:
+        logger.warning(
+            "the URL gives %s %s no port; assuming %d, the default port of a %s "
+            "(write %s:PORT to choose another)",
+            what,
+            host,
+            default_port_of(deployment.topology),
+            what,
+            host,
+        )
 
 
 def _parse_info(reply: bytes) -> dict[str, str]:

@@ -22,6 +22,7 @@ _ENCODING_HINT = (
     "percent-encode the user name and password: urllib.parse.quote(password, safe='') "
     "turns # into %23, / into %2F, ? into %3F, @ into %40 and % into %25"
 )
+_HOSTS_HINT = "write each host as host:port with a numeric port, and separate hosts with ','"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -48,6 +49,8 @@ def _ambiguity(url: str) -> str | None:
 
 
 def _valid_url(name: str, url: str) -> None:
+    if "://" not in url:
+        _parsed(name, url)  # says that "://" is missing, before anything else
     problem = _ambiguity(url)
     if problem is not None:
         raise ValueError(f"{name}: cannot read the URL: {problem}; {_ENCODING_HINT}")
@@ -57,11 +60,17 @@ def _valid_url(name: str, url: str) -> None:
             f"{name}: query parameters are not supported in {redact_url(url)!r}; "
             "use the [storage.redis] settings, and user:password@ for credentials"
         )
+    _parsed(name, url)
+
+
+def _parsed(name: str, url: str) -> None:
     try:
         parse_deployment(url)
     except HostError:
-        problem = "it does not parse as a URL, or its port is not a number in [1, 65535]"
-        raise ValueError(f"{name}: cannot read the URL: {problem}; {_ENCODING_HINT}") from None
+        problem = "a host does not parse as host[:port] or [ipv6][:port]"
+        # Only a URL with credentials can have been cut there by an unencoded password.
+        hint = _ENCODING_HINT if "@" in url else _HOSTS_HINT
+        raise ValueError(f"{name}: cannot read the URL: {problem}; {hint}") from None
     except ValueError as exc:
         # Never the URL itself: a host or path may hold a cut-off password.
         raise ValueError(f"{name}: {exc}") from None

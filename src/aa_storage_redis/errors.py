@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import os
+import re
 import ssl
 
 from redis import exceptions as redis_errors
 
 from aa_storage import BackendError, SerializationError, StorageError
+from aa_storage_redis.scripts import Script
 
 
-def translate(exc: redis_errors.RedisError, *, server: str, secret: str | None) -> StorageError:
+def translate(
+    exc: redis_errors.RedisError,
+    *,
+    server: str,
+    secret: str | None,
+    script: Script | None = None,
+    key: bytes | None = None,
+) -> StorageError:
     """The core error for ``exc``, with ``secret`` scrubbed from its message.
 
     ``server`` names the deployment (a redacted URL) so the message says
-    where the failure happened, once.
+    where the failure happened, once. ``script`` (the script the command ran)
+    and ``key`` (the key it touched) let a permission error name the grant
+    that is missing.
     """
     if (
         isinstance(exc, redis_errors.TimeoutError)
@@ -47,9 +58,11 @@ def translate(exc: redis_errors.RedisError, *, server: str, secret: str | None) 
     if (
         isinstance(exc, redis_errors.NoPermissionError)
         or "NOPERM" in message
-        or "user executing the script can't run" in message
+        or _SCRIPT_DENIED in message
     ):
-        return BackendError(f"permission denied by redis at {server}: {message}")
+        return BackendError(
+            f"permission denied by redis at {server}: {_missing_grant(message, script, key)}"
+        )
     if message.startswith("OOM") or "used memory > 'maxmemory'" in message:
         return BackendError(f"redis at {server} is out of memory and refused the write: {message}")
     if message.startswith("WRONGTYPE"):
@@ -59,6 +72,33 @@ def translate(exc: redis_errors.RedisError, *, server: str, secret: str | None) 
     if "not an integer" in message:
         return SerializationError(f"stored counter is not an integer: {message}")
     return BackendError(f"redis at {server} failed the call: {message}")
+
+
+_SCRIPT_DENIED = "user executing the script can't run"
+_COMMAND_DENIED = re.compile(r"permissions to run the '([^']+)' command")
+
+
+def _missing_grant(message: str, script: Script | None, key: bytes | None) -> str:
+    """What the ACL lacks, as the grant to add (``+time``, a key pattern), else the
+    server's own words. Redis names neither the command a script was refused nor the key."""
+    if _SCRIPT_DENIED in message and script is not None:
+        commands = script.commands
+        return (
+            f"the user may run scripts, but not every command that the driver's "
+            f"{script.name!r} script calls ({', '.join(commands)}); grant "
+            f"{' '.join('+' + command.lower() for command in commands)}, as in the "
+            "README's ACL rule"
+        )
+    if command := _COMMAND_DENIED.search(message):
+        return f"the user may not run {command[1].upper()}; grant +{command[1]}"
+    if "keys" in message or "a key" in message:
+        where = f" {key.decode(errors='replace')!r}" if key is not None else ""
+        return (
+            f"the user may not access the key{where}; grant a key pattern that covers it: "
+            "~<key_prefix>* for the stores and ~{<key_prefix>* for get_or_load's leases, "
+            "as in the README's ACL rule"
+        )
+    return message
 
 
 def _needs_password(message: str) -> bool:

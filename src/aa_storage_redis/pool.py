@@ -98,13 +98,16 @@ class Pool:
         elif loop is not self._loop:
             raise self._other_loop_error()
 
-    async def execute(self, *args: bytes | str | int, read: bool) -> Any:
+    async def execute(
+        self, *args: bytes | str | int, read: bool, script: Script | None = None
+    ) -> Any:
         """Send one command and return its raw reply; failures are core errors.
 
         ``read`` says the command changes nothing, so it may be retried after
-        it reached the server. Cluster redirections (MOVED, ASK) and a busy
-        cluster (TRYAGAIN, CLUSTERDOWN) are followed without counting as retries:
-        each means the command did not run.
+        it reached the server. ``script`` is the script an ``EVAL`` or ``EVALSHA``
+        runs, so that a permission error can name the commands it needs. Cluster
+        redirections (MOVED, ASK) and a busy cluster (TRYAGAIN, CLUSTERDOWN) are
+        followed without counting as retries: each means the command did not run.
         """
         packed = pack(*args)
         key = _routing_key(args)
@@ -181,7 +184,14 @@ class Pool:
             if node is not None and isinstance(error, redis_errors.ConnectionError):
                 self._topology.failed(node)
             if not retry or attempt >= self.config.retries:
-                raise translate(error, server=self._where(node), secret=self._password) from None
+                raise translate(
+                    error,
+                    server=self._where(node),
+                    secret=self._password,
+                    script=script,
+                    # A script may touch more keys than the one it is routed by.
+                    key=None if script else key,
+                ) from None
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
 
@@ -241,7 +251,9 @@ class Pool:
         refuses EVALSHA itself; each of those replies means the script did not run."""
         if script.sha in self._loaded_scripts and not self.evalsha_refused:
             try:
-                return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args, read=read)
+                return await self.execute(
+                    "EVALSHA", script.sha, len(keys), *keys, *args, read=read, script=script
+                )
             except _NoScript:
                 pass  # this node lost or never had it: EVAL loads it there
             except _EvalShaRefused:
@@ -251,7 +263,9 @@ class Pool:
                     "in full with EVAL",
                     self.server,
                 )
-        reply = await self.execute("EVAL", script.body, len(keys), *keys, *args, read=read)
+        reply = await self.execute(
+            "EVAL", script.body, len(keys), *keys, *args, read=read, script=script
+        )
         self._loaded_scripts.add(script.sha)
         return reply
 

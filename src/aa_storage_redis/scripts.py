@@ -4,6 +4,7 @@ runs unchanged on a cluster, and is sent once per connection pool, then run by S
 from __future__ import annotations
 
 import hashlib
+import re
 
 import attrs
 
@@ -19,6 +20,13 @@ class Script:
     @sha.default
     def _sha(self) -> str:
         return hashlib.sha1(self.body).hexdigest()
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The commands the script calls, each once, in the order they first appear:
+        what the ACL must grant its caller, since a script runs with the caller's rights."""
+        found = re.findall(rb"redis\.call\('([A-Z]+)'", self.body)
+        return tuple(dict.fromkeys(command.decode() for command in found))
 
 
 # Session save: the hash and its TTL in one atomic step, so a session never

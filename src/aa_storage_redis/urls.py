@@ -31,9 +31,9 @@ _SCHEMES = {
     "rediss+sentinel": (SENTINEL, True),
 }
 SCHEME_NAMES = ", ".join(f"{scheme}://" for scheme in _SCHEMES)
-_ADDRESS = re.compile(
-    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:/]+))(?::(?P<port>\d{1,5}))?"
-)
+_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:/]+))(?::(?P<port>\d+))?")
+# What a scheme may hold (RFC 3986): never a ":" or "@", so never a password.
+_SCHEME_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 class HostError(ValueError):
@@ -51,15 +51,21 @@ class Deployment:
     password: str | None = attrs.field(default=None, repr=False)
     database: int = 0
     service: str | None = None
+    # Hosts the URL gives without a port: each gets the topology's default port.
+    without_port: tuple[str, ...] = ()
 
 
 def parse_deployment(url: str) -> Deployment:
     """The deployment ``url`` names; a ``ValueError`` that never quotes it otherwise
     (:class:`HostError` when a host or port does not parse)."""
     scheme, separator, rest = url.partition("://")
-    if not separator or scheme.lower() not in _SCHEMES:
-        # The scheme ends before "://", so it can hold no password.
-        raise ValueError(f"the scheme must be one of {SCHEME_NAMES}, got {scheme!r}")
+    if not separator:
+        raise ValueError(_missing_separator(url))
+    if scheme.lower() not in _SCHEMES:
+        # Quoted only when it has a scheme's shape: then it holds no ":" or "@", so
+        # no password.
+        shown = f", got {scheme!r}" if _SCHEME_SHAPE.fullmatch(scheme) else ""
+        raise ValueError(f"the scheme must be one of {SCHEME_NAMES}{shown}")
     topology, tls = _SCHEMES[scheme.lower()]
     netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
@@ -70,22 +76,49 @@ def parse_deployment(url: str) -> Deployment:
         password = unquote(secret) if colon else None
     if not hosts:
         raise ValueError("the URL names no host")
-    default_port = DEFAULT_SENTINEL_PORT if topology == SENTINEL else DEFAULT_PORT
-    addresses = tuple(_address(part, default_port) for part in hosts.split(","))
-    if topology == STANDALONE and len(addresses) > 1:
+    default_port = default_port_of(topology)
+    parsed = [_address(part) for part in hosts.split(",")]
+    if topology == STANDALONE and len(parsed) > 1:
         raise ValueError("a redis:// URL names one host; use redis+cluster:// or redis+sentinel://")
+    addresses = tuple((host, default_port if port is None else port) for host, port in parsed)
+    without_port = tuple(host for host, port in parsed if port is None)
     service, database = _path(topology, path)
-    return Deployment(topology, tls, addresses, username, password, database, service)
+    return Deployment(topology, tls, addresses, username, password, database, service, without_port)
 
 
-def _address(text: str, default_port: int) -> tuple[str, int]:
+def default_port_of(topology: str) -> int:
+    """The port a host without one gets: 26379 for a sentinel, else 6379."""
+    return DEFAULT_SENTINEL_PORT if topology == SENTINEL else DEFAULT_PORT
+
+
+def _missing_separator(url: str) -> str:
+    """What is wrong with a URL that has no "://"; quotes only a known scheme, which holds
+    no password (``redis:/user:pw@host`` must not show ``pw``)."""
+    scheme = url.partition(":")[0]
+    if scheme.lower() in _SCHEMES and url.startswith(f"{scheme}:"):
+        return (
+            f"'://' is missing after '{scheme}:'; write {scheme}://host:port "
+            f"(or {scheme}://user:password@host:port)"
+        )
+    return f"the URL must start with one of {SCHEME_NAMES}, and '://' must follow the scheme"
+
+
+def _address(text: str) -> tuple[str, int | None]:
+    """A host and its port (None when none is given). The host comes after the last "@",
+    so it holds no password and may be quoted."""
     match = _ADDRESS.fullmatch(text)
     if match is None:
         raise HostError("each host must be host[:port] or [ipv6][:port], with no empty entry")
-    port = int(match["port"]) if match["port"] else default_port
+    host = match["ipv6"] or match["host"]
+    if match["port"] is None:
+        return host, None
+    port = int(match["port"])
     if not 1 <= port <= 65535:
-        raise HostError("a port must be a number in [1, 65535]")
-    return (match["ipv6"] or match["host"], port)
+        raise ValueError(
+            f"the port of host {host!r} must be a number in [1, 65535]; "
+            "check the digits after the host's ':'"
+        )
+    return host, port
 
 
 def _path(topology: str, path: str) -> tuple[str | None, int]:

@@ -37,13 +37,27 @@ class _Entry(Generic[V]):
 
 
 @attrs.define
+class _Lifetime:
+    """Whether the backend is still open; shared by its stores."""
+
+    closed: bool = False
+
+    def check(self) -> None:
+        if self.closed:
+            raise StorageError("the memory backend is closed: aclose() was called on it")
+
+
+@attrs.define
 class _ExpiringMap(Generic[K, V]):
-    """A dict whose entries vanish at their expiry time, as Redis keys do."""
+    """A dict whose entries vanish at their expiry time, as Redis keys do. Every access
+    raises ``StorageError`` once the backend is closed, so every store call does."""
 
     clock: Clock
+    lifetime: _Lifetime
     _entries: dict[K, _Entry[V]] = attrs.field(factory=dict, repr=False)
 
     def get(self, key: K) -> _Entry[V] | None:
+        self.lifetime.check()
         entry = self._entries.get(key)
         if entry is not None and self.clock() >= entry.expires_at:
             del self._entries[key]
@@ -51,9 +65,11 @@ class _ExpiringMap(Generic[K, V]):
         return entry
 
     def put(self, key: K, value: V, ttl_secs: float) -> None:
+        self.lifetime.check()
         self._entries[key] = _Entry(value, self.clock() + ttl_secs)
 
     def pop(self, key: K) -> None:
+        self.lifetime.check()
         self._entries.pop(key, None)
 
 
@@ -166,14 +182,15 @@ class MemoryBackend:
     """One in-process store of each kind, sharing ``clock`` (``time.monotonic`` by default)."""
 
     clock: Clock = time.monotonic
+    _lifetime: _Lifetime = attrs.field(factory=_Lifetime, init=False)
     _sessions: MemorySessionStore = attrs.field(init=False)
     _rate_limiter: MemoryRateLimitCounter = attrs.field(init=False)
     _policies: MemoryPolicyStore = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._sessions = MemorySessionStore(_ExpiringMap(self.clock))
-        self._rate_limiter = MemoryRateLimitCounter(_ExpiringMap(self.clock))
-        self._policies = MemoryPolicyStore(_ExpiringMap(self.clock))
+        self._sessions = MemorySessionStore(_ExpiringMap(self.clock, self._lifetime))
+        self._rate_limiter = MemoryRateLimitCounter(_ExpiringMap(self.clock, self._lifetime))
+        self._policies = MemoryPolicyStore(_ExpiringMap(self.clock, self._lifetime))
 
     @classmethod
     def connect(cls, config: MemoryConfig | None = None) -> MemoryBackend:
@@ -193,4 +210,6 @@ class MemoryBackend:
         return BackendInfo(facts=(("storage", "in this process; lost when it exits"),))
 
     async def aclose(self) -> None:
-        """Nothing to release; the data stays until the backend is dropped."""
+        """Refuse every later call of its stores with ``StorageError``, as a network
+        driver's closed pool does. Idempotent; the data goes with the backend."""
+        self._lifetime.closed = True

@@ -11,13 +11,20 @@ line, and the driver's stats over the run.
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import TextIO
 
 from aa_storage import ConfigError, load_config
 from aa_storage.redaction import redact_url
 from aa_storage_redis.bench.measure import Budget, run
 from aa_storage_redis.bench.operations import OPERATIONS
-from aa_storage_redis.bench.report import Progress, propagation_lines, stats_lines, table
+from aa_storage_redis.bench.report import (
+    Progress,
+    p99_note,
+    propagation_lines,
+    stats_lines,
+    table,
+)
 from aa_storage_redis.bench.server import BINARY, throwaway_server
 from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
 from aa_storage_redis.config import RedisStorageConfig
@@ -32,15 +39,25 @@ def command(
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
     the table goes to ``out``, progress to ``err``. Returns the exit status.
 
+    Ctrl-C (SIGINT) stops the run however it was started, in the background too.
     Raises ``ConfigError`` when there is no server to measure, and
     ``StorageError`` when the server fails a call.
     """
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited is signal.SIG_IGN:
+        # A shell starts a background job (`cmd &`), and nohup and some CI runners
+        # start their commands, with SIGINT ignored, which a process inherits: then
+        # Ctrl-C and `kill -INT` would not stop the run.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _measure_somewhere(config_path, concurrency, budget, out, err)
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Ctrl-C, or SIGTERM (see run): the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
         return 130
+    finally:
+        if inherited is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, inherited)
 
 
 def _measure_somewhere(
@@ -85,6 +102,6 @@ def _bench(
     err.write(f"aa-storage bench: stampede, {CALLERS} callers in {PROCESSES} processes ...\n")
     crowd = stampede(config)
     tail = (*propagation_lines(propagation), "", crowd.line(), "", *stats_lines(stats))
-    for line in (*table(rows), "", *tail):
+    for line in (*table(rows), "", *p99_note(rows), *tail):
         out.write(line + "\n")
     return 0

@@ -25,7 +25,14 @@ from aa_storage.redaction import redact_url
 from aa_storage_redis import ExecutorStats
 from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.bench.operations import OPERATIONS, Call, Caller, Operation, Subject
-from aa_storage_redis.bench.report import Measurement, Progress, Propagation, Row, mode_of
+from aa_storage_redis.bench.report import (
+    MIN_P99_SAMPLES,
+    Measurement,
+    Progress,
+    Propagation,
+    Row,
+    mode_of,
+)
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
 
@@ -163,13 +170,21 @@ async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Bud
     return Measurement(
         ops_per_sec=len(latencies) / elapsed,
         p50_us=percentile(latencies, 0.50) * 1e6,
-        p99_us=percentile(latencies, 0.99) * 1e6,
+        p99_us=p99_us(latencies),
     )
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
     """The nearest-rank percentile of a sorted, non-empty list."""
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+def p99_us(ordered: list[float]) -> float | None:
+    """The p99 of a sorted list of seconds, in microseconds; None below
+    ``MIN_P99_SAMPLES``, where it would only be the slowest sample."""
+    if len(ordered) < MIN_P99_SAMPLES:
+        return None
+    return percentile(ordered, 0.99) * 1e6
 
 
 async def _together(coroutines: Iterable[Coroutine[Any, Any, Any]]) -> None:

@@ -24,7 +24,7 @@ import redis
 
 from aa_storage import BackendError, NotFoundError, PolicyDocument, policy_from_json, policy_to_json
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.bench.measure import Budget, percentile, raw_client, timed
+from aa_storage_redis.bench.measure import Budget, p99_us, percentile, raw_client, timed
 from aa_storage_redis.bench.operations import POLICY, POLICY_TTL_SECS, Caller, Subject
 from aa_storage_redis.bench.report import Progress, Propagation, Row
 from aa_storage_redis.config import RedisStorageConfig
@@ -149,7 +149,7 @@ async def _propagation(
     figures = Propagation(
         changes=len(delays),
         p50_us=percentile(delays, 0.50) * 1e6,
-        p99_us=percentile(delays, 0.99) * 1e6,
+        p99_us=p99_us(delays),
     )
     progress.finish(f"p50 {figures.p50_us:,.0f} us")
     return figures

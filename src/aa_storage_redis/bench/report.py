@@ -24,13 +24,18 @@ TARGETS = {
 }
 
 
+# Below this many samples a p99 is only the slowest one, so none is shown.
+MIN_P99_SAMPLES = 100
+
+
 @attrs.frozen
 class Measurement:
-    """One side of one case: throughput, and latency percentiles in microseconds."""
+    """One side of one case: throughput, and latency percentiles in microseconds
+    (``p99_us`` is None for fewer than ``MIN_P99_SAMPLES`` calls)."""
 
     ops_per_sec: float
     p50_us: float
-    p99_us: float
+    p99_us: float | None
 
 
 @attrs.frozen
@@ -65,7 +70,7 @@ class Propagation:
 
     changes: int
     p50_us: float
-    p99_us: float
+    p99_us: float | None
 
 
 def propagation_lines(figures: Propagation) -> Iterator[str]:
@@ -74,9 +79,16 @@ def propagation_lines(figures: Propagation) -> Iterator[str]:
         "near-cache invalidation from another process (SET or DEL there, until this one "
         "stops serving the old policy):"
     )
-    yield (
-        f"  {figures.changes} changes, p50 {figures.p50_us:,.0f} us, p99 {figures.p99_us:,.0f} us"
+    p99 = (
+        f"p99 {figures.p99_us:,.0f} us"
+        if figures.p99_us is not None
+        else f"no p99 (it needs {MIN_P99_SAMPLES} changes)"
     )
+    yield f"  {figures.changes} changes, p50 {figures.p50_us:,.0f} us, {p99}"
+
+
+def _p99_cell(p99_us: float | None) -> str:
+    return f"{p99_us:>9.0f}" if p99_us is not None else f"{'-':>9}"
 
 
 def mode_of(callers: int) -> str:
@@ -99,11 +111,21 @@ def table(rows: Sequence[Row]) -> Iterator[str]:
         target = "" if row.target is None else f">={row.target}x {_verdict(row)}"
         yield (
             f"{row.operation:<16}{row.mode:<12}"
-            f"{row.driver.ops_per_sec:>13,.0f}{row.driver.p50_us:>9.0f}{row.driver.p99_us:>9.0f}"
-            f"{row.commands_per_write:>11.2f}"
-            f"{row.raw.ops_per_sec:>12,.0f}{row.raw.p50_us:>9.0f}{row.raw.p99_us:>9.0f}"
+            f"{row.driver.ops_per_sec:>13,.0f}{row.driver.p50_us:>9.0f}"
+            f"{_p99_cell(row.driver.p99_us)}{row.commands_per_write:>11.2f}"
+            f"{row.raw.ops_per_sec:>12,.0f}{row.raw.p50_us:>9.0f}{_p99_cell(row.raw.p99_us)}"
             f"{row.ratio:>7.2f}x  {target}".rstrip()
         )
+
+
+def p99_note(rows: Sequence[Row]) -> Iterator[str]:
+    """A line saying why a p99 cell is ``-``, when one is; then a blank line."""
+    if any(side.p99_us is None for row in rows for side in (row.driver, row.raw)):
+        yield (
+            f"p99 us is - for a case of fewer than {MIN_P99_SAMPLES} calls, where it would "
+            "only be the slowest call; use --seconds or --requests to make more"
+        )
+        yield ""
 
 
 def _verdict(row: Row) -> str:

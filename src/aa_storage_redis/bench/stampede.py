@@ -76,6 +76,12 @@ def stampede(
     try:
         right = sum(_answer(answers, workers) for _ in workers)
         runs = asyncio.run(_count_and_clean_up(config, agent, counter))
+    except BaseException:
+        # Interrupted or failed: the workers' answers no longer matter, and waiting
+        # for them would hold Ctrl-C up for seconds.
+        for worker in workers:
+            worker.kill()
+        raise
     finally:
         for worker in workers:
             worker.join(_PATIENCE_SECS)
