@@ -63,6 +63,19 @@ async def polling(backend: RedisBackend) -> None:
     await eventually(lambda: backend.stats().commands_sent >= before + 3, "a second poll")
 
 
+async def a_load_invalidated_midway(backend: RedisBackend, agent: AgentId) -> None:
+    """A get_or_load whose loader (returning OLD) an invalidate overtakes: its caller gets
+    OLD, and the cache is left empty."""
+    loader = gated(OLD)
+    call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+    await bounded(loader.entered.wait())
+    await backend.policies().invalidate(agent)
+    release(loader)
+    assert await bounded(call) == OLD
+    with pytest.raises(NotFoundError):
+        await backend.policies().get_policy(agent)
+
+
 @attrs.frozen
 class WaitedOnLoad:
     """A load whose loader failed while a caller in another process waited on its lease."""
@@ -340,6 +353,39 @@ class TestFencing:
         assert await redis_backend.policies().get_policy(agent) == NEW
 
 
+# Lease values no driver writes: a state without a token, a token that is not decimal, or
+# one too long for the script's arithmetic. Each is set with an expiry, as if a lease.
+FOREIGN_LEASES = [b"n", b"", b"+", b"-", b"nfoo", b"+abc", b"garbage", b"+" + b"9" * 20]
+
+
+@pytest.mark.asyncio
+class TestForeignLeases:
+    @pytest.mark.parametrize("value", FOREIGN_LEASES)
+    async def test_a_foreign_lease_is_taken_over(
+        self, redis_url: str, open_backend: OpenBackend, raw: redis.Redis, value: bytes
+    ) -> None:
+        """A lease key holding what no driver writes neither holds a caller up nor answers
+        NotFoundError: the caller takes a lease of its own, loads and caches its policy."""
+        backend = open_backend(redis_url, lease_ttl=30.0, lease_wait=0.2)
+        agent, loader = AgentId.new(), ScriptedLoader([NEW])
+        raw.set(KEYS.policy_lease(agent), value, px=60_000)
+        assert await bounded(backend.policies().get_or_load(agent, loader, 60)) == NEW
+        assert loader.runs == 1
+        assert await backend.policies().get_policy(agent) == NEW
+        lease = raw.get(KEYS.policy_lease(agent))
+        assert lease is not None
+        assert lease.startswith(b"-")
+        assert lease[1:].isdigit()
+
+    async def test_a_load_that_took_over_a_foreign_lease_is_still_fenced(
+        self, redis_backend: RedisBackend, raw: redis.Redis
+    ) -> None:
+        """An invalidate during the load that took a foreign lease over keeps it out."""
+        agent = AgentId.new()
+        raw.set(KEYS.policy_lease(agent), b"n", px=60_000)
+        await a_load_invalidated_midway(redis_backend, agent)
+
+
 class TestLayout:
     @pytest.mark.asyncio
     async def test_a_loaded_policy_is_stored_as_the_rust_driver_stores_it(
@@ -432,13 +478,7 @@ class TestLayout:
         invalidate and the next one is cached."""
         redis_cluster.flushall()
         backend = open_backend(redis_cluster.url, key_prefix=prefix)
-        agent, loader = AgentId.new(), gated(OLD)
-        call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
-        await bounded(loader.entered.wait())
-        await backend.policies().invalidate(agent)
-        release(loader)
-        assert await bounded(call) == OLD
-        with pytest.raises(NotFoundError):
-            await backend.policies().get_policy(agent)
+        agent = AgentId.new()
+        await a_load_invalidated_midway(backend, agent)
         assert await backend.policies().get_or_load(agent, ScriptedLoader([NEW]), 60) == NEW
         assert await backend.policies().get_policy(agent) == NEW
