@@ -66,6 +66,18 @@ class TestWaiters:
         assert outcomes == [failure, OLD, OLD, OLD, OLD]
         assert loader.runs == 2
 
+    async def test_when_the_next_load_fails_too_its_waiters_get_its_error(self) -> None:
+        """An upstream that keeps failing costs two loads, not one per caller in turn: the
+        waiters that tried again after the first failure get the second load's error."""
+        backend, agent = MemoryBackend(), AgentId.new()
+        first, second = RuntimeError("upstream timeout"), RuntimeError("upstream down")
+        loader = ScriptedLoader([first, second, OLD], asyncio.Event())
+        calls = await callers_waiting(backend, agent, loader, 5)
+        release(loader)
+        outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
+        assert outcomes == [first, second, second, second, second]
+        assert loader.runs == 2
+
     async def test_a_cancelled_leader_hands_the_load_to_a_waiter(self) -> None:
         """Cancelling the leader's caller cancels only that caller: a waiter loads next."""
         backend, agent = MemoryBackend(), AgentId.new()

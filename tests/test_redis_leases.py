@@ -186,6 +186,84 @@ class TestCrashedLoader:
         assert await other_side.policies().get_policy(agent) == NEW
 
 
+async def led_here(
+    backend: RedisBackend, loader: ScriptedLoader
+) -> tuple[AgentId, asyncio.Future[PolicyDocument]]:
+    """A get_or_load of a new agent on ``backend``, returned once its (gated) loader runs."""
+    agent = AgentId.new()
+    led = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+    await bounded(loader.entered.wait())
+    return agent, led
+
+
+async def waiting_here(
+    backend: RedisBackend, agent: AgentId, loader: ScriptedLoader, count: int
+) -> list[asyncio.Future[PolicyDocument]]:
+    """``count`` get_or_load calls on ``backend`` while its own leader's loader runs, returned
+    once each has sent its GET: it misses, then waits on that leader's flight."""
+    before = backend.stats().commands_sent
+    calls = [
+        asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+        for _ in range(count)
+    ]
+    await eventually(
+        lambda: backend.stats().commands_sent >= before + count, "every caller's GET sent"
+    )
+    return calls
+
+
+@pytest.mark.asyncio
+class TestOneProcess:
+    """Callers that wait on a load run in their own process are held up no longer than
+    callers in other processes: lease_ttl for the load, lease_wait in all."""
+
+    async def test_a_hung_loader_holds_callers_here_until_its_lease_runs_out(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """When the load under way here hangs past lease_ttl, one of the callers waiting on
+        it loads again, and the others get that load's policy: one more load, not one each."""
+        backend = open_backend(redis_url, lease_ttl=1.0, lease_wait=30.0)
+        hung, fresh = gated(OLD), ScriptedLoader([NEW])
+        agent, led = await led_here(backend, hung)
+        waiters = await waiting_here(backend, agent, fresh, 9)
+        assert await bounded(asyncio.gather(*waiters)) == [NEW] * 9
+        assert fresh.runs == 1
+        release(hung)
+        assert await bounded(led) == OLD
+        assert await backend.policies().get_policy(agent) == NEW
+
+    async def test_past_lease_wait_a_caller_here_loads_for_itself(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """A caller that waits out lease_wait on a load run here runs its own loader and
+        caches nothing, as a caller in another process would; the load's write-back lands."""
+        backend = open_backend(redis_url, lease_ttl=30.0, lease_wait=0.2)
+        hung, own = gated(OLD), ScriptedLoader([NEW])
+        agent, led = await led_here(backend, hung)
+        assert await bounded(backend.policies().get_or_load(agent, own, 60)) == NEW
+        assert own.runs == 1
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+        release(hung)
+        assert await bounded(led) == OLD
+        assert await backend.policies().get_policy(agent) == OLD
+
+    async def test_after_a_failed_load_one_caller_here_loads_again(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """The leader's loader raises: its caller gets the error, and of the nine callers
+        that waited on it, one loads again and all get that policy."""
+        backend = open_backend(redis_url, **PATIENT_LEASE)
+        failing, fresh = gated(RuntimeError("upstream")), ScriptedLoader([NEW])
+        agent, led = await led_here(backend, failing)
+        waiters = await waiting_here(backend, agent, fresh, 9)
+        release(failing)
+        with pytest.raises(RuntimeError, match="upstream"):
+            await bounded(led)
+        assert await bounded(asyncio.gather(*waiters)) == [NEW] * 9
+        assert fresh.runs == 1
+
+
 @pytest.mark.asyncio
 class TestLostReplies:
     async def test_a_retried_lease_request_waits_on_its_own_lease_and_caches_nothing(
@@ -202,12 +280,15 @@ class TestLostReplies:
         proxy = fault_proxy(redis_server.port)
         backend = open_backend(proxy.url, lease_ttl=30.0, lease_wait=0.2)
         leases, agent, loader = Leases(backend.pool), AgentId.new(), ScriptedLoader([OLD])
-        warm = Flight(asyncio.get_running_loop().create_future())
-        await leases.read_through(AgentId.new(), ScriptedLoader([OLD]), 60, warm)  # scripts loaded
+        loop = asyncio.get_running_loop()
+        warm, warm_agent = Flight(loop.create_future()), AgentId.new()
+        await leases.read_through(warm_agent, ScriptedLoader([OLD]), 60, warm, loop.time() + 0.2)
         accepted = proxy.connections_accepted
         proxy.drop_mid_reply()
-        flight = Flight(asyncio.get_running_loop().create_future())
-        assert await bounded(leases.read_through(agent, loader, 60, flight)) == OLD
+        flight = Flight(loop.create_future())
+        assert (
+            await bounded(leases.read_through(agent, loader, 60, flight, loop.time() + 0.2)) == OLD
+        )
         assert proxy.connections_accepted == accepted + 1
         assert loader.runs == 1
         assert raw.get(KEYS.policy(agent)) is None
