@@ -63,6 +63,16 @@ async def polling(backend: RedisBackend) -> None:
     await eventually(lambda: backend.stats().commands_sent >= before + 3, "a second poll")
 
 
+async def led_here(
+    backend: RedisBackend, loader: ScriptedLoader
+) -> tuple[AgentId, asyncio.Future[PolicyDocument]]:
+    """A get_or_load of a new agent on ``backend``, returned once its (gated) loader runs."""
+    agent = AgentId.new()
+    led = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+    await bounded(loader.entered.wait())
+    return agent, led
+
+
 async def a_load_invalidated_midway(backend: RedisBackend, agent: AgentId) -> None:
     """A get_or_load whose loader (returning OLD) an invalidate overtakes: its caller gets
     OLD, and the cache is left empty."""
@@ -94,9 +104,8 @@ async def a_failed_load_waited_on_elsewhere(
     (its own loader would return NEW), then let the leader's loader raise ``failure``."""
     leading = open_backend(redis_url, **PATIENT_LEASE)
     waiting = open_backend(redis_url, **PATIENT_LEASE)
-    agent, leader_loader = AgentId.new(), gated(failure)
-    led = asyncio.ensure_future(leading.policies().get_or_load(agent, leader_loader, 60))
-    await bounded(leader_loader.entered.wait())
+    leader_loader = gated(failure)
+    agent, led = await led_here(leading, leader_loader)
     waiter_loader = ScriptedLoader([NEW])
     waited = asyncio.ensure_future(waiting.policies().get_or_load(agent, waiter_loader, 60))
     await polling(waiting)
@@ -186,29 +195,22 @@ class TestCrashedLoader:
         assert await other_side.policies().get_policy(agent) == NEW
 
 
-async def led_here(
-    backend: RedisBackend, loader: ScriptedLoader
-) -> tuple[AgentId, asyncio.Future[PolicyDocument]]:
-    """A get_or_load of a new agent on ``backend``, returned once its (gated) loader runs."""
-    agent = AgentId.new()
-    led = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
-    await bounded(loader.entered.wait())
-    return agent, led
-
-
 async def waiting_here(
     backend: RedisBackend, agent: AgentId, loader: ScriptedLoader, count: int
 ) -> list[asyncio.Future[PolicyDocument]]:
     """``count`` get_or_load calls on ``backend`` while its own leader's loader runs, returned
-    once each has sent its GET: it misses, then waits on that leader's flight."""
+    once every GET they sent has its reply (a miss): each then waits on that leader's flight."""
     before = backend.stats().commands_sent
     calls = [
         asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
         for _ in range(count)
     ]
-    await eventually(
-        lambda: backend.stats().commands_sent >= before + count, "every caller's GET sent"
-    )
+
+    def answered() -> bool:
+        stats = backend.stats()
+        return stats.commands_sent >= before + count and stats.pending == 0
+
+    await eventually(answered, "every caller's GET answered")
     return calls
 
 
@@ -327,17 +329,12 @@ class TestFencing:
         """When another process's invalidate overtakes a load, only the caller who ran it
         gets its policy: the callers in its process that waited on it load afresh."""
         loading, other = open_backend(redis_url), open_backend(redis_url)
-        agent, loader = AgentId.new(), ScriptedLoader([OLD, NEW], asyncio.Event())
-        calls = [
-            asyncio.ensure_future(loading.policies().get_or_load(agent, loader, 60))
-            for _ in range(3)
-        ]
-        # The three GETs missed together, and the lease took one more round trip: by the
-        # time the loader runs, the other two wait on the first's flight.
-        await bounded(loader.entered.wait())
+        loader = ScriptedLoader([OLD, NEW], asyncio.Event())
+        agent, led = await led_here(loading, loader)
+        waiters = await waiting_here(loading, agent, loader, 2)
         await other.policies().invalidate(agent)
         release(loader)
-        assert sorted(p.name for p in await bounded(asyncio.gather(*calls))) == [
+        assert sorted(p.name for p in await bounded(asyncio.gather(led, *waiters))) == [
             "new",
             "new",
             "old",
