@@ -19,6 +19,7 @@ from aa_storage import (
     policy_from_json,
     policy_to_json,
 )
+from aa_storage._policy_json import _read_as_written
 from serde_verdicts import case_bytes, load_verdicts
 
 GOLDEN = (
@@ -216,10 +217,6 @@ class TestDecode:
         """A version that is not a u32 integer is a SerializationError naming field and bound."""
         assert _decode_error(_document(version=version)) == INVALID_AT + problem
 
-    def test_largest_version_decodes(self) -> None:
-        """Version 2**32-1 decodes."""
-        assert policy_from_json(_document(version=2**32 - 1)).version == 2**32 - 1
-
     def test_unknown_decision_spelling(self) -> None:
         """A decision spelled other than serde does ("allow") is rejected with the choices."""
         data = _document(rules=[{"action_pattern": "tool:*", "decision": "allow"}])
@@ -276,6 +273,39 @@ class TestDecode:
         """A document and a rule may be arrays of their fields in order, as serde_derive reads."""
         data = b'[1,"default",[["tool:*",{"Allow":null}]]]'
         assert policy_from_json(data) == GOLDEN_POLICY
+
+
+U32_MAX = 2**32 - 1
+# The same document at a given version, in each shape the decoder reads. Only "as written"
+# takes the fast path; the others go through the general reader.
+VERSION_SHAPES = {
+    "as written": b'{"version":%d,"name":"d","rules":[],"enforcement_mode":"enforce"}',
+    "spaced": b'{"version": %d, "name": "d", "rules": []}',
+    "escaped name": b'{"version":%d,"name":"\\u0064","rules":[],"enforcement_mode":"enforce"}',
+    "fields as an array": b'[%d,"d",[]]',
+}
+
+
+class TestVersionBound:
+    """version is a u32 on every decode path: 2**32-1 decodes, 2**32 is refused."""
+
+    @pytest.mark.parametrize("shape", VERSION_SHAPES.values(), ids=VERSION_SHAPES.keys())
+    def test_the_largest_u32_decodes(self, shape: bytes) -> None:
+        """Version 2**32-1 decodes to itself, whatever the document's shape."""
+        assert policy_from_json(shape % U32_MAX) == PolicyDocument(U32_MAX, "d", [])
+
+    @pytest.mark.parametrize("shape", VERSION_SHAPES.values(), ids=VERSION_SHAPES.keys())
+    def test_one_past_it_is_refused(self, shape: bytes) -> None:
+        """Version 2**32 is a SerializationError naming the u32 bound, whatever the shape."""
+        assert _decode_error(shape % (U32_MAX + 1)).endswith(
+            "4294967296 is out of range for a u32 (at most 4294967295)"
+        )
+
+    def test_the_fast_path_itself_takes_the_largest_u32(self) -> None:
+        """The fast path decodes 2**32-1 without the general reader, and hands 2**32 to it."""
+        written = VERSION_SHAPES["as written"]
+        assert _read_as_written(written % U32_MAX) == PolicyDocument(U32_MAX, "d", [])
+        assert _read_as_written(written % (U32_MAX + 1)) is None
 
 
 class TestSerdeVerdicts:

@@ -19,22 +19,19 @@ OLD = PolicyDocument(1, "old", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
 NEW = PolicyDocument(2, "new", [PolicyRule("tool:*", PolicyDecision.DENY)])
 
 
-async def settle() -> None:
-    """Let every task that can run, run: the memory store never awaits I/O, so a few turns of
-    the loop bring each caller to the point where it waits for the load."""
-    for _ in range(10):
-        await asyncio.sleep(0)
-
-
 async def callers_waiting(
     backend: MemoryBackend, agent: AgentId, loader: ScriptedLoader, count: int
 ) -> list[asyncio.Future[PolicyDocument]]:
-    """``count`` get_or_load calls, the first one leading the load, the others waiting on it."""
+    """``count`` get_or_load calls, the first one leading the load, the others waiting on it.
+
+    The memory store awaits nothing before a caller runs the loader or waits on the load,
+    and tasks take their first steps in the order they were created: so once the leader's
+    loader has set ``entered``, every later caller waits on its load too."""
     calls = [
         asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
         for _ in range(count)
     ]
-    await settle()
+    await bounded(loader.entered.wait())
     assert loader.runs == 1
     return calls
 
@@ -69,13 +66,26 @@ class TestWaiters:
         assert outcomes == [failure, OLD, OLD, OLD, OLD]
         assert loader.runs == 2
 
+    async def test_when_the_next_load_fails_too_its_waiters_get_its_error(self) -> None:
+        """An upstream that keeps failing costs two loads, not one per caller in turn: the
+        waiters that tried again after the first failure get the second load's error."""
+        backend, agent = MemoryBackend(), AgentId.new()
+        first, second = RuntimeError("upstream timeout"), RuntimeError("upstream down")
+        loader = ScriptedLoader([first, second, OLD], asyncio.Event())
+        calls = await callers_waiting(backend, agent, loader, 5)
+        release(loader)
+        outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
+        assert outcomes == [first, second, second, second, second]
+        assert loader.runs == 2
+
     async def test_a_cancelled_leader_hands_the_load_to_a_waiter(self) -> None:
         """Cancelling the leader's caller cancels only that caller: a waiter loads next."""
         backend, agent = MemoryBackend(), AgentId.new()
         loader = ScriptedLoader([OLD], asyncio.Event())
         leader, *waiters = await callers_waiting(backend, agent, loader, 3)
+        loader.entered.clear()
         leader.cancel()
-        await settle()
+        await bounded(loader.entered.wait())
         assert loader.runs == 2
         release(loader)
         assert await bounded(asyncio.gather(*waiters)) == [OLD, OLD]
@@ -87,7 +97,7 @@ class TestWaiters:
         loader = ScriptedLoader([OLD], asyncio.Event())
         leader, quitter, stayer = await callers_waiting(backend, agent, loader, 3)
         quitter.cancel()
-        await settle()
+        await asyncio.wait([quitter])
         release(loader)
         assert await bounded(asyncio.gather(leader, stayer)) == [OLD, OLD]
         assert quitter.cancelled()
@@ -102,8 +112,9 @@ class TestVoiding:
         loader = ScriptedLoader([OLD, NEW], asyncio.Event())
         calls = await callers_waiting(backend, agent, loader, 3)
         await backend.policies().invalidate(agent)
+        loader.entered.clear()
         later = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
-        await settle()
+        await bounded(loader.entered.wait())
         assert loader.runs == 2
         release(loader)
         assert await bounded(asyncio.gather(*calls, later)) == [OLD, NEW, NEW, NEW]
@@ -118,6 +129,27 @@ class TestVoiding:
         await backend.policies().invalidate(agent)
         release(loader)
         assert await bounded(call) == OLD
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+
+    async def test_a_finished_flight_leaves_a_newer_one_to_be_voided(self) -> None:
+        """A voided load that finishes after a newer load of its agent began takes only itself
+        off the table: an invalidate still voids the newer load, which caches nothing."""
+        backend, agent = MemoryBackend(), AgentId.new()
+        first, second = (
+            ScriptedLoader([OLD], asyncio.Event()),
+            ScriptedLoader([NEW], asyncio.Event()),
+        )
+        older = asyncio.ensure_future(backend.policies().get_or_load(agent, first, 60))
+        await bounded(first.entered.wait())
+        await backend.policies().invalidate(agent)
+        newer = asyncio.ensure_future(backend.policies().get_or_load(agent, second, 60))
+        await bounded(second.entered.wait())
+        release(first)
+        assert await bounded(older) == OLD
+        await backend.policies().invalidate(agent)
+        release(second)
+        assert await bounded(newer) == NEW
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
 

@@ -237,17 +237,46 @@ class TestCorruptValues:
         with pytest.raises(SerializationError, match="wrong type"):
             await redis_backend.policies().get_policy(AGENT)
 
-    @pytest.mark.parametrize("stored", [b"abc", b"1.5", b"", b" 7", b"1_000"])
+    @pytest.mark.parametrize(
+        "stored",
+        [
+            b"abc",
+            b"1.5",
+            b"",
+            b" 7",
+            b"1_000",
+            b"0005",
+            b"00",
+            b"-0",
+            b"+5",
+            b"9223372036854775808",
+            b"-9223372036854775809",
+        ],
+    )
     async def test_non_integer_counter(
         self, redis_backend: RedisBackend, raw: redis.Redis, stored: bytes
     ) -> None:
-        """A counter key holding a non-integer is a SerializationError on read and increment."""
+        """A counter key holding what INCRBY refuses (a leading zero, "-0", a sign "+", a value
+        outside i64) is a SerializationError on read and increment alike."""
         raw.set(b"aa:ratelimit:k", stored)
         with pytest.raises(SerializationError, match="not an integer"):
             await redis_backend.rate_limiter().current("k")
         with pytest.raises(SerializationError, match="not an integer"):
             await redis_backend.rate_limiter().increment("k", 1, 60)
         assert raw.get(b"aa:ratelimit:k") == stored
+
+    @pytest.mark.parametrize(
+        "stored", [b"0", b"7", b"-5", b"9223372036854775807", b"-9223372036854775808"]
+    )
+    async def test_counter_written_elsewhere_reads_as_increment_counts_it(
+        self, redis_backend: RedisBackend, raw: redis.Redis, stored: bytes
+    ) -> None:
+        """Any integer INCRBY accepts, negative and the i64 extremes too, is read as it is,
+        and an increment of 0 (which never overflows) returns the same total."""
+        raw.set(b"aa:ratelimit:k", stored)
+        counter = redis_backend.rate_limiter()
+        assert await counter.current("k") == int(stored)
+        assert await counter.increment("k", 0, 60) == int(stored)
 
     async def test_hash_where_a_counter_belongs(
         self, redis_backend: RedisBackend, raw: redis.Redis

@@ -63,6 +63,29 @@ async def polling(backend: RedisBackend) -> None:
     await eventually(lambda: backend.stats().commands_sent >= before + 3, "a second poll")
 
 
+async def led_here(
+    backend: RedisBackend, loader: ScriptedLoader
+) -> tuple[AgentId, asyncio.Future[PolicyDocument]]:
+    """A get_or_load of a new agent on ``backend``, returned once its (gated) loader runs."""
+    agent = AgentId.new()
+    led = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+    await bounded(loader.entered.wait())
+    return agent, led
+
+
+async def a_load_invalidated_midway(backend: RedisBackend, agent: AgentId) -> None:
+    """A get_or_load whose loader (returning OLD) an invalidate overtakes: its caller gets
+    OLD, and the cache is left empty."""
+    loader = gated(OLD)
+    call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+    await bounded(loader.entered.wait())
+    await backend.policies().invalidate(agent)
+    release(loader)
+    assert await bounded(call) == OLD
+    with pytest.raises(NotFoundError):
+        await backend.policies().get_policy(agent)
+
+
 @attrs.frozen
 class WaitedOnLoad:
     """A load whose loader failed while a caller in another process waited on its lease."""
@@ -81,9 +104,8 @@ async def a_failed_load_waited_on_elsewhere(
     (its own loader would return NEW), then let the leader's loader raise ``failure``."""
     leading = open_backend(redis_url, **PATIENT_LEASE)
     waiting = open_backend(redis_url, **PATIENT_LEASE)
-    agent, leader_loader = AgentId.new(), gated(failure)
-    led = asyncio.ensure_future(leading.policies().get_or_load(agent, leader_loader, 60))
-    await bounded(leader_loader.entered.wait())
+    leader_loader = gated(failure)
+    agent, led = await led_here(leading, leader_loader)
     waiter_loader = ScriptedLoader([NEW])
     waited = asyncio.ensure_future(waiting.policies().get_or_load(agent, waiter_loader, 60))
     await polling(waiting)
@@ -173,6 +195,77 @@ class TestCrashedLoader:
         assert await other_side.policies().get_policy(agent) == NEW
 
 
+async def waiting_here(
+    backend: RedisBackend, agent: AgentId, loader: ScriptedLoader, count: int
+) -> list[asyncio.Future[PolicyDocument]]:
+    """``count`` get_or_load calls on ``backend`` while its own leader's loader runs, returned
+    once every GET they sent has its reply (a miss): each then waits on that leader's flight."""
+    before = backend.stats().commands_sent
+    calls = [
+        asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
+        for _ in range(count)
+    ]
+
+    def answered() -> bool:
+        stats = backend.stats()
+        return stats.commands_sent >= before + count and stats.pending == 0
+
+    await eventually(answered, "every caller's GET answered")
+    return calls
+
+
+@pytest.mark.asyncio
+class TestOneProcess:
+    """Callers that wait on a load run in their own process are held up no longer than
+    callers in other processes: lease_ttl for the load, lease_wait in all."""
+
+    async def test_a_hung_loader_holds_callers_here_until_its_lease_runs_out(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """When the load under way here hangs past lease_ttl, one of the callers waiting on
+        it loads again, and the others get that load's policy: one more load, not one each."""
+        backend = open_backend(redis_url, lease_ttl=1.0, lease_wait=30.0)
+        hung, fresh = gated(OLD), ScriptedLoader([NEW])
+        agent, led = await led_here(backend, hung)
+        waiters = await waiting_here(backend, agent, fresh, 9)
+        assert await bounded(asyncio.gather(*waiters)) == [NEW] * 9
+        assert fresh.runs == 1
+        release(hung)
+        assert await bounded(led) == OLD
+        assert await backend.policies().get_policy(agent) == NEW
+
+    async def test_past_lease_wait_a_caller_here_loads_for_itself(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """A caller that waits out lease_wait on a load run here runs its own loader and
+        caches nothing, as a caller in another process would; the load's write-back lands."""
+        backend = open_backend(redis_url, lease_ttl=30.0, lease_wait=0.2)
+        hung, own = gated(OLD), ScriptedLoader([NEW])
+        agent, led = await led_here(backend, hung)
+        assert await bounded(backend.policies().get_or_load(agent, own, 60)) == NEW
+        assert own.runs == 1
+        with pytest.raises(NotFoundError):
+            await backend.policies().get_policy(agent)
+        release(hung)
+        assert await bounded(led) == OLD
+        assert await backend.policies().get_policy(agent) == OLD
+
+    async def test_after_a_failed_load_one_caller_here_loads_again(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """The leader's loader raises: its caller gets the error, and of the nine callers
+        that waited on it, one loads again and all get that policy."""
+        backend = open_backend(redis_url, **PATIENT_LEASE)
+        failing, fresh = gated(RuntimeError("upstream")), ScriptedLoader([NEW])
+        agent, led = await led_here(backend, failing)
+        waiters = await waiting_here(backend, agent, fresh, 9)
+        release(failing)
+        with pytest.raises(RuntimeError, match="upstream"):
+            await bounded(led)
+        assert await bounded(asyncio.gather(*waiters)) == [NEW] * 9
+        assert fresh.runs == 1
+
+
 @pytest.mark.asyncio
 class TestLostReplies:
     async def test_a_retried_lease_request_waits_on_its_own_lease_and_caches_nothing(
@@ -189,12 +282,15 @@ class TestLostReplies:
         proxy = fault_proxy(redis_server.port)
         backend = open_backend(proxy.url, lease_ttl=30.0, lease_wait=0.2)
         leases, agent, loader = Leases(backend.pool), AgentId.new(), ScriptedLoader([OLD])
-        warm = Flight(asyncio.get_running_loop().create_future())
-        await leases.read_through(AgentId.new(), ScriptedLoader([OLD]), 60, warm)  # scripts loaded
+        loop = asyncio.get_running_loop()
+        warm, warm_agent = Flight(loop.create_future()), AgentId.new()
+        await leases.read_through(warm_agent, ScriptedLoader([OLD]), 60, warm, loop.time() + 0.2)
         accepted = proxy.connections_accepted
         proxy.drop_mid_reply()
-        flight = Flight(asyncio.get_running_loop().create_future())
-        assert await bounded(leases.read_through(agent, loader, 60, flight)) == OLD
+        flight = Flight(loop.create_future())
+        assert (
+            await bounded(leases.read_through(agent, loader, 60, flight, loop.time() + 0.2)) == OLD
+        )
         assert proxy.connections_accepted == accepted + 1
         assert loader.runs == 1
         assert raw.get(KEYS.policy(agent)) is None
@@ -233,17 +329,12 @@ class TestFencing:
         """When another process's invalidate overtakes a load, only the caller who ran it
         gets its policy: the callers in its process that waited on it load afresh."""
         loading, other = open_backend(redis_url), open_backend(redis_url)
-        agent, loader = AgentId.new(), ScriptedLoader([OLD, NEW], asyncio.Event())
-        calls = [
-            asyncio.ensure_future(loading.policies().get_or_load(agent, loader, 60))
-            for _ in range(3)
-        ]
-        # The three GETs missed together, and the lease took one more round trip: by the
-        # time the loader runs, the other two wait on the first's flight.
-        await bounded(loader.entered.wait())
+        loader = ScriptedLoader([OLD, NEW], asyncio.Event())
+        agent, led = await led_here(loading, loader)
+        waiters = await waiting_here(loading, agent, loader, 2)
         await other.policies().invalidate(agent)
         release(loader)
-        assert sorted(p.name for p in await bounded(asyncio.gather(*calls))) == [
+        assert sorted(p.name for p in await bounded(asyncio.gather(led, *waiters))) == [
             "new",
             "new",
             "old",
@@ -340,6 +431,39 @@ class TestFencing:
         assert await redis_backend.policies().get_policy(agent) == NEW
 
 
+# Lease values no driver writes: a state without a token, a token that is not decimal, or
+# one too long for the script's arithmetic. Each is set with an expiry, as if a lease.
+FOREIGN_LEASES = [b"n", b"", b"+", b"-", b"nfoo", b"+abc", b"garbage", b"+" + b"9" * 20]
+
+
+@pytest.mark.asyncio
+class TestForeignLeases:
+    @pytest.mark.parametrize("value", FOREIGN_LEASES)
+    async def test_a_foreign_lease_is_taken_over(
+        self, redis_url: str, open_backend: OpenBackend, raw: redis.Redis, value: bytes
+    ) -> None:
+        """A lease key holding what no driver writes neither holds a caller up nor answers
+        NotFoundError: the caller takes a lease of its own, loads and caches its policy."""
+        backend = open_backend(redis_url, lease_ttl=30.0, lease_wait=0.2)
+        agent, loader = AgentId.new(), ScriptedLoader([NEW])
+        raw.set(KEYS.policy_lease(agent), value, px=60_000)
+        assert await bounded(backend.policies().get_or_load(agent, loader, 60)) == NEW
+        assert loader.runs == 1
+        assert await backend.policies().get_policy(agent) == NEW
+        lease = raw.get(KEYS.policy_lease(agent))
+        assert lease is not None
+        assert lease.startswith(b"-")
+        assert lease[1:].isdigit()
+
+    async def test_a_load_that_took_over_a_foreign_lease_is_still_fenced(
+        self, redis_backend: RedisBackend, raw: redis.Redis
+    ) -> None:
+        """An invalidate during the load that took a foreign lease over keeps it out."""
+        agent = AgentId.new()
+        raw.set(KEYS.policy_lease(agent), b"n", px=60_000)
+        await a_load_invalidated_midway(redis_backend, agent)
+
+
 class TestLayout:
     @pytest.mark.asyncio
     async def test_a_loaded_policy_is_stored_as_the_rust_driver_stores_it(
@@ -432,13 +556,7 @@ class TestLayout:
         invalidate and the next one is cached."""
         redis_cluster.flushall()
         backend = open_backend(redis_cluster.url, key_prefix=prefix)
-        agent, loader = AgentId.new(), gated(OLD)
-        call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
-        await bounded(loader.entered.wait())
-        await backend.policies().invalidate(agent)
-        release(loader)
-        assert await bounded(call) == OLD
-        with pytest.raises(NotFoundError):
-            await backend.policies().get_policy(agent)
+        agent = AgentId.new()
+        await a_load_invalidated_midway(backend, agent)
         assert await backend.policies().get_or_load(agent, ScriptedLoader([NEW]), 60) == NEW
         assert await backend.policies().get_policy(agent) == NEW

@@ -106,8 +106,9 @@ class PolicyCache(PolicyStore, Protocol):
         never caches it, and the callers that waited on it load again. The
         loader's ``NotFoundError`` reaches the caller, and callers waiting on
         that load get it too; any other exception of the loader reaches its
-        own caller unchanged, while the waiters try again. Nothing is cached
-        when the loader raises. A result that is not a ``PolicyDocument`` is a
+        own caller unchanged, while the waiters try again, one of them loading
+        while the rest wait; if that load fails too, they get its exception.
+        Nothing is cached when the loader raises. A result that is not a ``PolicyDocument`` is a
         ``TypeError``.
         """
 

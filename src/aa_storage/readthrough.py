@@ -18,6 +18,10 @@ result unless the flight was voided::
     return await flights.run(agent_id, attempt)
 
 and its ``invalidate`` and ``cache_policy`` call ``flights.void(agent_id)``.
+
+A driver with leases also bounds the waiting, as it is bounded for callers in
+other processes: it passes :meth:`SingleFlight.run` a :class:`Patience`, and
+its ``attempt`` calls :meth:`Flight.lasts` when the load starts.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from aa_storage._types import AgentId, PolicyDocument
 from aa_storage.contracts import PolicyLoader
 from aa_storage.errors import NotFoundError
 
-__all__ = ["Flight", "SingleFlight", "load"]
+__all__ = ["Flight", "Patience", "SingleFlight", "load"]
 
 
 async def load(loader: PolicyLoader, agent_id: AgentId) -> PolicyDocument:
@@ -53,8 +57,9 @@ async def load(loader: PolicyLoader, agent_id: AgentId) -> PolicyDocument:
     return policy
 
 
-# The outcome that tells waiters the leader failed with anything but
-# NotFoundError (or was cancelled): the next of them leads a load of its own.
+# The outcome that tells waiters the leader's load was voided, its caller
+# cancelled, or that it ran past its ``lasts``: the next of them leads a load
+# of its own. (A failed load's outcome is its exception.)
 _TRY_AGAIN = object()
 
 
@@ -66,6 +71,34 @@ class Flight:
 
     outcome: asyncio.Future[object] = attrs.field(repr=False)
     voided: bool = False
+    #: The load that one of its waiters led after this one failed, which the
+    #: others wait on (or read, if it is already over) instead of leading their own.
+    retry: Flight | None = attrs.field(default=None, repr=False)
+    _run_out: asyncio.TimerHandle | None = attrs.field(default=None, repr=False)
+
+    def lasts(self, seconds: float) -> None:
+        """Hold the callers waiting on this load for ``seconds`` from now at most; then
+        they stop waiting and one of them leads the next load. The caller who runs
+        this one still gets its result."""
+        if self._run_out is not None:
+            self._run_out.cancel()
+        self._run_out = asyncio.get_running_loop().call_later(seconds, self.end, _TRY_AGAIN)
+
+    def end(self, outcome: object) -> None:
+        """Give the waiters ``outcome`` (for :class:`SingleFlight`); once is enough."""
+        if self._run_out is not None:
+            self._run_out.cancel()
+        if not self.outcome.done():
+            self.outcome.set_result(outcome)
+
+
+@attrs.frozen
+class Patience:
+    """How long a caller waits on loads that other callers in this process run:
+    until ``until``, on the running loop's clock; then it returns ``then()``."""
+
+    until: float
+    then: Callable[[], Awaitable[PolicyDocument]]
 
 
 @attrs.define
@@ -76,12 +109,21 @@ class SingleFlight:
     its ``NotFoundError``. When the load fails otherwise, the leader's caller
     gets that exception and every waiter tries again, one of them leading the
     next load: one caller's failure (a timeout, a cancellation) is not the
-    others'. A voided load answers its own caller only, and its waiters try
-    again too, so nobody but the caller who started it gets a policy that an
-    ``invalidate`` overtook. Voiding a flight also takes it off the table, so
-    callers that come after an ``invalidate`` start a load of their own. An
-    ``attempt`` may void its own flight, when it learns that something
-    overtook its load (the Redis driver does, when its write-back is refused).
+    others'. When that load fails too, with an exception (not a cancellation),
+    the waiters who tried again get it: an upstream that keeps failing costs
+    two loads, not one per caller in turn. A voided load answers its own
+    caller only, and its waiters try again too, so nobody but the caller who
+    started it gets a policy that an ``invalidate`` overtook. Voiding a flight
+    also takes it off the table, so callers that come after an ``invalidate``
+    start a load of their own. An ``attempt`` may void its own flight, when it
+    learns that something overtook its load (the Redis driver does, when its
+    write-back is refused).
+
+    Waiting is bounded only where the driver bounds it: a flight whose
+    :meth:`Flight.lasts` runs out lets its waiters go, and one of them leads
+    the next load while the rest wait on that one; a caller given a
+    :class:`Patience` stops waiting at its end. A finished flight takes only
+    itself off the table, never a newer flight of its agent.
     """
 
     _flights: dict[AgentId, Flight] = attrs.field(factory=dict, repr=False)
@@ -93,35 +135,65 @@ class SingleFlight:
             flight.voided = True
 
     async def run(
-        self, agent_id: AgentId, attempt: Callable[[Flight], Awaitable[PolicyDocument]]
+        self,
+        agent_id: AgentId,
+        attempt: Callable[[Flight], Awaitable[PolicyDocument]],
+        patience: Patience | None = None,
     ) -> PolicyDocument:
         """Join the agent's load under way, or lead one that runs ``attempt``."""
+        failed: Flight | None = None  # the failed load this caller is trying again after
         while True:
-            flight = self._flights.get(agent_id)
+            retry = failed.retry if failed is not None else None
+            flight = retry if retry is not None else self._holding(agent_id)
             if flight is None:
-                return await self._lead(agent_id, attempt)
-            # Shielded: a waiter that is cancelled must not cancel the others' wait.
-            outcome = await asyncio.shield(flight.outcome)
+                return await self._lead(agent_id, attempt, failed)
+            # Shielded: a waiter that is cancelled, or gives up, must not end the others' wait.
+            waiting = asyncio.shield(flight.outcome)
+            if patience is None:
+                outcome = await waiting
+            else:
+                try:
+                    async with asyncio.timeout_at(patience.until):
+                        outcome = await waiting
+                except TimeoutError:
+                    return await patience.then()
             if isinstance(outcome, PolicyDocument):
                 return outcome
-            if isinstance(outcome, NotFoundError):
+            if isinstance(outcome, NotFoundError) or (
+                failed is not None and isinstance(outcome, Exception)
+            ):
                 raise outcome
+            failed = flight if isinstance(outcome, Exception) else None
+
+    def _holding(self, agent_id: AgentId) -> Flight | None:
+        """The agent's flight under way, if it still holds its waiters. One that was let go
+        (its ``lasts`` ran out) is still under way for its own caller, but the first caller
+        to find it leads the next load."""
+        flight = self._flights.get(agent_id)
+        return None if flight is None or flight.outcome.done() else flight
 
     async def _lead(
-        self, agent_id: AgentId, attempt: Callable[[Flight], Awaitable[PolicyDocument]]
+        self,
+        agent_id: AgentId,
+        attempt: Callable[[Flight], Awaitable[PolicyDocument]],
+        failed: Flight | None,
     ) -> PolicyDocument:
         flight = Flight(asyncio.get_running_loop().create_future())
         self._flights[agent_id] = flight
+        if failed is not None:
+            failed.retry = flight
         outcome: object = _TRY_AGAIN
         try:
             policy = await attempt(flight)
             if not flight.voided:
                 outcome = policy
             return policy
-        except NotFoundError as exc:
+        except Exception as exc:
             outcome = exc
             raise
         finally:
+            # Only this flight: after a void, or once this one ran out, a newer flight
+            # of the agent holds callers of its own.
             if self._flights.get(agent_id) is flight:
                 del self._flights[agent_id]
-            flight.outcome.set_result(outcome)
+            flight.end(outcome)

@@ -401,6 +401,19 @@ class ContractSuite:
         assert await counter.current("k") == I64_MAX
 
     @_exercises(Kind.RATE_LIMIT_COUNTER)
+    async def test_increments_reach_exactly_2_63_minus_1(self, backend: Any) -> None:
+        """Increments of an existing counter that end exactly at 2**63-1 succeed, and so does
+        one of 0 there; only a total past it is an overflow."""
+        counter = backend.rate_limiter()
+        assert await counter.increment("k", 1, 60) == 1
+        assert await counter.increment("k", I64_MAX - 2, 60) == I64_MAX - 1
+        assert await counter.increment("k", 1, 60) == I64_MAX
+        assert await counter.increment("k", 0, 60) == I64_MAX
+        with pytest.raises(StorageError, match="overflow"):
+            await counter.increment("k", 1, 60)
+        assert await counter.current("k") == I64_MAX
+
+    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_concurrent_increments_sum_exactly(self, backend: Any) -> None:
         """200 increments racing in one event loop lose none and repeat none."""
         counter = backend.rate_limiter()

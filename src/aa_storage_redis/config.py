@@ -163,7 +163,9 @@ class RedisStorageConfig:
     near_cache: bool = False
     near_cache_size: int = _checked(10_000, _within(1, 10_000_000))
     lease_ttl: float = _checked(5.0, _seconds_up_to(_LEASE_LIMIT_SECS))
-    lease_wait: float = _checked(5.0, _seconds_up_to(_LEASE_LIMIT_SECS))
+    # Twice lease_ttl: a waiter outlasts a hung loader's lease, so one waiter takes the
+    # load over and the others get its policy instead of each loading on its own.
+    lease_wait: float = _checked(10.0, _seconds_up_to(_LEASE_LIMIT_SECS))
     sentinel_username: str | None = None
     sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)

@@ -7,7 +7,10 @@ load for themselves without caching. The write-back stores the policy only
 while the token still holds the lease; ``invalidate`` and ``cache_policy``
 kill it, so a load they overtook is never cached. A lease lives
 ``lease_ttl`` seconds, so a loader that crashes or hangs holds the others
-up at most that long. The scripts are in :mod:`aa_storage_redis.scripts`.
+up at most that long. Callers in the leader's own process wait on its
+flight (:mod:`aa_storage.readthrough`) under the same two bounds: the flight
+lasts ``lease_ttl`` from the start of its load, and each caller gives up at
+the end of its ``lease_wait``. The scripts are in :mod:`aa_storage_redis.scripts`.
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ class Leases:
     pool: Pool
 
     async def read_through(
-        self, agent_id: AgentId, loader: PolicyLoader, ttl_secs: int, flight: Flight
+        self, agent_id: AgentId, loader: PolicyLoader, ttl_secs: int, flight: Flight, until: float
     ) -> PolicyDocument:
         """The cached policy, the one loaded under the lease this call gets or
-        waits on, or past ``lease_wait`` one loaded here and not cached. When
-        the write-back is refused, something overtook the load: ``flight`` is
-        voided, so the callers in this process that waited on it load again.
+        waits on, or past ``until`` (the end of the caller's ``lease_wait``, on
+        the loop's clock) one loaded here and not cached. When the write-back
+        is refused, something overtook the load: ``flight`` is voided, so the
+        callers in this process that waited on it load again. Whichever load
+        runs here, ``flight`` holds its waiters ``lease_ttl`` at most.
 
         ``GET_OR_LEASE`` is sent as a read, so a lost reply is retried: if the
         lost run had issued a lease, the retry finds that lease held and waits,
@@ -74,7 +79,6 @@ class Leases:
         config = self.pool.config
         lease_ms = max(1, round(config.lease_ttl * 1000))
         clock = asyncio.get_running_loop().time
-        deadline = clock() + config.lease_wait
         pause = _FIRST_POLL_SECS
         waited_on = b""
         while True:
@@ -88,11 +92,12 @@ class Leases:
                     f"no policy for agent {agent_id.hex}: the load this call waited for found none"
                 )
             waited_on, left_ms = reply[1], reply[2]
-            left = deadline - clock()
+            left = until - clock()
             if left <= 0:
                 break
             await asyncio.sleep(min(pause, left, left_ms / 1000))
             pause = min(pause * 2, _LONGEST_POLL_SECS)
+        flight.lasts(config.lease_ttl)
         return await load(loader, agent_id)
 
     async def _lead(
@@ -105,6 +110,9 @@ class Leases:
         flight: Flight,
     ) -> PolicyDocument:
         """Load under the lease ``token``, then write back if it still holds."""
+        # The lease runs out for other processes lease_ttl after it was issued, a little
+        # before this; the waiters here are let go then too.
+        flight.lasts(self.pool.config.lease_ttl)
         try:
             policy = await load(loader, agent_id)
         except NotFoundError:

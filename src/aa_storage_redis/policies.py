@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import attrs
 
 from aa_storage import AgentId, NotFoundError, PolicyDocument, policy_from_json, policy_to_json
 from aa_storage.contracts import DEFAULT_POLICY_CACHE_TTL_SECS, PolicyLoader
-from aa_storage.readthrough import SingleFlight
+from aa_storage.readthrough import Patience, SingleFlight, load
 from aa_storage.validation import check_agent_id, check_loader, check_policy, check_ttl_secs
 from aa_storage_redis.leases import Leases, policy_keys
 from aa_storage_redis.near_cache import Fill, NearCache
@@ -76,8 +78,13 @@ class RedisPolicyStore:
         except NotFoundError:
             pass
         leases = Leases(self.pool)
+        # The caller's lease_wait bounds its wait for loads run by others, in this process
+        # as in others: past it, the caller runs the loader itself and caches nothing.
+        until = asyncio.get_running_loop().time() + self.pool.config.lease_wait
         return await self.flights.run(
-            agent_id, lambda flight: leases.read_through(agent_id, loader, ttl_secs, flight)
+            agent_id,
+            lambda flight: leases.read_through(agent_id, loader, ttl_secs, flight, until),
+            Patience(until, lambda: load(loader, agent_id)),
         )
 
     async def invalidate(self, agent_id: AgentId) -> None:

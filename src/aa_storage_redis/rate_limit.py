@@ -49,11 +49,14 @@ class RedisRateLimitCounter:
         await self.pool.execute("DEL", self.pool.keys.rate_limit(key), read=False)
 
 
-_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+# What INCRBY itself accepts as a counter (Redis's string2ll): 0, or an optional minus and
+# digits without a leading zero, within a signed 64-bit integer. int() would also take
+# " 7", "1_000", "+5", "0005" and "-0", which INCRBY refuses.
+_INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+_I64 = range(-(2**63), 2**63)
 
 
 def _as_total(key: str, reply: bytes) -> int:
-    # Only what INCRBY itself accepts: int() would also take " 7" and "1_000".
-    if not _INTEGER.fullmatch(reply):
+    if not _INTEGER.fullmatch(reply) or int(reply) not in _I64:
         raise SerializationError(f"counter {key!r} holds {reply[:40]!r}, not an integer")
     return int(reply)

@@ -94,6 +94,11 @@ PROBE = Script("probe", b"return 1")
 # {1, token} when the caller now holds the lease and must load; {2, token,
 # pttl} while another load holds it; {3} when the load waited on found no
 # policy. A '+' lease without an expiry (written by hand) counts as gone.
+# A lease value this script could not have written (no token of 1 to 16
+# digits, below 2**53 - 1 so that one more is exact) was written by some other
+# client: it counts as gone too, so it can neither hold loads up nor answer
+# NotFoundError for a load nobody ran. Its holder, if any, is fenced out: its
+# write-back finds the new token.
 GET_OR_LEASE = Script(
     "get_or_lease",
     b"""
@@ -103,13 +108,16 @@ local lease = redis.call('GET', KEYS[2])
 local last = 0
 if lease then
   local state, token = string.sub(lease, 1, 1), string.sub(lease, 2)
-  if state == '+' then
-    local pttl = redis.call('PTTL', KEYS[2])
-    if pttl > 0 then return {2, token, pttl} end
-  elseif state == 'n' and token == ARGV[2] then
-    return {3}
+  if #token > 0 and #token <= 16 and not string.find(token, '[^0-9]')
+      and tonumber(token) < 9007199254740991 then
+    if state == '+' then
+      local pttl = redis.call('PTTL', KEYS[2])
+      if pttl > 0 then return {2, token, pttl} end
+    elseif state == 'n' and token == ARGV[2] then
+      return {3}
+    end
+    last = tonumber(token)
   end
-  last = tonumber(token) or 0
 end
 local now = redis.call('TIME')
 local issued = tonumber(now[1]) * 1000000 + tonumber(now[2])
