@@ -22,7 +22,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from aa_storage import AgentId, BackendError
 from aa_storage.testing import a_policy
-from aa_storage_redis.cluster import Cluster
+from aa_storage_redis import cluster as cluster_topology
 from cluster import LocalCluster
 from executor_support import OpenBackend
 from sentinel import SentinelSet
@@ -252,15 +252,15 @@ class TestCluster:
         """A TypeError while the slot map is read is a BackendError naming it, not a raw
         TypeError; the next call loads the map."""
         fault = Fault(lambda: TypeError("injected fault"))
-        original = Cluster._apply
+        original = cluster_topology._slot_owners
 
-        def apply(self: Cluster, *args: Any) -> None:
+        def slot_owners(*args: Any) -> Any:
             if fault.armed:
                 fault.fired += 1
                 raise fault.exception()
-            original(self, *args)
+            return original(*args)
 
-        monkeypatch.setattr(Cluster, "_apply", apply)
+        monkeypatch.setattr(cluster_topology, "_slot_owners", slot_owners)
         counter = open_backend(redis_cluster.url, **TIMEOUTS).rate_limiter()
         await fails_within_bound(lambda: counter.current("background:slots"), "TypeError")
         assert fault.fired

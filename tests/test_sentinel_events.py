@@ -15,6 +15,7 @@ import redis
 
 from aa_storage_redis.node import Node
 from aa_storage_redis.sentinel import CHANNELS, Sentinel, _Named
+from aa_storage_redis.stats import Counters
 
 OLD = ("127.0.0.1", 7001)
 NEW = ("127.0.0.1", 7002)
@@ -29,6 +30,7 @@ def a_node(address: tuple[str, int]) -> Node:
         unused,
         address=f"{address[0]}:{address[1]}",
         size=1,
+        counters=Counters(),
         max_pending=10,
         connect_timeout=1.0,
         socket_timeout=1.0,

@@ -106,7 +106,7 @@ class RedisBackend:
     async def _optional(self, *command: str) -> bytes | None:
         """The reply, or None when the user's ACL does not permit the command."""
         try:
-            reply: bytes = await self.pool.execute(*command, read=True)
+            reply: bytes = await self.pool.execute(*command, key=None, read=True)
         except BackendError as exc:
             if "permission denied" not in str(exc):
                 raise

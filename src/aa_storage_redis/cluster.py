@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -10,31 +11,85 @@ from redis import exceptions as redis_errors
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from aa_storage_redis.node import Node
-from aa_storage_redis.topology import Address, Facts, NodeFactory, ask, unchanged
+from aa_storage_redis.topology import (
+    Address,
+    Facts,
+    NodeFactory,
+    Observed,
+    Redirect,
+    ask,
+    not_ready,
+)
+
+logger = logging.getLogger("aa_storage_redis")
+
+#: Least time between two reads of the slot map by one client, however many callers
+#: want one: a cluster in trouble is not also flooded with CLUSTER SLOTS.
+REFRESH_INTERVAL_SECS = 0.25
 
 
-class Cluster:
+class Cluster(Observed):
     """A Redis Cluster: each key goes to the primary that owns its slot.
 
-    The slot map comes from ``CLUSTER SLOTS``, asked of any node that
-    answers: the known primaries first, then the seeds. ``MOVED`` updates one
-    slot at once and the whole map soon after; a failed node makes the next
-    command wait for a fresh map.
+    The slot map comes from ``CLUSTER SLOTS``, asked of the known primaries and
+    the seeds all at once; the first answer wins. Reads of the map are shared by
+    every caller that needs one and come at most every
+    :data:`REFRESH_INTERVAL_SECS`. ``MOVED`` updates one slot at once and the whole
+    map soon after; ``ASK`` sends one command elsewhere and changes nothing; a
+    failed node makes the commands for its slots wait for a fresh map. A slot no
+    primary serves is read again, at that pace, until the caller's deadline.
+    The primaries are exactly the nodes the map names, so an observer always sees
+    every node that serves a slot.
     """
 
     def __init__(self, seeds: Iterable[Address], node_at: NodeFactory) -> None:
+        super().__init__()
         self._seeds = tuple(seeds)
         self._node_at = node_at
         self._nodes: dict[Address, Node] = {}
         self._slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
-        self._primaries: list[Node] = []
+        self._primaries: tuple[Node, ...] = ()
         self._refresh: asyncio.Task[None] | None = None
-        self.on_change: Callable[[], None] = unchanged
+        self._refreshed_at: float | None = None  # when the last read of the map ended
 
     def node_for(self, key: bytes | None) -> Node | None:
         if key is None:
             return self._primaries[0] if self._primaries else None
         return self._slots[key_slot(key)]
+
+    async def route(self, key: bytes | None, deadline: float) -> Node:
+        """Read the map until it names a primary for ``key``; a slot it leaves
+        uncovered is read again (at most every :data:`REFRESH_INTERVAL_SECS`) until
+        ``deadline``, then raises ``ClusterDownError`` naming the slot."""
+        loop = asyncio.get_running_loop()
+        while (node := self.node_for(key)) is None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._read_map()
+            except TimeoutError:
+                pass
+            if (node := self.node_for(key)) is not None:
+                return node
+            if loop.time() >= deadline:
+                what = "no slot is" if key is None else f"slot {key_slot(key)} is"
+                raise redis_errors.ClusterDownError(
+                    f"{what} served by any primary of the cluster, by the slot map it gave"
+                )
+        return node
+
+    def redirected(self, error: redis_errors.RedisError, node: Node) -> Redirect | None:
+        if isinstance(error, redis_errors.MovedError):
+            self._move(error.slot_id, (error.host, int(error.port)))
+            return Redirect()
+        if isinstance(error, redis_errors.AskError):
+            # One command, during a migration: the map stays as it is.
+            return Redirect(node=self.node((error.host, int(error.port))), asking=True)
+        if isinstance(error, redis_errors.TryAgainError | redis_errors.ClusterDownError):
+            return Redirect(busy=True)
+        if isinstance(error, redis_errors.ReadOnlyError):
+            self.failed(node)  # a demoted primary: its slots went to another
+            return Redirect(busy=True)
+        return not_ready(error)
 
     def node(self, address: Address) -> Node:
         """The node at ``address``, opened on first use."""
@@ -43,23 +98,10 @@ class Cluster:
             node = self._nodes[address] = self._node_at(address)
         return node
 
-    def moved(self, slot: int, address: Address) -> None:
-        """The server said ``slot`` now lives at ``address``."""
-        self._slots[slot] = self.node(address)
-        self.on_change()
-        self._refresh_soon()
-
-    async def discover(self) -> None:
-        """Load the slot map; concurrent callers share one load."""
-        if self._refresh is None or self._refresh.done():
-            self._refresh = asyncio.get_running_loop().create_task(self._load_slot_map())
-        await asyncio.shield(self._refresh)
-
     def failed(self, node: Node) -> None:
         # Until a new map arrives, commands for the lost node's slots wait for it.
-        self._slots = [None if owner is node else owner for owner in self._slots]
-        self._primaries = [primary for primary in self._primaries if primary is not node]
-        self.on_change()
+        if node in self._primaries:
+            self._set_slots([None if owner is node else owner for owner in self._slots])
         self._refresh_soon()
 
     def primaries(self) -> tuple[Address, ...]:
@@ -75,7 +117,9 @@ class Cluster:
         whose ACL denies it sees the replicas ``CLUSTER SLOTS`` lists instead:
         those up that have replicated some data.
         """
-        await self.discover()
+        await self._read_map()
+        if not self._primaries:
+            raise redis_errors.ClusterDownError("the cluster serves no slot")
         asked = self._primaries[0]
         reply = await ask(asked, "CLUSTER", "SLOTS")
         covered = sum(end - start + 1 for start, end, *_ in reply)
@@ -105,39 +149,80 @@ class Cluster:
             await asyncio.gather(self._refresh, return_exceptions=True)
         await asyncio.gather(*(node.aclose() for node in self._nodes.values()))
 
+    # --- the slot map ----------------------------------------------------------------
+
+    def _move(self, slot: int, address: Address) -> None:
+        """The server said ``slot`` now lives at ``address``."""
+        slots = list(self._slots)
+        slots[slot] = self.node(address)
+        self._set_slots(slots)
+        self._refresh_soon()
+
+    def _set_slots(self, slots: list[Node | None]) -> None:
+        """Use ``slots`` from now on; observers hear of it when a slot changed owner."""
+        if slots == self._slots:
+            return
+        owners = {id(node): node for node in slots if node is not None}
+        self._slots = slots
+        self._primaries = tuple(owners.values())
+        self._changed()
+
+    async def _read_map(self) -> None:
+        """Join the read of the map under way, or start one (after the interval);
+        raises what the read raised."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.get_running_loop().create_task(self._load_slot_map())
+        await asyncio.shield(self._refresh)
+
     def _refresh_soon(self) -> None:
         if self._refresh is None or self._refresh.done():
             task = asyncio.get_running_loop().create_task(self._load_slot_map())
-            # A failed background load is retried by the next caller that needs it.
+            # A failed background read is retried by the next caller that needs one.
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
             self._refresh = task
 
     async def _load_slot_map(self) -> None:
-        error: redis_errors.RedisError = redis_errors.ConnectionError("no cluster node to ask")
+        loop = asyncio.get_running_loop()
+        if self._refreshed_at is not None:
+            await asyncio.sleep(self._refreshed_at + REFRESH_INTERVAL_SECS - loop.time())
+        try:
+            reply, asked = await self._first_slot_map()
+            self._set_slots(_slot_owners(reply, asked, self.node))
+        finally:
+            self._refreshed_at = loop.time()
+
+    async def _first_slot_map(self) -> tuple[list[Any], Address]:
+        """``CLUSTER SLOTS`` from whichever known primary or seed answers first, all
+        asked at once: a seed that hangs costs nothing while another answers."""
         known = [address for address, node in self._nodes.items() if node in self._primaries]
-        for address in dict.fromkeys([*known, *self._seeds]):
-            try:
-                reply = await ask(self.node(address), "CLUSTER", "SLOTS")
-            except redis_errors.RedisError as exc:
-                error = exc
-                continue
-            self._apply(reply, address)
-            return
+        addresses = list(dict.fromkeys([*known, *self._seeds]))
+
+        async def slots_of(address: Address) -> tuple[list[Any], Address]:
+            return await ask(self.node(address), "CLUSTER", "SLOTS"), address
+
+        asking = [asyncio.ensure_future(slots_of(address)) for address in addresses]
+        error: BaseException = redis_errors.ConnectionError("no cluster node to ask")
+        try:
+            for answered in asyncio.as_completed(asking):
+                try:
+                    return await answered
+                except redis_errors.RedisError as exc:
+                    error = exc
+        finally:
+            for task in asking:
+                task.cancel()
         raise error
 
-    def _apply(self, reply: list[Any], asked: Address) -> None:
-        slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
-        primaries: dict[int, Node] = {}
-        for start, end, primary, *_replicas in reply:
-            host = primary[0].decode() if primary[0] else asked[0]
-            node = self.node((host, int(primary[1])))
-            primaries[id(node)] = node
-            slots[start : end + 1] = [node] * (end - start + 1)
-        changed = slots != self._slots
-        self._slots = slots
-        self._primaries = list(primaries.values())
-        if changed:
-            self.on_change()
+
+def _slot_owners(
+    reply: list[Any], asked: Address, node: Callable[[Address], Node]
+) -> list[Node | None]:
+    """Each slot's primary, from a ``CLUSTER SLOTS`` reply of the node at ``asked``."""
+    slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    for start, end, primary, *_replicas in reply:
+        host = primary[0].decode() if primary[0] else asked[0]
+        slots[start : end + 1] = [node((host, int(primary[1])))] * (end - start + 1)
+    return slots
 
 
 def _replica_health(nodes: bytes) -> str:

@@ -76,6 +76,8 @@ class MultiplexedConnection:
         self._ever_opened = False
         self._connect_task: asyncio.Task[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self.on_idle: Callable[[], None] | None = None
+        """Called each time the last pending request is answered or failed."""
 
     @property
     def pending(self) -> int:
@@ -220,8 +222,8 @@ class MultiplexedConnection:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
-        if not self._pending and self._drained is not None:
-            resolve(self._drained)
+        if not self._pending:
+            self._idle()
 
     def lost(self, replies: ReplyReader, cause: redis_errors.RedisError) -> None:
         """The socket under ``replies`` failed or was closed by the server."""
@@ -273,8 +275,13 @@ class MultiplexedConnection:
             if not request.future.done():
                 failure = written() if index < first_unwritten else unwritten()
                 request.future.set_exception(failure)
+        self._idle()
+
+    def _idle(self) -> None:
         if self._drained is not None:
             resolve(self._drained)
+        if self.on_idle is not None:
+            self.on_idle()
 
 
 async def _prove_alive(connection: AbstractConnection) -> None:

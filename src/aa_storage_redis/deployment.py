@@ -20,6 +20,7 @@ from aa_storage_redis.node import Node
 from aa_storage_redis.pool import Pool
 from aa_storage_redis.redis_py import verify as verify_redis_py
 from aa_storage_redis.sentinel import Sentinel
+from aa_storage_redis.stats import Counters
 from aa_storage_redis.topology import Address, Standalone, Topology
 from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.urls import CLUSTER, SENTINEL
@@ -61,12 +62,15 @@ def build_pool(config: RedisStorageConfig) -> Pool:
             redact_url(config.effective_url),
         )
 
+    counters = Counters()  # one count for every node: max_pending is the deployment's
+
     def node_at(address: Address) -> Node:
         host, port = address
         return Node(
             partial(connection_class, host=host, port=port, **options),
             address=f"{host}:{port}",
             size=config.pool_size,
+            counters=counters,
             max_pending=config.max_pending,
             connect_timeout=config.connect_timeout,
             socket_timeout=config.socket_timeout,
@@ -114,6 +118,7 @@ def build_pool(config: RedisStorageConfig) -> Pool:
         keys=keys,
         topology=topology,
         password=deployment.password,
+        counters=counters,
         near_cache=near_cache,
         tracker=tracker,
     )

@@ -1,19 +1,23 @@
-"""One server (a node): a few multiplexed connections and a bound on what may wait for them."""
+"""One server (a node): a few multiplexed connections, and a few more for commands that
+must wait on the server (``WAIT``), so they hold nobody else up."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.connection import MultiplexedConnection
 from aa_storage_redis.stats import Counters
+from aa_storage_redis.wire import NotSent
 
 
 class Overloaded(Exception):
-    """The node already has ``max_pending`` commands waiting; this one was not queued."""
+    """``max_pending`` commands already wait; this one was not queued."""
 
 
 class Node:
@@ -22,8 +26,14 @@ class Node:
     A command goes to the connection with the fewest commands pending, the
     first one on a tie: a lone caller always uses the first connection, and
     a burst spreads over all of them. At most ``max_pending`` commands may be
-    queued or awaiting replies at once; past that, :meth:`submit` raises
-    :class:`Overloaded` instead of letting memory grow.
+    queued or awaiting replies at once, counted in ``counters`` (which every
+    node of a deployment shares, so the bound is the deployment's); past that,
+    a submit raises :class:`Overloaded` instead of letting memory grow.
+
+    :meth:`submit_alone` uses up to ``size`` other connections, each carrying
+    one group of commands at a time: a write and its ``WAIT``, which the server
+    answers only when replicas confirm or ``wait_timeout`` passes, so nothing
+    queued behind it on a shared connection is held past ``socket_timeout``.
     """
 
     def __init__(
@@ -32,23 +42,30 @@ class Node:
         *,
         address: str,
         size: int,
+        counters: Counters,
         max_pending: int,
         connect_timeout: float,
         socket_timeout: float,
     ) -> None:
         self.address = address
         """``host:port``, for messages."""
-        self.counters = Counters()
+        self.counters = counters
         self.max_pending = max_pending
-        self._connections = [
-            MultiplexedConnection(
+        self._size = size
+        self._socket_timeout = socket_timeout
+
+        def connection() -> MultiplexedConnection:
+            return MultiplexedConnection(
                 open_connection,
                 connect_timeout=connect_timeout,
                 socket_timeout=socket_timeout,
-                counters=self.counters,
+                counters=counters,
             )
-            for _ in range(size)
-        ]
+
+        self._new_connection = connection
+        self._connections = [connection() for _ in range(size)]
+        self._alone: list[MultiplexedConnection] = []  # opened as they are needed
+        self._waiting_for_alone: deque[asyncio.Future[None]] = deque()
 
     def submit(self, packed: bytes) -> asyncio.Future[Any]:
         """Queue one packed command on the least busy connection; see
@@ -65,14 +82,57 @@ class Node:
 
     def submit_together(self, *packed: bytes) -> list[asyncio.Future[Any]]:
         """Queue commands back to back on one connection, where nothing can come
-        between them: ``ASKING`` and the command it is for, or a write and the
-        ``WAIT`` for its replicas. One future per command, in order."""
-        if self.counters.pending + len(packed) > self.max_pending:
-            raise Overloaded()
-        connections = self._connections
-        chosen = min(connections, key=lambda connection: connection.pending)
+        between them: ``ASKING`` and the command it is for. One future per
+        command, in order."""
+        self._check_room(len(packed))
+        chosen = min(self._connections, key=lambda connection: connection.pending)
         return [chosen.submit(command) for command in packed]
+
+    async def submit_alone(self, *packed: bytes) -> list[asyncio.Future[Any]]:
+        """Queue commands back to back on a connection that carries nothing else
+        until every one is answered (a write and its ``WAIT``). When all ``size`` such
+        connections are busy, waits for one, at most ``socket_timeout``; past that
+        raises :class:`NotSent`. One future per command, in order."""
+        self._check_room(len(packed))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._socket_timeout
+        while True:
+            free = next((each for each in self._alone if not each.pending), None)
+            if free is None and len(self._alone) < self._size:
+                free = self._new_connection()
+                free.on_idle = self._alone_freed
+                self._alone.append(free)
+            if free is not None:
+                return [free.submit(command) for command in packed]
+            turn = loop.create_future()
+            self._waiting_for_alone.append(turn)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await turn
+            except TimeoutError:
+                raise NotSent(
+                    redis_errors.TimeoutError(
+                        f"all {self._size} connections for writes that wait on replicas "
+                        f"stayed busy for socket_timeout={self._socket_timeout}s"
+                    )
+                ) from None
+            finally:
+                if turn in self._waiting_for_alone:
+                    self._waiting_for_alone.remove(turn)
+
+    def _alone_freed(self) -> None:
+        """A connection of :meth:`submit_alone` has nothing pending: wake one waiter."""
+        while self._waiting_for_alone:
+            turn = self._waiting_for_alone.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+
+    def _check_room(self, commands: int) -> None:
+        if self.counters.pending + commands > self.max_pending:
+            raise Overloaded()
 
     async def aclose(self) -> None:
         """Close every connection once what is in flight has finished or failed."""
-        await asyncio.gather(*(connection.aclose() for connection in self._connections))
+        everything = [*self._connections, *self._alone]
+        await asyncio.gather(*(connection.aclose() for connection in everything))

@@ -44,7 +44,8 @@ class RedisPolicyStore:
                 return cached
             if (fill := near.begin_fill(agent_id)) is not None:
                 return await self._fill(near, fill, agent_id)
-        reply = await self.pool.execute("GET", self.pool.keys.policy(agent_id), read=True)
+        key = self.pool.keys.policy(agent_id)
+        reply = await self.pool.execute("GET", key, key=key, read=True)
         if reply is None:
             raise NotFoundError(f"no policy cached for agent {agent_id.hex}")
         return policy_from_json(reply)

@@ -18,15 +18,14 @@ from redis.backoff import EqualJitterBackoff
 
 from aa_storage import BackendError, StorageError
 from aa_storage.redaction import redact_url
-from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
-from aa_storage_redis.stats import ExecutorStats, sum_counters
-from aa_storage_redis.topology import Facts, Standalone, Topology
+from aa_storage_redis.stats import Counters, ExecutorStats
+from aa_storage_redis.topology import Facts, Redirect, Topology
 from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.wire import Closed, NotSent, ReplyLost, pack
 
@@ -66,6 +65,9 @@ class Pool:
     keys: KeySpace
     _topology: Topology = attrs.field(repr=False)
     _password: str | None = attrs.field(repr=False)
+    counters: Counters = attrs.field(repr=False)
+    """What every connection of the deployment counts; ``max_pending`` bounds its
+    ``pending``."""
     near_cache: NearCache | None = attrs.field(default=None, repr=False)
     """The policies held in process, when ``near_cache`` is on; see ``near_cache.py``."""
     _tracker: Tracker | None = attrs.field(default=None, repr=False)
@@ -99,37 +101,46 @@ class Pool:
             raise self._other_loop_error()
 
     async def execute(
-        self, *args: bytes | str | int, read: bool, script: Script | None = None
+        self,
+        *args: bytes | str | int,
+        key: bytes | None,
+        read: bool,
+        script: Script | None = None,
     ) -> Any:
         """Send one command and return its raw reply; failures are core errors.
 
-        ``read`` says the command changes nothing, so it may be retried after
-        it reached the server. ``script`` is the script an ``EVAL`` or ``EVALSHA``
-        runs, so that a permission error can name the commands it needs. Cluster
-        redirections (MOVED, ASK) and a busy cluster (TRYAGAIN, CLUSTERDOWN) are
-        followed without counting as retries: each means the command did not run.
+        ``key`` is the key the command touches (``None``: none), which decides the
+        node on a cluster. ``read`` says the command changes nothing, so it may be
+        retried after it reached the server. ``script`` is the script an ``EVAL``
+        or ``EVALSHA`` runs, so that a permission error can name the commands it
+        needs. What the topology calls a redirection (MOVED, ASK) is followed up
+        to five times, and a node that is not ready (TRYAGAIN, CLUSTERDOWN,
+        LOADING) is tried again with backoff until ``connect_timeout +
+        socket_timeout`` from the call's start; neither counts as a retry, as each
+        means the command did not run.
         """
         packed = pack(*args)
-        key = _routing_key(args)
+        if len(packed) > MAX_ARGUMENT_BYTES:
+            _refuse_oversized(args)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.connect_timeout + self.config.socket_timeout
         attempt = redirects = 0
-        asking: Node | None = None  # where a cluster's ASK sent this command
+        redirect: Redirect | None = None
         while True:
             if self._closed:
                 raise self._closed_error()
             self.check_loop()
-            node = asking or self._topology.node_for(key)
+            asking = False
+            if redirect is not None and redirect.node is not None:
+                node: Node | None = redirect.node
+                asking = redirect.asking
+            else:
+                node = self._topology.node_for(key)
+            redirect = None
             try:
                 if node is None:
-                    await self._discover()
-                    continue
-                if asking is not None:
-                    asking = None
-                    # ASKING holds for the next command on its connection only.
-                    _, future = node.submit_together(_ASKING, packed)
-                    return await future
-                if self._wait is not None and not read:
-                    return await self._confirmed(*node.submit_together(packed, self._wait))
-                return await node.submit(packed)
+                    node = await self._route(key, deadline)
+                return await self._send(node, packed, read=read, asking=asking)
             except (NotSent, _Undiscovered) as failure:
                 error = failure.cause
                 retry = not isinstance(error, _FINAL)
@@ -138,42 +149,14 @@ class Pool:
                 retry = read and not isinstance(error, _FINAL)
             except redis_errors.NoScriptError:
                 raise _NoScript() from None
-            except redis_errors.AskError as exc:  # MOVED is one too
-                redirects += 1
-                if redirects <= _MAX_REDIRECTS:
-                    cluster = self._topology
-                    assert isinstance(cluster, Cluster), "only a cluster redirects"
-                    address = (exc.host, int(exc.port))
-                    if isinstance(exc, redis_errors.MovedError):
-                        cluster.moved(exc.slot_id, address)
-                    else:
-                        asking = cluster.node(address)
-                    continue
-                error = exc
-                retry = False
-            except (
-                redis_errors.TryAgainError,
-                redis_errors.ClusterDownError,
-                redis_errors.ReadOnlyError,
-            ) as exc:
-                # None of these ran the command. READONLY: the primary was demoted.
-                if isinstance(exc, redis_errors.ReadOnlyError) and node is not None:
-                    self._topology.failed(node)
-                redirects += 1
-                if redirects <= _MAX_REDIRECTS:
-                    await asyncio.sleep(_BACKOFF.compute(redirects))
-                    continue
-                error = exc
-                retry = False
-            except redis_errors.RedisError as exc:
-                # An error reply: the command ran or was refused, and the
-                # connection is still in step.
-                if args[0] == "EVALSHA" and _refuses_evalsha(exc):
-                    raise _EvalShaRefused() from None
-                error = exc
-                retry = False
             except _Unconfirmed as exc:
                 raise BackendError(str(exc)) from None
+            except _WaitRefused as exc:
+                refusal = translate(exc.cause, server=self.server, secret=self._password)
+                raise BackendError(
+                    f"the write is applied on the primary of {self.server}, but WAIT failed, "
+                    f"so no replica confirmed it; it was not retried: {refusal}"
+                ) from None
             except Overloaded:
                 raise BackendError(
                     f"too many commands pending on {self.server} "
@@ -181,7 +164,25 @@ class Pool:
                 ) from None
             except Closed:
                 raise self._closed_error() from None
-            if node is not None and isinstance(error, redis_errors.ConnectionError):
+            except redis_errors.RedisError as exc:
+                # An error reply: the command ran or was refused, and the connection is
+                # still in step. The topology says whether it is a redirection.
+                assert node is not None
+                redirect = self._topology.redirected(exc, node)
+                if redirect is not None:
+                    redirects += 1
+                    if not redirect.busy and redirects <= _MAX_REDIRECTS:
+                        continue
+                    if redirect.busy and loop.time() < deadline:
+                        pause = min(_BACKOFF.compute(redirects), deadline - loop.time())
+                        await asyncio.sleep(pause)
+                        continue
+                    redirect = None
+                elif args[0] == "EVALSHA" and _refuses_evalsha(exc):
+                    raise _EvalShaRefused() from None
+                error = exc
+                retry = False
+            if node is not None and _lost(error):
                 self._topology.failed(node)
             if not retry or attempt >= self.config.retries:
                 raise translate(
@@ -195,11 +196,27 @@ class Pool:
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
 
-    async def _discover(self) -> None:
-        """Learn which node serves what. Every failure, whatever its type, is raised
-        as :class:`_Undiscovered`: nothing of the caller's was sent."""
+    async def _send(self, node: Node, packed: bytes, *, read: bool, asking: bool) -> Any:
+        """The reply to ``packed`` on ``node``: after ``ASKING`` when ``asking``, and,
+        for a write when ``wait_replicas`` is set, once enough replicas have it."""
+        confirm = self._wait is not None and not read
+        if not asking and not confirm:
+            return await node.submit(packed)
+        # ASKING holds for the next command on its connection only, and WAIT counts
+        # the writes made on its own connection: neither may be parted from its command.
+        commands = [_ASKING, packed] if asking else [packed]
+        if self._wait is None or read:
+            *_, reply = node.submit_together(*commands)  # ASKING's +OK is dropped
+            return await reply
+        *_, reply, wait = await node.submit_alone(*commands, self._wait)
+        return await self._confirmed(reply, wait)
+
+    async def _route(self, key: bytes | None, deadline: float) -> Node:
+        """The node for ``key``, once the topology has learnt it. Every failure,
+        whatever its type, is raised as :class:`_Undiscovered`: nothing of the
+        caller's was sent."""
         try:
-            await self._topology.discover()
+            return await self._topology.route(key, deadline)
         except redis_errors.RedisError as exc:
             raise _Undiscovered(exc) from None
         except Exception as exc:
@@ -221,8 +238,9 @@ class Pool:
         )
 
     def _where(self, node: Node | None) -> str:
-        """The deployment, and the node that failed when the URL does not name it."""
-        if node is None or isinstance(self._topology, Standalone):
+        """The deployment, and the node that failed unless it is the one the URL names."""
+        named = [f"{host}:{port}" for host, port in self.config.deployment.addresses]
+        if node is None or named == [node.address]:
             return self.server
         return f"{self.server} (node {node.address})"
 
@@ -233,7 +251,9 @@ class Pool:
         replicas = self.config.wait_replicas
         try:
             confirmed = await wait
-        except (NotSent, ReplyLost, redis_errors.RedisError):
+        except redis_errors.RedisError as exc:  # refused: an ACL without +wait
+            raise _WaitRefused(exc) from None
+        except (NotSent, ReplyLost):
             confirmed = 0
         if confirmed < replicas:
             raise _Unconfirmed(
@@ -248,11 +268,20 @@ class Pool:
     ) -> Any:
         """Run ``script`` by SHA. The body is sent instead the first time, after the
         server lost its script cache (NOSCRIPT), and for good once the server
-        refuses EVALSHA itself; each of those replies means the script did not run."""
+        refuses EVALSHA itself; each of those replies means the script did not run.
+        Every key of a script shares one slot, so the first routes it."""
+        key = keys[0] if keys else None
         if script.sha in self._loaded_scripts and not self.evalsha_refused:
             try:
                 return await self.execute(
-                    "EVALSHA", script.sha, len(keys), *keys, *args, read=read, script=script
+                    "EVALSHA",
+                    script.sha,
+                    len(keys),
+                    *keys,
+                    *args,
+                    key=key,
+                    read=read,
+                    script=script,
                 )
             except _NoScript:
                 pass  # this node lost or never had it: EVAL loads it there
@@ -264,7 +293,7 @@ class Pool:
                     self.server,
                 )
         reply = await self.execute(
-            "EVAL", script.body, len(keys), *keys, *args, read=read, script=script
+            "EVAL", script.body, len(keys), *keys, *args, key=key, read=read, script=script
         )
         self._loaded_scripts.add(script.sha)
         return reply
@@ -280,7 +309,7 @@ class Pool:
     def stats(self) -> ExecutorStats:
         """What the connections and the near-cache have done so far; reading it costs
         no I/O and no lock."""
-        stats = sum_counters(node.counters for node in self._topology.nodes())
+        stats = self.counters.snapshot()
         near = self.near_cache
         if near is None:
             return stats
@@ -315,6 +344,14 @@ class Pool:
         if self._tracker is not None:
             await self._tracker.aclose()
         await self._topology.aclose()
+
+
+class _WaitRefused(Exception):
+    """The server refused the WAIT after a write it ran."""
+
+    def __init__(self, cause: redis_errors.RedisError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _Undiscovered(Exception):
@@ -354,14 +391,24 @@ def _refuses_evalsha(exc: redis_errors.RedisError) -> bool:
     return refused and "'evalsha'" in message
 
 
-def _routing_key(args: tuple[bytes | str | int, ...]) -> bytes | None:
-    """The key a cluster routes the command by; ``None`` for a keyless command."""
-    if args[0] in ("EVAL", "EVALSHA"):
-        key = args[3] if args[2] else None
-    else:
-        key = args[1] if len(args) > 1 and args[0] in _KEYED else None
-    return key if isinstance(key, bytes) else None
+def _lost(error: redis_errors.RedisError) -> bool:
+    """Whether ``error`` says the node's connection is gone (LOADING does not)."""
+    return isinstance(error, redis_errors.ConnectionError) and not isinstance(
+        error, redis_errors.BusyLoadingError
+    )
 
 
-# The commands whose first argument is their key: the ones the stores send.
-_KEYED = frozenset({"GET", "SET", "DEL", "HMGET", "HSET", "EXPIRE", "PTTL"})
+MAX_ARGUMENT_BYTES = 512 * 1024 * 1024
+"""The largest argument Redis takes by default (``proto-max-bulk-len``): a longer one
+makes the server close the connection, with every command on it."""
+
+
+def _refuse_oversized(args: tuple[bytes | str | int, ...]) -> None:
+    """Raise ``ValueError`` for the first argument Redis would refuse for its size."""
+    for argument in args:
+        size = len(argument if isinstance(argument, bytes) else str(argument).encode())
+        if size > MAX_ARGUMENT_BYTES:
+            raise ValueError(
+                f"a value of {size} bytes is over the {MAX_ARGUMENT_BYTES} bytes Redis takes "
+                f"in one argument (proto-max-bulk-len), in {args[0]!s}; nothing was sent"
+            )

@@ -40,13 +40,15 @@ class RedisRateLimitCounter:
     async def current(self, key: str) -> int:
         """The window's total; 0 for an unknown or expired counter."""
         key = check_key(key)
-        reply = await self.pool.execute("GET", self.pool.keys.rate_limit(key), read=True)
+        counter = self.pool.keys.rate_limit(key)
+        reply = await self.pool.execute("GET", counter, key=counter, read=True)
         return 0 if reply is None else _as_total(key, reply)
 
     async def reset(self, key: str) -> None:
         """Drop the counter; idempotent."""
         key = check_key(key)
-        await self.pool.execute("DEL", self.pool.keys.rate_limit(key), read=False)
+        counter = self.pool.keys.rate_limit(key)
+        await self.pool.execute("DEL", counter, key=counter, read=False)
 
 
 # What INCRBY itself accepts as a counter (Redis's string2ll): 0, or an optional minus and

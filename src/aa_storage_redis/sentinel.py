@@ -13,7 +13,15 @@ from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.node import Node
 from aa_storage_redis.replies import StreamReplies
-from aa_storage_redis.topology import Address, Facts, NodeFactory, ask, unchanged
+from aa_storage_redis.topology import (
+    Address,
+    Facts,
+    NodeFactory,
+    Observed,
+    Redirect,
+    ask,
+    not_ready,
+)
 
 logger = logging.getLogger("aa_storage_redis")
 
@@ -46,7 +54,7 @@ class _Named(NamedTuple):
     sentinel: Address
 
 
-class Sentinel:
+class Sentinel(Observed):
     """A primary that sentinels name, followed through failovers.
 
     Discovery asks every sentinel for the service (``SENTINEL MASTER``) and
@@ -77,6 +85,7 @@ class Sentinel:
         open_sentinel: Callable[[Address], AbstractConnection],
         timeout: float,
     ) -> None:
+        super().__init__()
         self._sentinels = tuple(sentinels)
         self._service = service
         self._node_at = node_at
@@ -84,7 +93,6 @@ class Sentinel:
         self._timeout = timeout
         self._nodes: dict[Address, Node] = {}
         self._primary: Node | None = None
-        self.on_change: Callable[[], None] = unchanged
         self._announced: Address | None = None  # the newest primary a failover named
         self._settled = asyncio.Event()
         self._settled.set()
@@ -99,6 +107,19 @@ class Sentinel:
 
     def node_for(self, key: bytes | None) -> Node | None:
         return self._primary if self._settled.is_set() else None
+
+    async def route(self, key: bytes | None, deadline: float) -> Node:
+        """The primary, once discovery found it and no failover holds calls (the hold
+        has its own cap, :data:`FAILOVER_HOLD_SECS`)."""
+        while (node := self.node_for(key)) is None:
+            await self.discover()
+        return node
+
+    def redirected(self, error: redis_errors.RedisError, node: Node) -> Redirect | None:
+        if isinstance(error, redis_errors.ReadOnlyError):
+            self.failed(node)  # the primary was demoted: find the new one
+            return Redirect(busy=True)
+        return not_ready(error)
 
     async def discover(self) -> None:
         """Wait out an announced failover, then find the primary if it is not
@@ -131,7 +152,7 @@ class Sentinel:
     def failed(self, node: Node) -> None:
         if node is self._primary:
             self._primary = None
-            self.on_change()
+            self._changed()
 
     def primaries(self) -> tuple[Address, ...]:
         if not self._settled.is_set():
@@ -268,7 +289,7 @@ class Sentinel:
         """Send calls to ``address`` from now on: discovery found it a primary."""
         self._primary = self._node(address)
         self._hold_ran_out = False
-        self.on_change()
+        self._changed()
 
     async def _watchers_listening(self) -> None:
         """Wait until each watcher listens or has failed to (each try is bounded)."""
@@ -321,7 +342,7 @@ class Sentinel:
             logger.warning("sentinels started a failover of %s; holding calls", self._service)
             self._hold_until = asyncio.get_running_loop().time() + FAILOVER_HOLD_SECS
             self._settled.clear()
-            self.on_change()
+            self._changed()
 
     def _settle(self, primary: Address | None) -> None:
         """End the hold; with ``primary``, send calls there from now on."""
@@ -331,7 +352,7 @@ class Sentinel:
             logger.warning("sentinels moved %s to %s:%s", self._service, primary[0], primary[1])
             self._announced = primary
             self._primary = None
-            self.on_change()
+            self._changed()
         self._settled.set()
 
     def _heard(self, channel: bytes, data: bytes) -> None:

@@ -44,7 +44,9 @@ class RedisSessionStore:
         when the hash is partial or its fields don't decode."""
         session_id = check_session_id(session_id)
         key = self.pool.keys.session(session_id)
-        agent_id, started_at_ns = await self.pool.execute("HMGET", key, *_FIELDS, read=True)
+        agent_id, started_at_ns = await self.pool.execute(
+            "HMGET", key, *_FIELDS, key=key, read=True
+        )
         if agent_id is None and started_at_ns is None:
             raise NotFoundError(f"no session {session_id.hex}")
         if agent_id is None or started_at_ns is None:
@@ -65,4 +67,4 @@ class RedisSessionStore:
     async def delete(self, session_id: SessionId) -> None:
         """Drop the record; deleting an absent one is not an error."""
         key = self.pool.keys.session(check_session_id(session_id))
-        await self.pool.execute("DEL", key, read=False)
+        await self.pool.execute("DEL", key, key=key, read=False)

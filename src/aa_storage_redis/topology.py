@@ -1,50 +1,76 @@
 """Which node serves a command: the shape of a deployment, and the lone server.
 
-Every topology answers :meth:`node_for` without I/O once it knows the
-deployment (``None`` until then: the executor awaits :meth:`discover`), and
-hears from the executor when a node fails or a cluster redirects a command.
-Whatever changes which node serves a key calls ``on_change``, which the
-near-cache's tracker sets. The nodes themselves are built by ``node_at``, so
-every topology runs on the same multiplexed connections.
+A topology alone knows the nodes and which one serves each key. The executor
+asks it twice per command at most: :meth:`Topology.node_for` (no I/O, the hot
+path), and :meth:`Topology.route` when that has no answer yet. When a node
+answers with a redirection or says it is busy, the executor hands the error to
+:meth:`Topology.redirected`, which says what to do next; a lost node goes to
+:meth:`Topology.failed`. Every change to the set of nodes that serve keys (a
+redirect, a refresh, a failover, a primary added or removed) goes through the
+topology's own methods, which tell each :class:`TopologyObserver` that
+:meth:`Topology.watch` registered. The nodes themselves are built by
+``node_at``, so every topology runs on the same multiplexed connections.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+import attrs
+from redis import exceptions as redis_errors
 
 from aa_storage_redis.node import Node
 from aa_storage_redis.wire import NotSent, ReplyLost, pack
 
-logger = logging.getLogger("aa_storage_redis")
 Address = tuple[str, int]
 NodeFactory = Callable[[Address], Node]
 Facts = tuple[tuple[str, str], ...]
 
 
-def unchanged() -> None:
-    """The default ``on_change``: nobody is listening."""
+class TopologyObserver(Protocol):
+    """Told when the nodes that serve keys may have changed (the near-cache's tracker)."""
+
+    def topology_changed(self) -> None:
+        """Called, without I/O, after every change to which node serves some key."""
+
+
+@attrs.frozen
+class Redirect:
+    """What to do with a command a node did not run: send it to ``node`` (``None``: look
+    the key's node up again), with ``ASKING`` first when ``asking``, after a backoff
+    when ``busy`` (the cluster or the server is not ready: TRYAGAIN, CLUSTERDOWN,
+    LOADING)."""
+
+    node: Node | None = None
+    asking: bool = False
+    busy: bool = False
 
 
 class Topology(Protocol):
     """What the executor needs from a deployment's shape."""
 
-    on_change: Callable[[], None]
-    """Called when the node serving some key may have changed: a new slot map, a
-    failed node, another primary."""
-
     def node_for(self, key: bytes | None) -> Node | None:
-        """The node for ``key`` (any node when ``None``), or ``None`` until discovered."""
+        """The node for ``key`` (any primary when ``None``), or ``None`` when it is not
+        known without I/O."""
 
-    async def discover(self) -> None:
-        """Learn the deployment; raises ``redis.RedisError`` when no server answers."""
+    async def route(self, key: bytes | None, deadline: float) -> Node:
+        """The node for ``key``, learning the deployment as needed; raises a
+        ``redis.RedisError`` naming why when no node serves ``key`` by ``deadline``
+        (the event loop's time)."""
 
-    def primaries(self) -> tuple[Address, ...]:
-        """Every node that takes writes, as known now; empty until discovered."""
+    def redirected(self, error: redis_errors.RedisError, node: Node) -> Redirect | None:
+        """``node`` answered ``error`` without running the command: where to send it
+        next, or ``None`` when ``error`` is no redirection (the caller's to report)."""
 
     def failed(self, node: Node) -> None:
-        """``node`` lost a connection or refused a write as a replica: look again."""
+        """``node`` lost a connection: look again before using it."""
+
+    def watch(self, observer: TopologyObserver) -> None:
+        """Tell ``observer`` of every change to which node serves some key."""
+
+    def primaries(self) -> tuple[Address, ...]:
+        """Every node that serves keys, as known now; empty until known."""
 
     def nodes(self) -> Iterable[Node]:
         """Every node opened so far."""
@@ -56,25 +82,50 @@ class Topology(Protocol):
         """Close every node."""
 
 
-class Standalone:
+class Observed:
+    """The observers of a topology, told of each change in the order they came."""
+
+    def __init__(self) -> None:
+        self._observers: list[TopologyObserver] = []
+
+    def watch(self, observer: TopologyObserver) -> None:
+        self._observers.append(observer)
+
+    def _changed(self) -> None:
+        for observer in self._observers:
+            observer.topology_changed()
+
+
+_LOADING = Redirect(busy=True)
+
+
+def not_ready(error: redis_errors.RedisError) -> Redirect | None:
+    """A server loading its data (``LOADING``) ran nothing: try again after a backoff."""
+    return _LOADING if isinstance(error, redis_errors.BusyLoadingError) else None
+
+
+class Standalone(Observed):
     """One server."""
 
     def __init__(self, node: Node, address: Address) -> None:
+        super().__init__()
         self._node = node
         self._address = address
-        self.on_change: Callable[[], None] = unchanged
 
     def node_for(self, key: bytes | None) -> Node:
         return self._node
 
-    async def discover(self) -> None:
-        """Nothing to learn."""
+    async def route(self, key: bytes | None, deadline: float) -> Node:
+        return self._node
 
-    def primaries(self) -> tuple[Address, ...]:
-        return (self._address,)
+    def redirected(self, error: redis_errors.RedisError, node: Node) -> Redirect | None:
+        return not_ready(error)
 
     def failed(self, node: Node) -> None:
         """A lone server has nowhere else to look."""
+
+    def primaries(self) -> tuple[Address, ...]:
+        return (self._address,)
 
     def nodes(self) -> Iterable[Node]:
         return (self._node,)

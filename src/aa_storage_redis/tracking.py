@@ -60,7 +60,7 @@ class Tracker:
         self.problem: str | None = None
         """Why tracking is down, once an attempt to bring it up has failed."""
         near.wake = self.start
-        topology.on_change = self._changed
+        topology.watch(self)
 
     @property
     def state(self) -> str:
@@ -96,7 +96,7 @@ class Tracker:
             link.close()
         self._links.clear()
 
-    def _changed(self) -> None:
+    def topology_changed(self) -> None:
         """The topology changed: the primaries tracked may no longer be the right ones."""
         self._near.suspend()
         self._dirty.set()
@@ -157,15 +157,15 @@ class Tracker:
 
     async def _track_every_primary(self) -> None:
         """Open a tracking connection to each primary that lacks one; close the others."""
+        loop = asyncio.get_running_loop()
         if not self._topology.primaries():
-            await self._topology.discover()
+            await self._topology.route(None, loop.time() + self._open_timeout)
         wanted = self._topology.primaries()
         if not wanted:
             raise redis_errors.ConnectionError("no primary is known")
         for address in [address for address in self._links if address not in wanted]:
             self._links.pop(address).close()
         missing = [address for address in wanted if address not in self._links]
-        loop = asyncio.get_running_loop()
         opening = [
             loop.create_task(
                 TrackingConnection.open(self._connect, address, self._prefix, self._open_timeout)

@@ -154,7 +154,7 @@ async def _count_and_clean_up(config: RedisStorageConfig, agent: AgentId, counte
         runs = await backend.rate_limiter().current(counter)
         keys = backend.pool.keys
         for key in (keys.rate_limit(counter), keys.policy(agent), keys.policy_lease(agent)):
-            await backend.pool.execute("DEL", key, read=False)
+            await backend.pool.execute("DEL", key, key=key, read=False)
         return runs
     finally:
         await backend.aclose()
