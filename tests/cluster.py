@@ -280,6 +280,16 @@ class LocalCluster:
         self.wait_until_converged()
         return slots
 
+    def add_primary(self) -> ClusterNode:
+        """Start one more node and join it as a primary without slots; return it once
+        every node agrees."""
+        node = self._start_node()
+        self.nodes.append(node)
+        self._command(self.nodes[0], "CLUSTER", "MEET", LOOPBACK, node.port)
+        self._wait(self._meeting_gap)
+        self.wait_until_converged()
+        return node
+
     def flushall(self) -> None:
         """Delete every key on every running primary (replicas follow)."""
         for node in self.primaries():

@@ -85,6 +85,8 @@ class Cluster(Observed):
             # One command, during a migration: the map stays as it is.
             return Redirect(node=self.node((error.host, int(error.port))), asking=True)
         if isinstance(error, redis_errors.TryAgainError | redis_errors.ClusterDownError):
+            # CLUSTERDOWN may mean the slot lost its primary: read the map again.
+            self._refresh_soon()
             return Redirect(busy=True)
         if isinstance(error, redis_errors.ReadOnlyError):
             self.failed(node)  # a demoted primary: its slots went to another

@@ -50,6 +50,12 @@ def translate(
                 "(redis://user:password@host:port)"
             )
         return BackendError(f"redis at {server} refused the login: {message}")
+    if isinstance(exc, redis_errors.BusyLoadingError):
+        return BackendError(
+            f"redis at {server} is still loading its data into memory (after a restart) "
+            f"and ran nothing; it was asked again until connect_timeout + socket_timeout "
+            f"ran out: {message}"
+        )
     if isinstance(exc, redis_errors.ConnectionError):
         if "CERTIFICATE_VERIFY_FAILED" in message:
             return BackendError(f"TLS certificate verification failed for {server}: {message}")

@@ -219,6 +219,12 @@ class Sentinel(Observed):
             raise redis_errors.TimeoutError(
                 f"sentinel {address[0]}:{address[1]} timed out"
             ) from None
+        except redis_errors.AuthenticationError as exc:
+            # Not the data nodes' login: say whose it is, so the right setting is fixed.
+            raise redis_errors.AuthenticationError(
+                f"the sentinel at {address[0]}:{address[1]} refused the login of "
+                f"sentinel_username/sentinel_password: {exc}"
+            ) from None
         except redis_errors.RedisError:
             raise
         except Exception as exc:

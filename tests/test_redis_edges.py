@@ -1,0 +1,299 @@
+"""Where features meet: an uncovered cluster slot, a slot moved to a new primary under
+a near-cache, WAIT with a replica missing, frozen seeds, the max_pending bound across
+nodes, an argument too large for the server, and the messages for a refused WAIT and
+a refused sentinel login."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from aa_storage import AgentId, BackendError, NotFoundError
+from aa_storage.testing import a_policy
+from aa_storage_redis import RedisBackend, pool
+from aa_storage_redis.cluster import REFRESH_INTERVAL_SECS
+from cluster import LocalCluster
+from executor_support import OpenBackend
+from sentinel import SentinelSet
+from servers import RedisServer
+from waiting import HANG_GUARD, bounded, eventually
+
+pytestmark = pytest.mark.asyncio
+
+PREFIX = b"aa:ratelimit:"
+
+
+def counter_in_slot(slot: int) -> str:
+    """A rate-limit key whose Redis key hashes to ``slot``."""
+    return next(
+        name
+        for name in (f"edge:{i}" for i in itertools.count())
+        if key_slot(PREFIX + name.encode()) == slot
+    )
+
+
+def slot_map_reads(cluster: LocalCluster) -> int:
+    """CLUSTER SLOTS calls served by the cluster's running nodes so far."""
+    return sum(
+        node.server.commandstats().get("cluster|slots", 0) for node in cluster.nodes if node.running
+    )
+
+
+def set_on_every_node(cluster: LocalCluster, *config: str) -> None:
+    for node in cluster.nodes:
+        with node.client() as client:
+            client.config_set(*config)
+
+
+class TestUncoveredSlot:
+    """B1: a slot no primary serves."""
+
+    async def test_calls_fail_naming_the_slot_and_the_map_is_read_a_few_times_a_second(
+        self, fresh_redis_cluster: LocalCluster, open_backend: OpenBackend
+    ) -> None:
+        """Callers for a key whose slot has no primary get a BackendError naming the
+        slot, within connect_timeout + socket_timeout, and however many they are, the
+        slot map is read at most about once per REFRESH_INTERVAL_SECS meanwhile."""
+        cluster = fresh_redis_cluster
+        set_on_every_node(cluster, "cluster-require-full-coverage", "no")
+        owner = cluster.primaries()[0]
+        slot = cluster.slots_of(owner)[0]
+        counter = counter_in_slot(slot)
+        backend = open_backend(cluster.url, connect_timeout=1.0, socket_timeout=1.0)
+        assert await backend.rate_limiter().current("edge:warm") == 0  # the map is read
+        with owner.client() as client:
+            client.execute_command("CLUSTER", "DELSLOTS", slot)
+        before = slot_map_reads(cluster)
+        calls = [backend.rate_limiter().current(counter) for _ in range(20)]
+        async with asyncio.timeout(1.0 + 1.0 + 3.0):
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        reads = slot_map_reads(cluster) - before
+        for outcome in outcomes:
+            assert isinstance(outcome, BackendError), outcome
+            assert f"slot {slot}" in str(outcome)
+        # The calls lasted at most 2 s (plus a loaded machine's slack): a read every
+        # REFRESH_INTERVAL_SECS is at most 8 and a few more, never one per caller or
+        # a busy loop.
+        assert 1 <= reads <= (2.0 + 3.0) / REFRESH_INTERVAL_SECS + 2
+
+    async def test_calls_wait_for_the_slot_to_be_covered(
+        self, fresh_redis_cluster: LocalCluster, open_backend: OpenBackend
+    ) -> None:
+        """A call for an uncovered slot waits, reading the map again, and goes through
+        once a primary serves the slot again."""
+        cluster = fresh_redis_cluster
+        set_on_every_node(cluster, "cluster-require-full-coverage", "no")
+        owner = cluster.primaries()[0]
+        slot = cluster.slots_of(owner)[0]
+        counter = counter_in_slot(slot)
+        backend = open_backend(cluster.url, connect_timeout=5.0, socket_timeout=5.0)
+        assert await backend.rate_limiter().current("edge:warm") == 0
+        with owner.client() as client:
+            client.execute_command("CLUSTER", "DELSLOTS", slot)
+        before = slot_map_reads(cluster)
+        calls = asyncio.gather(*(backend.rate_limiter().current(counter) for _ in range(10)))
+        # The callers have found the slot uncovered once they read the map again.
+        await eventually(lambda: slot_map_reads(cluster) > before + 1, "the map is read again")
+        with owner.client() as client:
+            client.execute_command("CLUSTER", "ADDSLOTS", slot)
+        assert await bounded(calls) == [0] * 10
+
+
+class TestSlotMovedToANewPrimary:
+    """B2: a near-cache reader while a slot moves to a primary added after it started."""
+
+    async def test_the_reader_sees_every_later_change_from_the_new_primary(
+        self, fresh_redis_cluster: LocalCluster, open_backend: OpenBackend
+    ) -> None:
+        """After the slot of a cached policy moves to a new primary, the near-cache
+        tracks that primary too: a hit is served from it, and a later cache_policy or
+        invalidate by another process reaches the reader."""
+        cluster = fresh_redis_cluster
+        reader = open_backend(cluster.url, near_cache=True)
+        writer = open_backend(cluster.url)
+        agent = AgentId.new()
+        await writer.policies().cache_policy(agent, a_policy("v1"), 600)
+        assert await reader.policies().get_policy(agent) == a_policy("v1")
+        await eventually(
+            lambda: "tracking up on 3 primaries" in reader.pool.near_cache_state(), "tracking"
+        )
+        slot = key_slot(reader.pool.keys.policy(agent))
+        source = cluster.primary_for_slot(slot)
+        added = await asyncio.to_thread(cluster.add_primary)
+        await asyncio.to_thread(cluster.migrate_slot, slot, source, added)
+
+        # The reader learns of the move (MOVED) and tracks all four primaries.
+        assert await reader.policies().get_policy(agent) == a_policy("v1")
+        await eventually(
+            lambda: "tracking up on 4 primaries" in reader.pool.near_cache_state(),
+            "tracking on the new primary",
+        )
+        hits = reader.stats().near_cache_hits
+        while reader.stats().near_cache_hits == hits:  # filled again, then a hit
+            assert await bounded(reader.policies().get_policy(agent)) == a_policy("v1")
+            await asyncio.sleep(0)
+
+        await writer.policies().cache_policy(agent, a_policy("v2"), 600)
+        await eventually_reads(reader, agent, a_policy("v2"))
+        await writer.policies().invalidate(agent)
+        await eventually_reads(reader, agent, None)
+
+
+async def eventually_reads(backend: RedisBackend, agent: AgentId, expected: Any) -> None:
+    """Wait until ``backend`` reads ``expected`` for ``agent`` (``None``: not found)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD
+    while True:
+        try:
+            seen: Any = await backend.policies().get_policy(agent)
+        except NotFoundError:
+            seen = None
+        if seen == expected:
+            return
+        assert loop.time() < deadline, f"still reads {seen!r}, not {expected!r}"
+        await asyncio.sleep(0.01)
+
+
+class TestWaitWithAReplicaMissing:
+    """B3: writes that wait on replicas that are not there."""
+
+    async def test_other_callers_are_not_held_up(
+        self, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """With wait_replicas = 1 and no replica, every write waits wait_timeout and
+        fails as unconfirmed, while reads made meanwhile on the same backend all answer:
+        no WAIT is queued ahead of them on their connection."""
+        backend = open_backend(
+            redis_url, wait_replicas=1, wait_timeout=0.6, socket_timeout=1.0, pool_size=2
+        )
+        counter = backend.rate_limiter()
+        writes = [counter.increment(f"edge:wait:{i}", 1, 60) for i in range(4)]
+        reads = [counter.current(f"edge:wait:{i % 4}") for i in range(75)]
+        outcomes = await bounded(asyncio.gather(*writes, *reads, return_exceptions=True))
+        written, read = outcomes[:4], outcomes[4:]
+        for outcome in written:
+            assert isinstance(outcome, BackendError), outcome
+            assert "replicas confirmed it" in str(outcome)
+        assert all(isinstance(outcome, int) for outcome in read), read
+        assert backend.stats().timeouts == 0
+
+    async def test_a_refused_wait_says_so(
+        self, redis_server: RedisServer, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """Under an ACL without +wait, the error is the refusal, not "0 replicas"."""
+        user, password = "edge-no-wait", "edge-no-wait-pw"
+        with redis_server.client() as admin:
+            admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all")
+            admin.execute_command("ACL", "SETUSER", user, "-wait")
+        try:
+            url = redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+            backend = open_backend(url, wait_replicas=1, wait_timeout=0.5)
+            with pytest.raises(BackendError) as caught:
+                await backend.rate_limiter().increment("edge:no-wait", 1, 60)
+            assert "WAIT failed" in str(caught.value)
+            assert "permission" in str(caught.value)
+            assert password not in str(caught.value)
+        finally:
+            with redis_server.client() as admin:
+                admin.execute_command("ACL", "DELUSER", user)
+
+
+@pytest.fixture
+def frozen_ports() -> Iterator[list[int]]:
+    """Six loopback ports that accept connections and never answer."""
+    listeners = []
+    try:
+        for _ in range(6):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(16)
+            listeners.append(listener)
+        yield [listener.getsockname()[1] for listener in listeners]
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+class TestSeeds:
+    async def test_frozen_seeds_cost_the_first_call_nothing_while_one_answers(
+        self, redis_cluster: LocalCluster, frozen_ports: list[int], open_backend: OpenBackend
+    ) -> None:
+        """The seeds are asked at once: six that never answer, listed first, do not
+        hold up the first call past one connect_timeout (one at a time: six)."""
+        live = redis_cluster.url.split("://", 1)[1]
+        frozen = ",".join(f"127.0.0.1:{port}" for port in frozen_ports)
+        backend = open_backend(
+            f"redis+cluster://{frozen},{live}", connect_timeout=3.0, socket_timeout=3.0
+        )
+        async with asyncio.timeout(3.0):
+            assert await backend.rate_limiter().current("edge:seeds") == 0
+
+
+class TestPendingBound:
+    async def test_max_pending_bounds_the_whole_cluster(
+        self, redis_cluster: LocalCluster, open_backend: OpenBackend
+    ) -> None:
+        """max_pending counts the commands waiting on every node together, as stats()
+        shows them: the peak never passes it, and the calls past it are refused."""
+        backend = open_backend(redis_cluster.url, max_pending=4)
+        counter = backend.rate_limiter()
+        await counter.current("edge:warm")
+        outcomes = await bounded(
+            asyncio.gather(
+                *(counter.current(f"edge:pending:{i}") for i in range(60)),
+                return_exceptions=True,
+            )
+        )
+        refused = [outcome for outcome in outcomes if isinstance(outcome, BackendError)]
+        assert refused, "60 calls at once never passed max_pending=4"
+        assert all("max_pending=4" in str(outcome) for outcome in refused)
+        assert backend.stats().peak_pending <= 4
+
+
+class TestOversizedArgument:
+    async def test_is_refused_before_it_is_sent_and_others_go_on(
+        self, monkeypatch: pytest.MonkeyPatch, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """A value over the argument limit is a ValueError before any I/O; the
+        connection, and the calls in flight on it, are untouched."""
+        monkeypatch.setattr(pool, "MAX_ARGUMENT_BYTES", 1024)
+        counter = open_backend(redis_url).rate_limiter()
+        others = [counter.increment(f"edge:size:{i}", 1, 60) for i in range(20)]
+        in_flight = asyncio.gather(*others)
+        with pytest.raises(ValueError, match="over the 1024 bytes"):
+            await counter.increment("x" * 2000, 1, 60)
+        assert await bounded(in_flight) == [1] * 20
+        assert await counter.current("edge:size:0") == 1
+        assert counter.pool.stats().reconnects == 0  # no connection was lost
+
+
+class TestSentinelLogin:
+    async def test_a_refused_sentinel_login_names_the_sentinels(
+        self, sentinel_set: SentinelSet, open_backend: OpenBackend
+    ) -> None:
+        """A wrong sentinel_password is reported as the sentinels' refusal, naming the
+        setting, and without the password."""
+        user, right, wrong = "edge-watch", "edge-watch-pw", "not-the-edge-pw"
+        for sentinel in sentinel_set.sentinels:
+            with sentinel.client() as client:
+                client.execute_command("ACL", "SETUSER", user, "on", f">{right}", "+@all")
+        try:
+            backend = open_backend(
+                sentinel_set.url, sentinel_username=user, sentinel_password=wrong
+            )
+            with pytest.raises(BackendError) as caught:
+                await backend.rate_limiter().current("edge:sentinel")
+        finally:
+            for sentinel in sentinel_set.sentinels:
+                with sentinel.client() as client:
+                    client.execute_command("ACL", "DELUSER", user)
+        message = str(caught.value)
+        assert "sentinel" in message
+        assert "sentinel_password" in message
+        assert wrong not in message
