@@ -11,8 +11,8 @@ connection, every command written after it waits too.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
-from functools import partial
 from typing import Any
 
 import pytest
@@ -20,13 +20,20 @@ import pytest_asyncio
 import redis
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import Connection
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.connection import MultiplexedConnection
+from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node
+from aa_storage_redis.sentinel import Sentinel, _Named
 from aa_storage_redis.stats import Counters
+from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.wire import NotSent, ReplyLost, pack
 from servers import RedisServer
-from waiting import bounded
+from test_redis_near_cache import tracking_clients
+from test_sentinel_events import NEW, OLD, a_node, every_sentinel_names, hear, no_sentinel
+from waiting import bounded, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -95,7 +102,7 @@ def holds(raw: redis.Redis) -> Holds:
 
 def opener(server: RedisServer) -> Callable[[], Connection]:
     """What a node opens its connections with, to ``server``."""
-    return partial(Connection, host=server.host, port=server.port)
+    return functools.partial(Connection, host=server.host, port=server.port)
 
 
 @pytest_asyncio.fixture
@@ -291,3 +298,170 @@ class TestNodeChoice:
         ids = set(client_ids(together))
         assert len(ids) == 1
         assert alone.result() not in ids
+
+
+# --- the cluster's slot map ---
+
+PRIMARIES = {name: ("127.0.0.1", 7000 + index) for index, name in enumerate("ABCD")}
+
+
+@functools.cache
+def key_in_each_slot() -> tuple[bytes, ...]:
+    """For each of the 16384 slots, a key that hashes to it."""
+    found: dict[int, bytes] = {}
+    number = 0
+    while len(found) < REDIS_CLUSTER_HASH_SLOTS:
+        key = b"k%d" % number
+        found.setdefault(key_slot(key), key)
+        number += 1
+    return tuple(found[slot] for slot in range(REDIS_CLUSTER_HASH_SLOTS))
+
+
+# Slot ranges and their owners, in the order a CLUSTER SLOTS reply lists them: as a new
+# 3-primary cluster has them, in another order, and after a reshard that gave a range of C's
+# to a fourth primary and one of B's to A, so that two primaries own two ranges each.
+SLOT_MAPS = {
+    "three-primaries": [(0, 5460, "A"), (5461, 10922, "B"), (10923, 16383, "C")],
+    "listed-last-first": [(10923, 16383, "C"), (5461, 10922, "B"), (0, 5460, "A")],
+    "resharded": [
+        (12000, 16383, "C"),
+        (0, 5460, "A"),
+        (10923, 11999, "D"),
+        (10000, 10922, "A"),
+        (5461, 9999, "B"),
+    ],
+}
+
+
+class TestSlotMap:
+    @pytest.mark.parametrize("ranges", SLOT_MAPS.values(), ids=SLOT_MAPS)
+    async def test_every_slot_goes_to_the_owner_of_its_range_ends_included(
+        self, ranges: list[tuple[int, int, str]]
+    ) -> None:
+        """After a CLUSTER SLOTS reply, each slot, the first and last of every range among
+        them, is served by the primary the reply names for that range."""
+        cluster = Cluster([PRIMARIES["A"]], a_node)
+        reply = [
+            [start, end, [b"127.0.0.1", PRIMARIES[owner][1], b"id-" + owner.encode()]]
+            for start, end, owner in ranges
+        ]
+        cluster._apply(reply, PRIMARIES["A"])
+        keys = key_in_each_slot()
+        owner_of = [""] * REDIS_CLUSTER_HASH_SLOTS
+        for start, end, owner in ranges:
+            owner_of[start : end + 1] = [owner] * (end - start + 1)
+        ends = sorted({slot for start, end, _ in ranges for slot in (start, end)})
+        for slot in ends:  # first, so that a failure names a range end
+            served = cluster.node_for(keys[slot])
+            assert served is cluster.node(PRIMARIES[owner_of[slot]]), slot
+        wrong = [
+            slot
+            for slot in range(REDIS_CLUSTER_HASH_SLOTS)
+            if cluster.node_for(keys[slot]) is not cluster.node(PRIMARIES[owner_of[slot]])
+        ]
+        assert wrong == []
+
+
+# --- sentinel events ---
+
+
+class TestSwitchMaster:
+    async def test_a_switch_master_alone_moves_calls_to_the_new_primary(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A +switch-master heard with no +try-failover or +promoted-slave before it stops
+        calls to the old primary at once, and the next discovery picks the new one, though
+        the sentinels asked still name the old one, which still answers as a primary."""
+        topology = Sentinel([("127.0.0.1", 26379)], "svc", a_node, no_sentinel, TIMEOUT)
+        every_sentinel_names(OLD, topology, monkeypatch)
+        try:
+            await bounded(topology.discover())
+            assert address_of(topology.node_for(None)) == OLD
+            hear(topology, "+switch-master", "svc 127.0.0.1 7001 127.0.0.1 7002")
+            assert topology.node_for(None) is None
+            await bounded(topology.discover())
+            assert address_of(topology.node_for(None)) == NEW
+        finally:
+            await bounded(topology.aclose())
+
+
+def address_of(node: Node | None) -> tuple[str, int] | None:
+    if node is None:
+        return None
+    host, port = node.address.rsplit(":", 1)
+    return host, int(port)
+
+
+# --- the near-cache's tracker ---
+
+
+class Witness(NearCache):
+    """A near-cache that notes, each time it is resumed, what ``note()`` says then."""
+
+    def watch(self, note: Callable[[], Any]) -> None:
+        self.note = note
+        self.resumed_with: list[Any] = []
+
+    def resume(self) -> None:
+        self.resumed_with.append(self.note())
+        super().resume()
+
+
+class TestTracking:
+    async def test_a_topology_change_while_connecting_is_looked_at_before_resuming(
+        self,
+        redis_server: RedisServer,
+        fresh_redis_server: RedisServer,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """When the primary changes while tracking is connecting to the old one, the
+        near-cache resumes only once the tracker has looked at the primaries again and
+        tracks the new one."""
+        old = (redis_server.host, redis_server.port)
+        new = (fresh_redis_server.host, fresh_redis_server.port)
+
+        def real_node(address: tuple[str, int]) -> Node:
+            return Node(
+                functools.partial(Connection, host=address[0], port=address[1]),
+                address=f"{address[0]}:{address[1]}",
+                size=1,
+                max_pending=10,
+                connect_timeout=TIMEOUT,
+                socket_timeout=TIMEOUT,
+            )
+
+        topology = Sentinel([("127.0.0.1", 26379)], "svc", real_node, no_sentinel, TIMEOUT)
+        sentinels_name = [_Named(1, old, failing_over=False, sentinel=("127.0.0.1", 26379))]
+
+        async def named(sentinel: tuple[str, int]) -> _Named:
+            return sentinels_name[-1]
+
+        monkeypatch.setattr(topology, "_named_primary", named)
+
+        def connect(address: tuple[str, int]) -> Connection:
+            if address == old and len(sentinels_name) == 1:
+                # A failover ends as tracking connects to the old primary.
+                sentinels_name.append(sentinels_name[0]._replace(epoch=2, primary=new))
+                hear(topology, "+switch-master", "svc {} {} {} {}".format(*old, *new))
+            return Connection(host=address[0], port=address[1], protocol=3)
+
+        near = Witness(10)
+        near.watch(lambda: (topology.primaries(), len(tracking_clients(fresh_redis_server))))
+        tracker = Tracker(
+            near,
+            topology,
+            connect,
+            prefix=b"aa:policy:",
+            connect_timeout=TIMEOUT,
+            socket_timeout=TIMEOUT,
+            server="the test's servers",
+            secret=None,
+        )
+        try:
+            tracker.start()
+            await eventually(lambda: near.live, "tracking is up")
+            assert len(sentinels_name) == 2, "the primary changed while tracking connected"
+            assert near.resumed_with[0] == ((new,), 1)
+        finally:
+            await bounded(tracker.aclose())
+            await bounded(topology.aclose())
