@@ -33,7 +33,7 @@ from aa_storage_redis.wire import NotSent, ReplyLost, pack
 from servers import RedisServer
 from test_redis_near_cache import tracking_clients
 from test_sentinel_events import NEW, OLD, a_node, every_sentinel_names, hear, no_sentinel
-from waiting import bounded, eventually
+from waiting import Clock, bounded, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -42,34 +42,6 @@ pytestmark = pytest.mark.asyncio
 TIMEOUT = 1000.0
 PING = pack("PING")
 CLIENT_ID = pack("CLIENT", "ID")
-
-
-class Clock:
-    """The running loop's clock, which the test moves forward on top of real time."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
-        self._loop = loop
-        self._ahead = 0.0
-        real = loop.time
-        monkeypatch.setattr(loop, "time", lambda: real() + self._ahead)
-
-    def jump(self, seconds: float) -> None:
-        """Move the clock ``seconds`` forward; timers now due run on the loop's next turn."""
-        self._ahead += seconds
-
-    async def advance(self, seconds: float) -> None:
-        """Move the clock ``seconds`` forward and return once every timer due by then has run
-        (timers run in the order of their deadlines, so the one set for now runs last)."""
-        self.jump(seconds)
-        reached = self._loop.create_future()
-        self._loop.call_at(self._loop.time(), reached.set_result, None)
-        await reached
-
-
-@pytest_asyncio.fixture
-async def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The clock of the test's event loop, moved only by the test (and real time)."""
-    return Clock(asyncio.get_running_loop(), monkeypatch)
 
 
 class Holds:
