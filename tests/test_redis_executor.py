@@ -239,14 +239,15 @@ class TestFairness:
     async def test_tight_loops_each_get_a_fair_share(
         self, redis_url: str, open_backend: OpenBackend, pool_size: int
     ) -> None:
-        """16 tasks calling current() back to back on 1-2 connections for ~2 s all succeed,
-        and none makes fewer than half the mean number of calls."""
+        """16 tasks calling current() back to back on 1-2 connections, until they have made
+        4000 calls between them, all succeed, and none makes fewer than half the mean."""
         backend = open_backend(redis_url, pool_size=pool_size)
         counter = backend.rate_limiter()
         await counter.increment("k", 3, WINDOW)
         counts = [0] * 16
         wrong: list[object] = []
         running = True
+        enough = asyncio.Event()
 
         async def tight_loop(index: int) -> None:
             while running:
@@ -258,9 +259,11 @@ class TestFairness:
                     if total != 3:
                         wrong.append(total)
                     counts[index] += 1
+                    if sum(counts) >= 4000:
+                        enough.set()
 
         tasks = [asyncio.ensure_future(tight_loop(i)) for i in range(16)]
-        await asyncio.sleep(2.0)
+        await bounded(enough.wait())
         running = False
         await bounded(asyncio.gather(*tasks))
         assert wrong == []

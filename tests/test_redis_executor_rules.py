@@ -28,7 +28,7 @@ from executor_support import (
 )
 from faultproxy import FaultProxyFactory
 from servers import ADMIN_PASSWORD, DRIVER_USER, RedisServer, build_url
-from waiting import bounded, eventually
+from waiting import Clock, bounded, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -126,14 +126,14 @@ class TestTimeouts:
         assert proxy.connections_accepted == accepted
 
     async def test_a_lone_command_after_an_idle_spell_still_times_out(
-        self, proxied_backend: ProxiedBackend
+        self, proxied_backend: ProxiedBackend, clock: Clock
     ) -> None:
         """A command written at once on a connection that has been idle for longer than
         socket_timeout is still bounded by it: a silent network fails it with BackendError."""
         proxy, backend = proxied_backend(pool_size=1, **SHORT)
         counter = backend.rate_limiter()
         await counter.increment("k", 1, WINDOW)
-        await asyncio.sleep(2 * SHORT["socket_timeout"])  # every earlier deadline has passed
+        await clock.advance(2 * SHORT["socket_timeout"])  # every earlier deadline has passed
         proxy.blackhole()
         try:
             with pytest.raises(BackendError, match="did not answer in time"):

@@ -20,18 +20,14 @@ from aa_storage import AgentId, BackendError, PolicyDocument, SessionId, Session
 from aa_storage_redis import RedisBackend, RedisStorageConfig
 from faultproxy import FaultProxy
 from servers import RedisServer
+from waiting import bounded, eventually
 
 pytestmark = pytest.mark.asyncio
-HANG_GUARD = 10.0
 FAST = {"connect_timeout": 0.3, "socket_timeout": 0.3}
 
 
 def connect(url: str, **settings: Any) -> RedisBackend:
     return RedisBackend.connect(RedisStorageConfig(url=url, **{**FAST, **settings}))
-
-
-async def bounded(call: Awaitable[Any]) -> Any:
-    return await asyncio.wait_for(call, HANG_GUARD)
 
 
 @pytest_asyncio.fixture
@@ -171,9 +167,9 @@ class TestRetries:
         backend = connect(proxy.url, retries=10)
         try:
             refused = asyncio.ensure_future(backend.rate_limiter().increment("fresh", 1, 60))
-            # The proxy counts in its own thread, so there is no event to await.
-            while not proxy.connections_refused and not refused.done():  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
+            await eventually(
+                lambda: proxy.connections_refused > 0 or refused.done(), "a connection refused"
+            )
             proxy.passthrough()
             assert await bounded(refused) == 1
             assert proxy.connections_refused >= 1
@@ -205,8 +201,8 @@ class TestLateReplies:
         proxy.blackhole()
         with pytest.raises(BackendError, match="did not answer in time"):
             await bounded(counter.current("a"))
-        proxy.passthrough()  # the held-back reply to current("a") now flows
-        await asyncio.sleep(0.3)
+        proxy.passthrough()  # the held-back command goes on; its reply has no socket to reach
+        await eventually(lambda: proxy.open_connections == 0, "the timed-out connection closed")
         assert await bounded(counter.current("b")) == 222
         assert await bounded(counter.current("a")) == 111
 
@@ -224,8 +220,10 @@ class TestLateReplies:
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(counter.current("a"), 0.2)
             proxy.passthrough()
-            await asyncio.sleep(0.3)
+            # The late reply to current("a") arrives and is dropped, on the same connection.
+            await eventually(lambda: backend.stats().pending == 0, "the late reply was read")
             assert await bounded(counter.current("b")) == 222
+            assert backend.stats().connections_opened == 1
         finally:
             await backend.aclose()
 

@@ -52,9 +52,8 @@ def hear(topology: Sentinel, channel: str, data: str) -> None:
 @pytest.mark.asyncio
 class TestFailoverEvents:
     async def test_a_started_failover_holds_calls(self, sentinel: Sentinel) -> None:
-        primary = sentinel.node_for(None)
+        """From +try-failover on, no primary is given to calls: they wait."""
         hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
-        assert primary is not None
         assert sentinel.node_for(None) is None
 
     async def test_a_garbled_promotion_is_ignored(self, sentinel: Sentinel) -> None:
@@ -65,6 +64,7 @@ class TestFailoverEvents:
         assert sentinel.node_for(None) is primary
 
     async def test_another_services_failover_changes_nothing(self, sentinel: Sentinel) -> None:
+        """Events about another service neither hold calls nor move them."""
         primary = sentinel.node_for(None)
         hear(sentinel, "+try-failover", "master other 127.0.0.1 7005")
         hear(sentinel, "+switch-master", "other 127.0.0.1 7005 127.0.0.1 7006")
@@ -73,6 +73,7 @@ class TestFailoverEvents:
     async def test_an_aborted_failover_lets_calls_go_on_to_the_same_primary(
         self, sentinel: Sentinel
     ) -> None:
+        """An aborted failover ends the hold, and calls go on to the primary they had."""
         primary = sentinel.node_for(None)
         hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
         hear(sentinel, "-failover-abort-no-good-slave", "master svc 127.0.0.1 7001")
@@ -81,6 +82,7 @@ class TestFailoverEvents:
     async def test_the_promoted_replica_becomes_the_first_candidate(
         self, sentinel: Sentinel
     ) -> None:
+        """After +promoted-slave, calls wait for a discovery that tries the replica first."""
         hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
         hear(
             sentinel, "+promoted-slave", "slave 127.0.0.1:7002 127.0.0.1 7002 @ svc 127.0.0.1 7001"
@@ -156,6 +158,7 @@ class TestDiscovery:
     async def test_the_highest_config_epoch_wins_over_the_first_answer(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """The primary named with the highest config epoch is used, whoever answered first."""
         topology = self.three_sentinels()
         self.sentinels_say(monkeypatch, topology, [(1, OLD), (2, NEW), (1, OLD)])
         await topology._find_primary()
@@ -164,6 +167,7 @@ class TestDiscovery:
     async def test_a_sentinel_that_fails_is_outvoted_by_those_that_answer(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """A sentinel that fails to answer is passed over for those that do."""
         topology = self.three_sentinels()
         down = redis.ConnectionError("sentinel down")
         self.sentinels_say(monkeypatch, topology, [down, (3, NEW), (2, OLD)])
@@ -187,6 +191,7 @@ class TestDiscovery:
     async def test_no_sentinel_answering_is_the_sentinels_error(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """With no sentinel answering, discovery raises the sentinels' own error."""
         topology = self.three_sentinels()
         down = redis.ConnectionError("sentinel down")
         self.sentinels_say(monkeypatch, topology, [down, down, down])
@@ -224,6 +229,7 @@ class TestDiscovery:
     async def test_a_failover_that_has_not_chosen_a_replica_yet_holds_calls(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """A failover under way with no replica chosen yet holds calls."""
         topology = self.failing_over(monkeypatch, None)
         await topology._find_primary()
         assert_holding(topology)
@@ -231,6 +237,7 @@ class TestDiscovery:
     async def test_past_the_hold_the_primary_the_sentinels_name_is_used(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """Once the hold has run out, calls go to the primary the sentinels name."""
         topology = self.failing_over(monkeypatch, NEW)
         topology._hold_ran_out = True
         await topology._find_primary()
@@ -252,6 +259,22 @@ def assert_holding(topology: Sentinel) -> None:
     """Calls wait: no primary to send them to, and a failover being waited out."""
     assert topology.node_for(None) is None
     assert not topology._settled.is_set()
+
+
+def every_sentinel_names(
+    primary: tuple[str, int], topology: Sentinel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each sentinel of ``topology`` names ``primary`` (config epoch 1, no failover under
+    way), and every data node answers ``ROLE`` as a primary."""
+
+    async def named(sentinel: tuple[str, int]) -> _Named:
+        return _Named(1, primary, failing_over=False, sentinel=sentinel)
+
+    async def role(node: Node, *command: str) -> list[bytes]:
+        return [b"master"]
+
+    monkeypatch.setattr(topology, "_named_primary", named)
+    monkeypatch.setattr("aa_storage_redis.sentinel.ask", role)
 
 
 class ListeningLater:
@@ -285,18 +308,11 @@ async def test_discovery_waits_until_the_watchers_listen(monkeypatch: pytest.Mon
     watcher's subscriptions: a failover it started meanwhile would go unheard."""
     connection = ListeningLater()
     topology = Sentinel([("127.0.0.1", 26379)], "svc", a_node, lambda _: connection, 1.0)
-
-    async def named(sentinel: tuple[str, int]) -> _Named:
-        return _Named(1, OLD, failing_over=False, sentinel=sentinel)
-
-    async def role(node: Node, *command: str) -> list[bytes]:
-        return [b"master"]
-
-    monkeypatch.setattr(topology, "_named_primary", named)
-    monkeypatch.setattr("aa_storage_redis.sentinel.ask", role)
+    every_sentinel_names(OLD, topology, monkeypatch)
     discovery = asyncio.ensure_future(topology.discover())
     try:
         await asyncio.wait_for(connection.subscribed.wait(), 10)
+        # Turns of the loop, not time: without the wait, discovery would be done by now.
         for _ in range(20):
             await asyncio.sleep(0)
         assert not discovery.done()

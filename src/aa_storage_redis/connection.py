@@ -232,9 +232,14 @@ class MultiplexedConnection:
 
     # --- failing ---------------------------------------------------------------------
 
-    def _arm_watchdog(self) -> None:
+    def _oldest_deadline(self) -> float:
+        """When the oldest pending request will have waited ``socket_timeout``: counted
+        from its submission, or from the opening if it was queued while connecting."""
         head = self._pending[0]
-        deadline = max(head.submitted, self._opened_at) + self._socket_timeout
+        return max(head.submitted, self._opened_at) + self._socket_timeout
+
+    def _arm_watchdog(self) -> None:
+        deadline = self._oldest_deadline()
         self._watchdog = asyncio.get_running_loop().call_at(deadline, self._check_oldest)
 
     def _check_oldest(self) -> None:
@@ -242,9 +247,7 @@ class MultiplexedConnection:
         self._watchdog = None
         if self._state is not _OPEN or not self._pending:
             return
-        head = self._pending[0]
-        deadline = max(head.submitted, self._opened_at) + self._socket_timeout
-        if asyncio.get_running_loop().time() < deadline:
+        if asyncio.get_running_loop().time() < self._oldest_deadline():
             self._arm_watchdog()
             return
         self._counters.timeouts += 1
