@@ -23,6 +23,7 @@ from redis.asyncio.connection import Connection
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from aa_storage_redis.cluster import Cluster
+from aa_storage_redis.cluster import _slot_owners as slot_owners
 from aa_storage_redis.connection import MultiplexedConnection
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node
@@ -214,6 +215,7 @@ async def node(redis_server: RedisServer, holds: Holds) -> AsyncIterator[Node]:
         opener(redis_server),
         address=f"{redis_server.host}:{redis_server.port}",
         size=3,
+        counters=Counters(),
         max_pending=100,
         connect_timeout=TIMEOUT,
         socket_timeout=TIMEOUT,
@@ -317,7 +319,7 @@ class TestSlotMap:
             [start, end, [b"127.0.0.1", PRIMARIES[owner][1], b"id-" + owner.encode()]]
             for start, end, owner in ranges
         ]
-        cluster._apply(reply, PRIMARIES["A"])
+        cluster._set_slots(slot_owners(reply, PRIMARIES["A"], cluster.node))
         keys = key_in_each_slot()
         owner_of = [""] * REDIS_CLUSTER_HASH_SLOTS
         for start, end, owner in ranges:
@@ -397,6 +399,7 @@ class TestTracking:
                 functools.partial(Connection, host=address[0], port=address[1]),
                 address=f"{address[0]}:{address[1]}",
                 size=1,
+                counters=Counters(),
                 max_pending=10,
                 connect_timeout=TIMEOUT,
                 socket_timeout=TIMEOUT,
