@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from aa_storage import AgentId, BackendError, NotFoundError
@@ -297,3 +298,77 @@ class TestSentinelLogin:
         assert "sentinel" in message
         assert "sentinel_password" in message
         assert wrong not in message
+
+
+class TestLoading:
+    async def test_reads_and_writes_wait_for_a_server_loading_its_data(
+        self, open_backend: OpenBackend
+    ) -> None:
+        """A server that answers LOADING after a restart ran nothing: a read and a
+        write made while it loads are tried again until it has loaded, and answer."""
+        slow_load = ["--key-load-delay", "200", "--loading-process-events-interval-bytes", "1024"]
+        with RedisServer("redis-server", extra_args=slow_load) as server:
+            with server.client() as admin:
+                admin.eval("for i = 1, 10000 do redis.call('SET', 'k' .. i, i) end", 0)
+                admin.save()
+            restarting = asyncio.ensure_future(asyncio.to_thread(server.restart))
+            try:
+                await eventually(lambda: server_is_loading(server), "the server loads")
+                counter = open_backend(server.url, connect_timeout=5.0, socket_timeout=5.0)
+                assert await bounded(counter.rate_limiter().current("edge:loading")) == 0
+                increment = counter.rate_limiter().increment("edge:loading", 1, 60)
+                assert await bounded(increment) == 1
+            finally:
+                await bounded(restarting)
+
+
+def server_is_loading(server: RedisServer) -> bool:
+    """Whether ``server`` answers LOADING now (False while it is not up yet)."""
+    try:
+        with server.client(socket_timeout=0.5, socket_connect_timeout=0.5) as client:
+            client.ping()
+    except redis.BusyLoadingError:
+        return True
+    except redis.RedisError:
+        return False
+    return False
+
+
+class TestRedirections:
+    async def test_ask_is_followed_with_asking_and_moved_updates_the_map(
+        self, fresh_redis_cluster: LocalCluster, open_backend: OpenBackend
+    ) -> None:
+        """While a slot migrates, ASK sends ASKING and the command to the importing node
+        and leaves the map as it is; once the slot has moved, MOVED points the map at
+        the new owner."""
+        cluster = fresh_redis_cluster
+        backend = open_backend(cluster.url)
+        counter = backend.rate_limiter()
+        name = counter_in_slot(0)
+        key = PREFIX + name.encode()
+        assert await counter.increment(name, 1, 600) == 1
+        source = cluster.primary_for_slot(0)
+        target = next(node for node in cluster.primaries() if node is not source)
+        with target.client() as client:
+            client.execute_command("CLUSTER", "SETSLOT", 0, "IMPORTING", source.node_id)
+        with source.client() as client:
+            client.execute_command("CLUSTER", "SETSLOT", 0, "MIGRATING", target.node_id)
+            client.execute_command("MIGRATE", "127.0.0.1", target.port, key, 0, 5000)
+        topology = backend.pool._topology  # which node the map names, read without I/O
+
+        assert await counter.current(name) == 1  # ASK, then ASKING + GET on the target
+        assert await counter.increment(name, 1, 600) == 2
+        assert served_by(topology, key) == source.address
+
+        for node in [target, source]:
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", 0, "NODE", target.node_id)
+        assert await counter.increment(name, 1, 600) == 3  # MOVED, then the target
+        assert served_by(topology, key) == target.address
+
+
+def served_by(topology: Any, key: bytes) -> str:
+    node = topology.node_for(key)
+    assert node is not None
+    address: str = node.address
+    return address

@@ -293,11 +293,13 @@ async def _prove_alive(connection: AbstractConnection) -> None:
     Without a password, redis-py's handshake sends nothing, so a server that
     accepts and at once drops connections would only be found out by the
     first command, which could then not be known to be unsent. Any reply
-    will do, a NOPERM under a strict ACL too: it proves the server is there.
+    will do, a NOPERM under a strict ACL or a LOADING too: it proves the server
+    is there.
     """
     await connection.send_command("PING", check_health=False)
-    with contextlib.suppress(redis_errors.ResponseError):
-        await connection.read_response()
+    with contextlib.suppress(redis_errors.ResponseError, redis_errors.BusyLoadingError):
+        # redis-py takes LOADING for a lost connection and would close it.
+        await connection.read_response(disconnect_on_error=False)
 
 
 def _connect_failure(exc: BaseException | None, connect_timeout: float) -> redis_errors.RedisError:
