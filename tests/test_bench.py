@@ -26,7 +26,8 @@ CONCURRENCY = 3
 MODES = ("sequential", f"{CONCURRENCY} callers")
 # Every operation in both modes on both sides, then the near-cache's hit on both
 # sides and its propagation.
-CASES = len(OPERATIONS) * len(MODES) * 2 + 3
+# Each operation in each mode on two sides, the near-cache's three, a missing replica's two.
+CASES = len(OPERATIONS) * len(MODES) * 2 + 3 + 2
 NEAR_ROW = ("get_policy_near", "sequential")
 TIMEOUTS = {"connect_timeout": "10.0", "socket_timeout": "10.0"}
 # Long enough that a signal sent during the first case finds it still running.
@@ -115,10 +116,17 @@ class TestAgainstAConfig:
         progress = [line for line in err.splitlines() if re.search(r"\[\d+/\d+\]", line)]
         assert len(progress) == CASES
         for number, line in enumerate(progress, start=1):
-            if number == CASES:
+            if number == CASES - 2:
                 assert re.fullmatch(
                     rf"aa-storage bench: \[{number}/{CASES}\] near-cache invalidation from "
                     rf"another process \.\.\. p50 {_NUMBER} us",
+                    line,
+                ), line
+                continue
+            if number > CASES - 2:
+                assert re.fullmatch(
+                    rf"aa-storage bench: \[{number}/{CASES}\] reads, a replica missing, "
+                    rf"(no writers|beside 4 writers) \.\.\. {_NUMBER} ops/s",
                     line,
                 ), line
                 continue
@@ -129,6 +137,20 @@ class TestAgainstAConfig:
             ), line
         assert "aa-storage bench" not in out
         assert out.splitlines()[0].split()[:2] == ["operation", "mode"]
+
+    def test_reads_beside_writes_waiting_for_a_missing_replica_all_answer(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The missing-replica case prints both latencies, and no read failed while the
+        writers' WAITs held their connections."""
+        assert bench("--config", config, "--requests", "200") == 0
+        out = capsys.readouterr().out
+        figures = out.partition("reads while 4 writers wait for a replica that is missing")[2]
+        lines = figures.splitlines()
+        assert re.fullmatch(r" \(wait_replicas=1, wait_timeout=0\.2 s\), \d+ readers:", lines[0])
+        assert re.fullmatch(rf"  beside the writers: p50 {_NUMBER} us, p99 {_NUMBER} us", lines[1])
+        assert re.fullmatch(rf"  without them: p50 {_NUMBER} us, p99 {_NUMBER} us", lines[2])
+        assert re.fullmatch(r"  reads failed: 0; writes unconfirmed, as expected: \d+", lines[3])
 
     def test_prints_the_drivers_stats_after_the_table(
         self, config: str, capsys: pytest.CaptureFixture[str]

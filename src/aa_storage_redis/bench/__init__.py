@@ -88,20 +88,29 @@ def _bench(
     config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
 ) -> int:
     # Each operation in two modes on two sides, then the near-cache's hit on two
-    # sides and its propagation.
-    cases = len(OPERATIONS) * 2 * 2 + 3
+    # sides and its propagation, then reads with a replica missing, with and
+    # without writers.
+    cases = len(OPERATIONS) * 2 * 2 + 3 + 2
     err.write(
         f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
         f"pool_size={config.pool_size}; {cases} cases of {budget} each\n"
     )
     progress = Progress(err, cases)
     try:
-        rows, stats, propagation = asyncio.run(run(config, concurrency, budget, progress))
+        rows, stats, propagation, missing = asyncio.run(run(config, concurrency, budget, progress))
     finally:
         progress.stop()
     err.write(f"aa-storage bench: stampede, {CALLERS} callers in {PROCESSES} processes ...\n")
     crowd = stampede(config)
-    tail = (*propagation_lines(propagation), "", crowd.line(), "", *stats_lines(stats))
+    tail = (
+        *propagation_lines(propagation),
+        "",
+        *missing.lines(),
+        "",
+        crowd.line(),
+        "",
+        *stats_lines(stats),
+    )
     for line in (*table(rows), "", *p99_note(rows), *tail):
         out.write(line + "\n")
     return 0

@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import redis.asyncio as aioredis
@@ -35,6 +35,9 @@ from aa_storage_redis.bench.report import (
 )
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
+
+if TYPE_CHECKING:
+    from aa_storage_redis.bench.missing_replica import MissingReplica
 
 # Untimed calls per caller before a case is timed: connections open, scripts cached.
 WARM_UP_CALLS = 2
@@ -68,12 +71,13 @@ class Budget:
 
 async def run(
     config: RedisStorageConfig, concurrency: int, budget: Budget, progress: Progress
-) -> tuple[list[Row], ExecutorStats, Propagation]:
+) -> tuple[list[Row], ExecutorStats, Propagation, MissingReplica]:
     """Measure every operation, sequentially and then with ``concurrency`` callers,
-    then the near-cache; returns the rows in that order, the driver's stats over the
-    operations (and the near-cache's counters), and how fast invalidations reach the
-    near-cache."""
-    # The near-cache's cases time their calls with this module's helpers.
+    then the near-cache, then reads while a replica is missing; returns the rows in
+    that order, the driver's stats over the operations (and the near-cache's
+    counters), how fast invalidations reach the near-cache, and the reads' figures."""
+    # These cases time their calls with this module's helpers.
+    from aa_storage_redis.bench.missing_replica import missing_replica_case
     from aa_storage_redis.bench.near import near_cache_cases
 
     config = attrs.evolve(config, key_prefix=f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:")
@@ -100,7 +104,8 @@ async def run(
             near_cache_misses=near.near_cache_misses,
             near_cache_flushes=near.near_cache_flushes,
         )
-        return [*rows, near_hit], stats, propagation
+        missing = await missing_replica_case(config, concurrency, budget, progress)
+        return [*rows, near_hit], stats, propagation, missing
     finally:
         try:
             await _delete_keys(backend, made)
