@@ -212,7 +212,10 @@ class Cluster(Observed):
                     error = exc
         finally:
             for task in asking:
-                task.cancel()
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # a slower node's failure is no one's to report
         raise error
 
 

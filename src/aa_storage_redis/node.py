@@ -136,3 +136,5 @@ class Node:
         """Close every connection once what is in flight has finished or failed."""
         everything = [*self._connections, *self._alone]
         await asyncio.gather(*(connection.aclose() for connection in everything))
+        while self._waiting_for_alone:  # they find every connection closed now
+            self._alone_freed()
