@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -18,12 +19,14 @@ from cattrs.errors import (
 
 # A TOML or JSON value must already have the right type: "10" is not a pool
 # size, true is not 1, and 1.5 is not an int (cattrs would coerce all three).
-_STRICT: dict[type[Any], tuple[type[Any], ...]] = {
-    int: (int,),
-    str: (str,),
-    bool: (bool,),
-    float: (float, int),
-}
+_STRICT: Mapping[type[Any], tuple[type[Any], ...]] = MappingProxyType(
+    {
+        int: (int,),
+        str: (str,),
+        bool: (bool,),
+        float: (float, int),
+    }
+)
 
 
 def _strict_hook(target: type[Any]) -> Any:

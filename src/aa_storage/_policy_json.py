@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import re
+from types import MappingProxyType
 
 from aa_storage._serde_json import JsonReader
 from aa_storage._types import EnforcementMode, PolicyDecision, PolicyDocument, PolicyRule
 from aa_storage.errors import SerializationError
 
-_DECISIONS = {decision.value: decision for decision in PolicyDecision}
-_MODES = {mode.value: mode for mode in EnforcementMode}
+_DECISIONS = MappingProxyType({decision.value: decision for decision in PolicyDecision})
+_MODES = MappingProxyType({mode.value: mode for mode in EnforcementMode})
 
 _RULE_FIELDS = (
     ("action_pattern", JsonReader.string),

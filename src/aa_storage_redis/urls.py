@@ -15,6 +15,7 @@ built here ever quotes the URL: it may hold a password.
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
 from urllib.parse import unquote
 
 import attrs
@@ -22,14 +23,16 @@ import attrs
 STANDALONE, CLUSTER, SENTINEL = "standalone", "cluster", "sentinel"
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
-_SCHEMES = {
-    "redis": (STANDALONE, False),
-    "rediss": (STANDALONE, True),
-    "redis+cluster": (CLUSTER, False),
-    "rediss+cluster": (CLUSTER, True),
-    "redis+sentinel": (SENTINEL, False),
-    "rediss+sentinel": (SENTINEL, True),
-}
+_SCHEMES = MappingProxyType(
+    {
+        "redis": (STANDALONE, False),
+        "rediss": (STANDALONE, True),
+        "redis+cluster": (CLUSTER, False),
+        "rediss+cluster": (CLUSTER, True),
+        "redis+sentinel": (SENTINEL, False),
+        "rediss+sentinel": (SENTINEL, True),
+    }
+)
 SCHEME_NAMES = ", ".join(f"{scheme}://" for scheme in _SCHEMES)
 _ADDRESS = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:/]+))(?::(?P<port>\d+))?")
 # What a scheme may hold (RFC 3986): never a ":" or "@", so never a password.
