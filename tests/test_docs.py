@@ -50,9 +50,9 @@ from aa_storage_redis import (
     RedisStorageConfig,
     scripts,
 )
+from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.leases import Leases
-from aa_storage_redis.pool import Pool
 from aa_storage_redis.tracking_connection import ACL_COMMANDS
 from test_contract_suite import suite_tests
 
@@ -655,8 +655,8 @@ def test_every_operation_is_one_round_trip() -> None:
 
 
 def test_scripts_are_run_by_sha_with_eval_as_fallback() -> None:
-    """Pool.run_script sends EVALSHA, then EVAL, as the README describes."""
-    first_words = [literal_strings(call)[0] for call in pool_calls(Pool.run_script)]
+    """Executor.run_script sends EVALSHA, then EVAL, as the README describes."""
+    first_words = [literal_strings(call)[0] for call in pool_calls(Executor.run_script)]
     assert first_words == ["EVALSHA", "EVAL"]
 
 
@@ -684,7 +684,7 @@ def test_acl_allows_exactly_the_commands_sent(readme: str) -> None:
     )
     assert f"~{RedisStorageConfig().key_prefix}*" in acl.split()
     granted = {word[1:].upper() for word in acl.split() if word.startswith("+")}
-    sent = {literal_strings(call)[0] for call in pool_calls(Pool.run_script)}
+    sent = {literal_strings(call)[0] for call in pool_calls(Executor.run_script)}
     for script in vars(scripts).values():  # get_or_load's scripts too
         if isinstance(script, scripts.Script):
             sent |= set(re.findall(r"redis\.call\('([A-Z]+)'", script.body.decode()))

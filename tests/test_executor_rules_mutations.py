@@ -25,6 +25,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.cluster import _slot_owners as slot_owners
 from aa_storage_redis.connection import MultiplexedConnection
+from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node
 from aa_storage_redis.sentinel import Sentinel, _Named
@@ -426,7 +427,7 @@ class TestTracking:
             near,
             topology,
             connect,
-            prefix=b"aa:policy:",
+            keys=KeySpace("aa:"),
             connect_timeout=TIMEOUT,
             socket_timeout=TIMEOUT,
             server="the test's servers",

@@ -186,12 +186,12 @@ class TestTrackingConnection:
         await works(lambda: backend.policies().cache_policy(agent, a_policy("v1"), 60))
         assert await works(lambda: backend.policies().get_policy(agent)) == a_policy("v1")
         await eventually(
-            lambda: "TypeError" in backend.pool.near_cache_state(), "tracking says why it is down"
+            lambda: "TypeError" in backend.near_cache_state(), "tracking says why it is down"
         )
         assert await works(lambda: backend.policies().get_policy(agent)) == a_policy("v1")
         fault.disarm()
         await eventually(
-            lambda: "tracking up on 1 primary" in backend.pool.near_cache_state(),
+            lambda: "tracking up on 1 primary" in backend.near_cache_state(),
             "tracking is back",
         )
 

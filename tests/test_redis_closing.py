@@ -198,7 +198,7 @@ class TestAnotherEventLoop:
             await plant(backend)
             if near_cache:  # the first read starts tracking; then reads fill and hit
                 await backend.policies().get_policy(agent)
-                await eventually(lambda: "tracking up" in backend.pool.near_cache_state(), "up")
+                await eventually(lambda: "tracking up" in backend.near_cache_state(), "up")
                 assert await backend.policies().get_policy(agent) == SLOT.policy
                 assert await backend.policies().get_policy(agent) == SLOT.policy
                 assert backend.stats().near_cache_hits == 1

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 
 from aa_storage import AgentId, BackendError, NotFoundError
 from aa_storage.testing import a_policy
-from aa_storage_redis import RedisBackend, pool
+from aa_storage_redis import RedisBackend, executor
 from aa_storage_redis.cluster import REFRESH_INTERVAL_SECS
 from cluster import LocalCluster
 from executor_support import OpenBackend
@@ -122,9 +122,9 @@ class TestSlotMovedToANewPrimary:
         await writer.policies().cache_policy(agent, a_policy("v1"), 600)
         assert await reader.policies().get_policy(agent) == a_policy("v1")
         await eventually(
-            lambda: "tracking up on 3 primaries" in reader.pool.near_cache_state(), "tracking"
+            lambda: "tracking up on 3 primaries" in reader.near_cache_state(), "tracking"
         )
-        slot = key_slot(reader.pool.keys.policy(agent))
+        slot = key_slot(reader.keys.policy(agent))
         source = cluster.primary_for_slot(slot)
         added = await asyncio.to_thread(cluster.add_primary)
         await asyncio.to_thread(cluster.migrate_slot, slot, source, added)
@@ -132,7 +132,7 @@ class TestSlotMovedToANewPrimary:
         # The reader learns of the move (MOVED) and tracks all four primaries.
         assert await reader.policies().get_policy(agent) == a_policy("v1")
         await eventually(
-            lambda: "tracking up on 4 primaries" in reader.pool.near_cache_state(),
+            lambda: "tracking up on 4 primaries" in reader.near_cache_state(),
             "tracking on the new primary",
         )
         hits = reader.stats().near_cache_hits
@@ -263,7 +263,7 @@ class TestOversizedArgument:
     ) -> None:
         """A value over the argument limit is a ValueError before any I/O; the
         connection, and the calls in flight on it, are untouched."""
-        monkeypatch.setattr(pool, "MAX_ARGUMENT_BYTES", 1024)
+        monkeypatch.setattr(executor, "MAX_ARGUMENT_BYTES", 1024)
         counter = open_backend(redis_url).rate_limiter()
         others = [counter.increment(f"edge:size:{i}", 1, 60) for i in range(20)]
         in_flight = asyncio.gather(*others)
@@ -271,7 +271,7 @@ class TestOversizedArgument:
             await counter.increment("x" * 2000, 1, 60)
         assert await bounded(in_flight) == [1] * 20
         assert await counter.current("edge:size:0") == 1
-        assert counter.pool.stats().reconnects == 0  # no connection was lost
+        assert counter.executor.stats().reconnects == 0  # no connection was lost
 
 
 class TestSentinelLogin:

@@ -155,6 +155,6 @@ class TestStoresOverAPool:
             assert await counter.increment("k", 2, 60) == 2
             await policies.cache_policy(AGENT, POLICY, 60)
             assert await policies.get_policy(AGENT) == POLICY
-            assert pool.keys.rate_limit("k") == b"direct:ratelimit:k"
+            assert counter.keys.rate_limit("k") == b"direct:ratelimit:k"
         finally:
             await pool.aclose()

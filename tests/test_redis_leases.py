@@ -31,7 +31,6 @@ from aa_storage.testing import ScriptedLoader
 from aa_storage_redis import RedisBackend
 from aa_storage_redis.bench.stampede import stampede
 from aa_storage_redis.keys import KeySpace
-from aa_storage_redis.leases import Leases
 from cluster import LocalCluster
 from executor_support import OpenBackend
 from faultproxy import FaultProxyFactory
@@ -281,7 +280,7 @@ class TestLostReplies:
         nothing; the orphaned lease is left to expire."""
         proxy = fault_proxy(redis_server.port)
         backend = open_backend(proxy.url, lease_ttl=30.0, lease_wait=0.2)
-        leases, agent, loader = Leases(backend.pool), AgentId.new(), ScriptedLoader([OLD])
+        leases, agent, loader = backend.policies().leases, AgentId.new(), ScriptedLoader([OLD])
         loop = asyncio.get_running_loop()
         warm, warm_agent = Flight(loop.create_future()), AgentId.new()
         await leases.read_through(warm_agent, ScriptedLoader([OLD]), 60, warm, loop.time() + 0.2)

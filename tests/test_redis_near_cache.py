@@ -32,7 +32,7 @@ from aa_storage import (
     policy_to_json,
 )
 from aa_storage.testing import ContractSuite
-from aa_storage_redis import RedisBackend, RedisStorageConfig, build_pool
+from aa_storage_redis import RedisBackend, RedisStorageConfig
 from aa_storage_redis.near_cache import Fill, NearCache
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.tracking_connection import ACL_COMMANDS
@@ -53,7 +53,7 @@ def policy(version: int) -> PolicyDocument:
 
 
 def near_of(backend: RedisBackend) -> NearCache:
-    near = backend.pool.near_cache
+    near = backend.near_cache
     assert near is not None, "the backend has near_cache on"
     return near
 
@@ -140,8 +140,10 @@ class TestConfig:
         """The near-cache is opt-in; its size defaults to 10000 entries."""
         config = RedisStorageConfig()
         assert (config.near_cache, config.near_cache_size) == (False, 10_000)
-        assert build_pool(config).near_cache is None
-        near = build_pool(RedisStorageConfig(near_cache=True, near_cache_size=5)).near_cache
+        assert RedisBackend.connect(config).near_cache is None
+        near = RedisBackend.connect(
+            RedisStorageConfig(near_cache=True, near_cache_size=5)
+        ).near_cache
         assert near is not None
         assert near.size == 5
 
@@ -403,7 +405,7 @@ class TestStandalone:
         even with the server's invalidations ignored: the store drops its entry itself.
         (Heard, the pushes usually arrive first and would hide a missing drop.)"""
         if pushes == "ignored":
-            tracker = backend.pool._tracker
+            tracker = backend._tracker
             assert tracker is not None
             monkeypatch.setattr(tracker, "_invalidated", lambda keys: None)
         await tracking_up(backend)
@@ -460,8 +462,8 @@ class TestStandalone:
         is found out by its heartbeat within socket_timeout: flushed, then back once the
         network is."""
         proxy = fault_proxy(redis_server.port)
-        backend = RedisBackend(
-            build_pool(RedisStorageConfig(url=proxy.url, **NEAR, socket_timeout=0.5))
+        backend = RedisBackend.connect(
+            RedisStorageConfig(url=proxy.url, **NEAR, socket_timeout=0.5)
         )
         try:
             near = await tracking_up(backend)
@@ -472,7 +474,7 @@ class TestStandalone:
             proxy.blackhole()
             await eventually(lambda: near.flushes > flushes, "the heartbeat found it out")
             assert not near.live
-            assert "no PING reply" in backend.pool.near_cache_state()
+            assert "no PING reply" in backend.near_cache_state()
             proxy.passthrough()
             await eventually(lambda: near.live, "tracking is back")
             await cached_hit(backend, agent, policy(1))
@@ -500,10 +502,10 @@ class TestStandalone:
         """A read whose reply is held while another client changes the key returns the
         old value, but does not cache it: the invalidation arrived while it was in flight."""
         proxy = fault_proxy(redis_server.port)
-        backend = RedisBackend(build_pool(RedisStorageConfig(url=proxy.url, **PATIENT, **NEAR)))
+        backend = RedisBackend.connect(RedisStorageConfig(url=proxy.url, **PATIENT, **NEAR))
         # The data connections go through the proxy, tracking straight to the server, so
         # the reply can be held while the invalidation comes through.
-        backend.pool._tracker._connect = lambda _: Connection(  # type: ignore[union-attr]
+        backend._tracker._connect = lambda _: Connection(  # type: ignore[union-attr]
             host=redis_server.host, port=redis_server.port, protocol=3
         )
         try:
@@ -735,9 +737,7 @@ class TestAcl:
         agent = AgentId.new()
         await backend.policies().cache_policy(agent, policy(1), 600)
         assert await backend.policies().get_policy(agent) == policy(1)
-        await eventually(
-            lambda: "permission" in backend.pool.near_cache_state(), "tracking is refused"
-        )
+        await eventually(lambda: "permission" in backend.near_cache_state(), "tracking is refused")
         assert not near_of(backend).live
         before = backend.stats()
         assert await backend.policies().get_policy(agent) == policy(1)
@@ -823,7 +823,7 @@ class TestCluster:
         await tracking_up(backend)
         for primary in redis_cluster.primaries():
             assert len(tracking_clients(primary)) == 1, primary
-        assert "up on 3 primaries" in backend.pool.near_cache_state()
+        assert "up on 3 primaries" in backend.near_cache_state()
         agents = spread_agents(12)
         for agent in agents:
             await other.policies().cache_policy(agent, policy(1), 600)
@@ -925,8 +925,8 @@ class TestSentinel:
         with pytest.raises(StorageError):
             await backend.policies().get_policy(AgentId.new())
         await eventually(
-            lambda: "refused the login" in backend.pool.near_cache_state(), "tracking refused"
+            lambda: "refused the login" in backend.near_cache_state(), "tracking refused"
         )
-        assert secret not in backend.pool.near_cache_state()
+        assert secret not in backend.near_cache_state()
         assert secret not in caplog.text
         assert "near-cache bypassed" in caplog.text

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import redis
 
+from aa_storage_redis.failover_events import CHANNELS
 from aa_storage_redis.node import Node
-from aa_storage_redis.sentinel import CHANNELS, Sentinel, _Named
+from aa_storage_redis.sentinel import Sentinel, _Named
 from aa_storage_redis.stats import Counters
 
 OLD = ("127.0.0.1", 7001)
@@ -40,13 +41,13 @@ def a_node(address: tuple[str, int]) -> Node:
 @pytest.fixture
 def sentinel() -> Sentinel:
     topology = Sentinel([("127.0.0.1", 26379)], "svc", a_node, unused, timeout=1.0)
-    topology._primary = topology._node(OLD)
+    topology._primary = topology._nodes.at(OLD)
     return topology
 
 
 def hear(topology: Sentinel, channel: str, data: str) -> None:
     assert channel in CHANNELS
-    topology._heard(channel.encode(), data.encode())
+    topology._events.heard(channel.encode(), data.encode())
 
 
 @pytest.mark.asyncio
@@ -94,9 +95,9 @@ class TestFailoverEvents:
         self, sentinel: Sentinel
     ) -> None:
         """Every sentinel announces the same switch: only the first one moves calls."""
-        sentinel._primary = sentinel._node(NEW)
+        sentinel._primary = sentinel._nodes.at(NEW)
         hear(sentinel, "+switch-master", "svc 127.0.0.1 7001 127.0.0.1 7002")
-        assert sentinel.node_for(None) is sentinel._node(NEW)
+        assert sentinel.node_for(None) is sentinel._nodes.at(NEW)
         assert sentinel._announced is None
 
     async def test_a_failover_that_never_ends_holds_calls_for_a_bounded_time(
@@ -162,7 +163,7 @@ class TestDiscovery:
         topology = self.three_sentinels()
         self.sentinels_say(monkeypatch, topology, [(1, OLD), (2, NEW), (1, OLD)])
         await topology._find_primary()
-        assert topology.node_for(None) is topology._node(NEW)
+        assert topology.node_for(None) is topology._nodes.at(NEW)
 
     async def test_a_sentinel_that_fails_is_outvoted_by_those_that_answer(
         self, monkeypatch: pytest.MonkeyPatch
@@ -172,7 +173,7 @@ class TestDiscovery:
         down = redis.ConnectionError("sentinel down")
         self.sentinels_say(monkeypatch, topology, [down, (3, NEW), (2, OLD)])
         await topology._find_primary()
-        assert topology.node_for(None) is topology._node(NEW)
+        assert topology.node_for(None) is topology._nodes.at(NEW)
 
     async def test_a_promoted_replica_announced_is_tried_before_any_sentinel(
         self, monkeypatch: pytest.MonkeyPatch
@@ -180,13 +181,13 @@ class TestDiscovery:
         """Between +promoted-slave and +switch-master every sentinel still names the
         old primary, with its old epoch."""
         topology = self.three_sentinels()
-        topology._primary = topology._node(OLD)
+        topology._primary = topology._nodes.at(OLD)
         self.sentinels_say(monkeypatch, topology, [(1, OLD), (1, OLD), (1, OLD)])
         hear(
             topology, "+promoted-slave", "slave 127.0.0.1:7002 127.0.0.1 7002 @ svc 127.0.0.1 7001"
         )
         await topology._find_primary()
-        assert topology.node_for(None) is topology._node(NEW)
+        assert topology.node_for(None) is topology._nodes.at(NEW)
 
     async def test_no_sentinel_answering_is_the_sentinels_error(
         self, monkeypatch: pytest.MonkeyPatch
@@ -221,10 +222,10 @@ class TestDiscovery:
         topology = self.failing_over(monkeypatch, NEW)
         await topology._find_primary()
         assert_holding(topology)
-        topology._settle(None)
+        topology.failover_ended(None)
         self.replicas.clear()
         await topology._find_primary()
-        assert topology.node_for(None) is topology._node(NEW)
+        assert topology.node_for(None) is topology._nodes.at(NEW)
 
     async def test_a_failover_that_has_not_chosen_a_replica_yet_holds_calls(
         self, monkeypatch: pytest.MonkeyPatch
@@ -241,7 +242,7 @@ class TestDiscovery:
         topology = self.failing_over(monkeypatch, NEW)
         topology._hold_ran_out = True
         await topology._find_primary()
-        assert topology.node_for(None) is topology._node(OLD)
+        assert topology.node_for(None) is topology._nodes.at(OLD)
 
     async def test_a_primary_found_lets_the_next_failover_hold_calls_again(
         self, monkeypatch: pytest.MonkeyPatch
@@ -250,7 +251,7 @@ class TestDiscovery:
         topology = self.failing_over(monkeypatch, NEW)
         topology._hold_ran_out = True
         await topology._find_primary()
-        topology.failed(topology._node(OLD))
+        topology.failed(topology._nodes.at(OLD))
         await topology._find_primary()
         assert_holding(topology)
 
@@ -319,6 +320,6 @@ async def test_discovery_waits_until_the_watchers_listen(monkeypatch: pytest.Mon
         assert topology.node_for(None) is None
         connection.confirm()
         await asyncio.wait_for(discovery, 10)
-        assert topology.node_for(None) is topology._node(OLD)
+        assert topology.node_for(None) is topology._nodes.at(OLD)
     finally:
         await topology.aclose()

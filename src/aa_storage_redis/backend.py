@@ -8,14 +8,18 @@ import attrs
 
 from aa_storage import BackendError, BackendInfo
 from aa_storage.readthrough import SingleFlight
+from aa_storage_redis.builder import build_parts
 from aa_storage_redis.config import RedisStorageConfig
-from aa_storage_redis.deployment import build_pool
+from aa_storage_redis.executor import Executor
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.leases import Leases
+from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.policies import RedisPolicyStore
-from aa_storage_redis.pool import Pool
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.scripts import PROBE
 from aa_storage_redis.sessions import RedisSessionStore
 from aa_storage_redis.stats import ExecutorStats
+from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.urls import CLUSTER, SENTINEL, Deployment, default_port_of
 
 logger = logging.getLogger(__name__)
@@ -26,10 +30,21 @@ _DENIED = "not permitted ({command} is denied to this user)"
 
 @attrs.define
 class RedisBackend:
-    """The stores of one Redis deployment, sharing one connection pool."""
+    """The stores of one Redis deployment, sharing one executor (its connections),
+    one key space, and, with ``near_cache`` on, one near-cache kept honest by its
+    tracker. The backend hands each store what it needs of these."""
 
-    pool: Pool
+    executor: Executor
+    keys: KeySpace
+    near_cache: NearCache | None = attrs.field(default=None, repr=False)
+    _tracker: Tracker | None = attrs.field(default=None, repr=False)
     _flights: SingleFlight = attrs.field(factory=SingleFlight, init=False, repr=False)
+    _leases: Leases = attrs.field(init=False, repr=False)
+
+    @_leases.default
+    def _shared_leases(self) -> Leases:
+        config = self.executor.config
+        return Leases(self.executor, self.keys, config.lease_ttl, config.lease_wait)
 
     @classmethod
     def connect(cls, config: RedisStorageConfig | None = None) -> RedisBackend:
@@ -38,21 +53,45 @@ class RedisBackend:
         sentinel that the URL gives without a port, naming the port assumed."""
         config = config or RedisStorageConfig()
         _warn_of_assumed_ports(config.deployment)
-        return cls(build_pool(config))
+        parts = build_parts(config)
+        return cls(parts.executor, parts.keys, parts.near_cache, parts.tracker)
+
+    @property
+    def pool(self) -> Executor:
+        """The executor, by the seed's name (``Pool``)."""
+        return self.executor
 
     def sessions(self) -> RedisSessionStore:
-        return RedisSessionStore(self.pool)
+        return RedisSessionStore(self.executor, self.keys)
 
     def rate_limiter(self) -> RedisRateLimitCounter:
-        return RedisRateLimitCounter(self.pool)
+        return RedisRateLimitCounter(self.executor, self.keys)
 
     def policies(self) -> RedisPolicyStore:
-        return RedisPolicyStore(self.pool, self._flights)
+        return RedisPolicyStore(
+            self.executor, self._flights, self.keys, self.near_cache, self._leases
+        )
 
     def stats(self) -> ExecutorStats:
-        """Counters of the execution core: commands, socket writes, reconnects,
-        timeouts, pending commands. Costs no I/O and no lock."""
-        return self.pool.stats()
+        """Counters of the execution core (commands, socket writes, reconnects,
+        timeouts, pending commands) and of the near-cache. Costs no I/O and no lock."""
+        stats = self.executor.stats()
+        near = self.near_cache
+        if near is None:
+            return stats
+        return attrs.evolve(
+            stats,
+            near_cache_hits=near.hits,
+            near_cache_misses=near.misses,
+            near_cache_flushes=near.flushes,
+        )
+
+    def near_cache_state(self) -> str:
+        """``off``, or the near-cache's tracking and entries, as ``check`` shows them."""
+        near, tracker = self.near_cache, self._tracker
+        if near is None or tracker is None:
+            return "off"
+        return f"on, tracking {tracker.state}, {len(near)} of {near.size} entries"
 
     async def describe(self) -> BackendInfo:
         """Server version and mode, TLS, the user, the near-cache (off, or its
@@ -64,7 +103,7 @@ class RedisBackend:
         permitted", and no warning is given about a policy it could not read.
         An unreachable server raises ``BackendError``.
         """
-        shape, shape_warnings = await self.pool.describe_topology()
+        shape, shape_warnings = await self.executor.describe_topology()
         server = await self._info("server")
         memory = await self._info("memory")
         whoami = await self._optional("ACL", "WHOAMI")
@@ -78,16 +117,16 @@ class RedisBackend:
         if memory is not None:
             policy = read_policy or "unknown"
         facts = (
-            ("server", self.pool.server),
+            ("server", self.executor.server),
             *shape,
             ("version", version),
             ("mode", mode),
-            ("tls", "on" if self.pool.config.uses_tls else "off"),
+            ("tls", "on" if self.executor.config.uses_tls else "off"),
             ("user", whoami.decode() if whoami else _DENIED.format(command="ACL WHOAMI")),
-            ("key_prefix", self.pool.keys.prefix),
+            ("key_prefix", self.keys.prefix),
             ("maxmemory_policy", policy),
             ("scripts", await self._script_mode()),
-            ("near_cache", self.pool.near_cache_state()),
+            ("near_cache", self.near_cache_state()),
             ("traffic", _traffic(self.stats())),
         )
         warnings: tuple[str, ...] = ()
@@ -106,7 +145,7 @@ class RedisBackend:
     async def _optional(self, *command: str) -> bytes | None:
         """The reply, or None when the user's ACL does not permit the command."""
         try:
-            reply: bytes = await self.pool.execute(*command, key=None, read=True)
+            reply: bytes = await self.executor.execute(*command, key=None, read=True)
         except BackendError as exc:
             if "permission denied" not in str(exc):
                 raise
@@ -118,14 +157,24 @@ class RedisBackend:
         # The first run sends the body, the second goes by SHA, so the second
         # finds out whether the server accepts EVALSHA.
         for _ in range(2):
-            await self.pool.run_script(PROBE, [], [], read=True)
-        if self.pool.evalsha_refused:
+            await self.executor.run_script(PROBE, [], [], read=True)
+        if self.executor.evalsha_refused:
             return "sent in full with EVAL: the server refuses EVALSHA"
         return "by SHA (EVALSHA)"
 
     async def aclose(self) -> None:
-        """Close every connection of the pool."""
-        await self.pool.aclose()
+        """Refuse new calls, stop the near-cache's tracking, let the calls in flight
+        finish or fail within the timeouts, then close every connection. Idempotent.
+
+        From another event loop than the backend's: once that loop is closed, only
+        marks the backend closed (its connections cannot be closed without it; their
+        sockets go when it is collected); while it still runs, raises
+        ``StorageError`` and leaves the backend open."""
+        if not self.executor.refuse_calls():
+            return
+        if self._tracker is not None:
+            await self._tracker.aclose()
+        await self.executor.aclose()
 
 
 def _warn_of_assumed_ports(deployment: Deployment) -> None:

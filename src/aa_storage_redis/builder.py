@@ -1,4 +1,5 @@
-"""Building a :class:`~aa_storage_redis.pool.Pool` for a config: its topology and its nodes."""
+"""Building the driver for a config: its nodes, its topology, the executor over them,
+and the near-cache with its tracker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from functools import partial
 from typing import Any
 
+import attrs
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -14,10 +16,10 @@ from redis.backoff import NoBackoff
 from aa_storage.redaction import redact_url
 from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node
-from aa_storage_redis.pool import Pool
 from aa_storage_redis.redis_py import verify as verify_redis_py
 from aa_storage_redis.sentinel import Sentinel
 from aa_storage_redis.stats import Counters
@@ -28,8 +30,27 @@ from aa_storage_redis.urls import CLUSTER, SENTINEL
 logger = logging.getLogger("aa_storage_redis")
 
 
-def build_pool(config: RedisStorageConfig) -> Pool:
-    """A :class:`Pool` for ``config``. No I/O happens until the first command.
+@attrs.frozen
+class Parts:
+    """What a backend is wired from: the executor, the key space, and with
+    ``near_cache`` on, the near-cache and the tracker that keeps it honest."""
+
+    executor: Executor
+    keys: KeySpace
+    near_cache: NearCache | None
+    tracker: Tracker | None
+
+
+def build_pool(config: RedisStorageConfig) -> Executor:
+    """The executor for ``config`` (the seed's ``Pool``), which stores may be built
+    over; no near-cache. See :func:`build_parts`."""
+    return build_parts(config, near_cache=False).executor
+
+
+def build_parts(config: RedisStorageConfig, *, near_cache: bool = True) -> Parts:
+    """The parts of a backend for ``config``: its topology's nodes behind one
+    executor, the key space, and the near-cache with its tracker when ``config``
+    (and ``near_cache``) ask for one. No I/O happens until the first command.
 
     Logs one warning when the connection would carry data in the clear to a
     host that is not this machine. Raises :class:`~aa_storage_redis.redis_py.RedisPyChanged`
@@ -43,7 +64,7 @@ def build_pool(config: RedisStorageConfig) -> Pool:
         "db": deployment.database,
         "socket_connect_timeout": config.connect_timeout,
         "socket_timeout": config.socket_timeout,
-        # Retries are the Pool's job: redis-py's own would repeat writes.
+        # Retries are the executor's job: redis-py's own would repeat writes.
         "retry": Retry(NoBackoff(), 0),
         # No CLIENT SETINFO in the handshake: two more commands per connection,
         # and a grant more for every ACL user.
@@ -96,32 +117,27 @@ def build_pool(config: RedisStorageConfig) -> Pool:
         )
     else:
         topology = Standalone(node_at(deployment.addresses[0]), deployment.addresses[0])
-    keys = KeySpace(config.key_prefix)
-    near_cache = tracker = None
-    if config.near_cache:
-        near_cache = NearCache(config.near_cache_size)
-        tracker = Tracker(
-            near_cache,
-            topology,
-            # Tracking connections speak RESP3, so the server's pushes come on them.
-            lambda address: connection_class(
-                host=address[0], port=address[1], **{**options, "protocol": 3}
-            ),
-            prefix=keys.policy_prefix,
-            connect_timeout=config.connect_timeout,
-            socket_timeout=config.socket_timeout,
-            server=redact_url(config.effective_url),
-            secret=deployment.password,
-        )
-    return Pool(
-        config=config,
-        keys=keys,
-        topology=topology,
-        password=deployment.password,
-        counters=counters,
-        near_cache=near_cache,
-        tracker=tracker,
+    executor = Executor(
+        config=config, topology=topology, password=deployment.password, counters=counters
     )
+    keys = KeySpace(config.key_prefix)
+    if not (near_cache and config.near_cache):
+        return Parts(executor, keys, None, None)
+    near = NearCache(config.near_cache_size)
+    tracker = Tracker(
+        near,
+        topology,
+        # Tracking connections speak RESP3, so the server's pushes come on them.
+        lambda address: connection_class(
+            host=address[0], port=address[1], **{**options, "protocol": 3}
+        ),
+        keys=keys,
+        connect_timeout=config.connect_timeout,
+        socket_timeout=config.socket_timeout,
+        server=redact_url(config.effective_url),
+        secret=deployment.password,
+    )
+    return Parts(executor, keys, near, tracker)
 
 
 def _is_loopback(host: str) -> bool:

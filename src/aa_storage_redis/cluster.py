@@ -15,6 +15,7 @@ from aa_storage_redis.topology import (
     Address,
     Facts,
     NodeFactory,
+    Nodes,
     Observed,
     Redirect,
     ask,
@@ -45,8 +46,7 @@ class Cluster(Observed):
     def __init__(self, seeds: Iterable[Address], node_at: NodeFactory) -> None:
         super().__init__()
         self._seeds = tuple(seeds)
-        self._node_at = node_at
-        self._nodes: dict[Address, Node] = {}
+        self._nodes = Nodes(node_at)
         self._slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._primaries: tuple[Node, ...] = ()
         self._refresh: asyncio.Task[None] | None = None
@@ -95,10 +95,7 @@ class Cluster(Observed):
 
     def node(self, address: Address) -> Node:
         """The node at ``address``, opened on first use."""
-        node = self._nodes.get(address)
-        if node is None:
-            node = self._nodes[address] = self._node_at(address)
-        return node
+        return self._nodes.at(address)
 
     def failed(self, node: Node) -> None:
         # Until a new map arrives, commands for the lost node's slots wait for it.
@@ -149,7 +146,7 @@ class Cluster(Observed):
         if self._refresh is not None:
             self._refresh.cancel()
             await asyncio.gather(self._refresh, return_exceptions=True)
-        await asyncio.gather(*(node.aclose() for node in self._nodes.values()))
+        await self._nodes.aclose()
 
     # --- the slot map ----------------------------------------------------------------
 

@@ -1,9 +1,11 @@
-"""The one execution path: every command the driver sends goes through :class:`Pool`.
+"""The one execution path: every command the driver sends goes through :class:`Executor`.
 
-It owns what all commands share: the retry rule, running scripts by SHA,
-turning failures into the core errors, closing, and stats. Below it, a
-:class:`~aa_storage_redis.node.Node` multiplexes the commands of every caller
-over a few connections. Stores never see redis-py, connections or nodes.
+It runs commands and nothing else: the retry rule, scripts by SHA, turning
+failures into the core errors, the closed and event-loop checks, and the
+counters. Which node serves a command is the topology's to say (``topology.py``);
+below it, a :class:`~aa_storage_redis.node.Node` multiplexes the commands of
+every caller over a few connections. Stores never see redis-py, connections
+or nodes, and the executor knows nothing of stores, keys or caches.
 """
 
 from __future__ import annotations
@@ -20,13 +22,10 @@ from aa_storage import BackendError, StorageError
 from aa_storage.redaction import redact_url
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
-from aa_storage_redis.keys import KeySpace
-from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
 from aa_storage_redis.stats import Counters, ExecutorStats
 from aa_storage_redis.topology import Facts, Redirect, Topology
-from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.wire import Closed, NotSent, ReplyLost, pack
 
 logger = logging.getLogger("aa_storage_redis")
@@ -44,8 +43,8 @@ _FINAL = (redis_errors.TimeoutError, redis_errors.AuthenticationError, redis_err
 
 
 @attrs.define
-class Pool:
-    """The handle every store is built over: it runs commands on one deployment.
+class Executor:
+    """Runs commands on one deployment for every store built over it.
 
     ``execute`` retries a call after a connection error up to ``retries``
     times, with jittered exponential backoff: a read (``read=True``) after
@@ -55,22 +54,18 @@ class Pool:
     callers' writes acknowledged in between. Timeouts and refused logins are
     never retried. After :meth:`aclose`, every call raises ``StorageError``.
 
-    A pool belongs to the event loop it first runs a command in: its
+    An executor belongs to the event loop it first runs a command in: its
     connections, tasks and futures live there. A call from any other loop
     raises ``StorageError`` at once, instead of waiting on a loop that no
     longer runs.
     """
 
     config: RedisStorageConfig
-    keys: KeySpace
     _topology: Topology = attrs.field(repr=False)
     _password: str | None = attrs.field(repr=False)
     counters: Counters = attrs.field(repr=False)
     """What every connection of the deployment counts; ``max_pending`` bounds its
     ``pending``."""
-    near_cache: NearCache | None = attrs.field(default=None, repr=False)
-    """The policies held in process, when ``near_cache`` is on; see ``near_cache.py``."""
-    _tracker: Tracker | None = attrs.field(default=None, repr=False)
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
     _wait: bytes | None = attrs.field(init=False, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -92,7 +87,7 @@ class Pool:
         return redact_url(self.config.effective_url)
 
     def check_loop(self) -> None:
-        """Bind the pool to the running event loop on first use; afterwards raise
+        """Bind the executor to the running event loop on first use; afterwards raise
         ``StorageError`` when called from another one."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
@@ -307,43 +302,33 @@ class Pool:
             raise translate(exc, server=self.server, secret=self._password) from None
 
     def stats(self) -> ExecutorStats:
-        """What the connections and the near-cache have done so far; reading it costs
-        no I/O and no lock."""
-        stats = self.counters.snapshot()
-        near = self.near_cache
-        if near is None:
-            return stats
-        return attrs.evolve(
-            stats,
-            near_cache_hits=near.hits,
-            near_cache_misses=near.misses,
-            near_cache_flushes=near.flushes,
-        )
+        """What the connections have done so far; reading it costs no I/O and no lock."""
+        return self.counters.snapshot()
 
-    def near_cache_state(self) -> str:
-        """``off``, or the near-cache's tracking and entries, as ``check`` shows them."""
-        near, tracker = self.near_cache, self._tracker
-        if near is None or tracker is None:
-            return "off"
-        return f"on, tracking {tracker.state}, {len(near)} of {near.size} entries"
-
-    async def aclose(self) -> None:
-        """Refuse new calls, stop the near-cache's tracking, let the calls in flight
-        finish or fail within the timeouts, then close every connection. Idempotent.
-
-        From another event loop than the pool's: once that loop is closed, only
-        marks the pool closed (its connections cannot be closed without it; their
-        sockets go when the pool is collected); while it still runs, raises
-        ``StorageError`` and leaves the pool open."""
+    def refuse_calls(self) -> bool:
+        """Refuse every call from now on; idempotent. Returns whether the connections
+        can still be closed: not from another event loop than the executor's once
+        that loop is closed (their sockets go when the executor is collected).
+        From another loop that still runs, raises ``StorageError`` and refuses
+        nothing."""
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
             if not self._loop.is_closed():
                 raise self._other_loop_error()
             self._closed = True
-            return
+            return False
         self._closed = True
-        if self._tracker is not None:
-            await self._tracker.aclose()
-        await self._topology.aclose()
+        return True
+
+    async def aclose(self) -> None:
+        """Refuse new calls (see :meth:`refuse_calls`), let the calls in flight finish
+        or fail within the timeouts, then close every connection. Idempotent."""
+        if self.refuse_calls():
+            await self._topology.aclose()
+
+
+Pool = Executor
+"""The seed's name for the executor: the pooled connection handle that stores are
+built over (``RedisSessionStore(build_pool(config))``)."""
 
 
 class _WaitRefused(Exception):

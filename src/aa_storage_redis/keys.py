@@ -66,6 +66,21 @@ class KeySpace:
         policy = self.policy(agent_id)
         return policy + b":lease" if self._tagged else b"{" + policy + b"}:lease"
 
+    def policy_with_lease(self, agent_id: AgentId) -> list[bytes]:
+        """The KEYS of every policy script: the policy key, then its lease (same slot)."""
+        return [self.policy(agent_id), self.policy_lease(agent_id)]
+
+    def agent_of_policy(self, key: bytes) -> bytes | None:
+        """The 16 bytes of the agent whose policy ``key`` is, read back from the key;
+        ``None`` for a key under the policy prefix that names no agent."""
+        if not key.startswith(self._policy):
+            return None
+        try:
+            agent = bytes.fromhex(key[len(self._policy) :].decode())
+        except ValueError:
+            return None
+        return agent if len(agent) == 16 else None
+
     @property
     def leases_share_the_slot(self) -> bool:
         """Whether a cluster puts each lease in its policy's slot. Only a prefix with a

@@ -30,8 +30,8 @@ from aa_storage import (
 )
 from aa_storage.contracts import PolicyLoader
 from aa_storage.readthrough import Flight, load
+from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
-from aa_storage_redis.pool import Pool
 from aa_storage_redis.scripts import FILL, GET_OR_LEASE, RELEASE
 
 logger = logging.getLogger("aa_storage_redis")
@@ -45,20 +45,21 @@ _LONGEST_POLL_SECS = 0.05
 # GET_OR_LEASE's replies, by their first element.
 _HIT, _LEAD, _WAIT, _NONE_UPSTREAM = 0, 1, 2, 3
 
-# Releases sent for cancelled leaders, held so they are not collected mid-flight.
-_releasing: set[asyncio.Task[None]] = set()
-
-
-def policy_keys(keys: KeySpace, agent_id: AgentId) -> list[bytes]:
-    """The KEYS of every policy script: the policy key, then its lease (same slot)."""
-    return [keys.policy(agent_id), keys.policy_lease(agent_id)]
-
 
 @attrs.frozen
 class Leases:
-    """The lease protocol over one pool; ``read_through`` is one caller's miss."""
+    """The lease protocol over one executor; ``read_through`` is one caller's miss.
 
-    pool: Pool
+    A lease lives ``ttl`` seconds; a caller waits ``wait`` seconds at most for a
+    load run by another before it loads for itself without caching.
+    """
+
+    executor: Executor
+    keys: KeySpace
+    ttl: float
+    wait: float
+    _releasing: set[asyncio.Task[None]] = attrs.field(factory=set, init=False, repr=False)
+    """Releases sent for cancelled leaders, held so they are not collected mid-flight."""
 
     async def read_through(
         self, agent_id: AgentId, loader: PolicyLoader, ttl_secs: int, flight: Flight, until: float
@@ -75,14 +76,15 @@ class Leases:
         and the call ends up loading without caching once ``lease_wait`` is
         over, while other callers wait up to ``lease_ttl``. Nothing is lost.
         """
-        keys = policy_keys(self.pool.keys, agent_id)
-        config = self.pool.config
-        lease_ms = max(1, round(config.lease_ttl * 1000))
+        keys = self.keys.policy_with_lease(agent_id)
+        lease_ms = max(1, round(self.ttl * 1000))
         clock = asyncio.get_running_loop().time
         pause = _FIRST_POLL_SECS
         waited_on = b""
         while True:
-            reply = await self.pool.run_script(GET_OR_LEASE, keys, [lease_ms, waited_on], read=True)
+            reply = await self.executor.run_script(
+                GET_OR_LEASE, keys, [lease_ms, waited_on], read=True
+            )
             if reply[0] == _HIT:
                 return policy_from_json(reply[1])
             if reply[0] == _LEAD:
@@ -97,7 +99,7 @@ class Leases:
                 break
             await asyncio.sleep(min(pause, left, left_ms / 1000))
             pause = min(pause * 2, _LONGEST_POLL_SECS)
-        flight.lasts(config.lease_ttl)
+        flight.lasts(self.ttl)
         return await load(loader, agent_id)
 
     async def _lead(
@@ -112,7 +114,7 @@ class Leases:
         """Load under the lease ``token``, then write back if it still holds."""
         # The lease runs out for other processes lease_ttl after it was issued, a little
         # before this; the waiters here are let go then too.
-        flight.lasts(self.pool.config.lease_ttl)
+        flight.lasts(self.ttl)
         try:
             policy = await load(loader, agent_id)
         except NotFoundError:
@@ -124,12 +126,12 @@ class Leases:
         except BaseException:
             # Cancelled: give the lease up without holding the caller any longer.
             task = asyncio.get_running_loop().create_task(self._release(keys, token, b"-"))
-            _releasing.add(task)
-            task.add_done_callback(_releasing.discard)
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
             raise
         try:
             # Safe to repeat after a lost reply: the first run released the lease.
-            stored = await self.pool.run_script(
+            stored = await self.executor.run_script(
                 FILL, keys, [token, policy_to_json(policy), ttl_secs], read=True
             )
             if not stored:
@@ -142,6 +144,6 @@ class Leases:
     async def _release(self, keys: list[bytes], token: bytes, mark: bytes) -> None:
         """End the lease, if ``token`` still holds it; a failure only lets it run out."""
         try:
-            await self.pool.run_script(RELEASE, keys, [token, mark], read=True)
+            await self.executor.run_script(RELEASE, keys, [token, mark], read=True)
         except StorageError as exc:
             logger.warning("could not release a get_or_load lease: %s", exc)

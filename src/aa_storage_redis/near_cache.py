@@ -2,8 +2,9 @@
 invalidations are heard.
 
 It does no I/O itself. The policy store asks :meth:`NearCache.lookup` first;
-on a miss it reads Redis between :meth:`NearCache.begin_fill` and
-:meth:`NearCache.finish_fill`. The tracker (``tracking.py``) feeds it the
+on a miss while tracking is up it hands :meth:`NearCache.fill` the read to
+make (which runs it between :meth:`NearCache.begin_fill` and
+:meth:`NearCache.finish_fill`). The tracker (``tracking.py``) feeds it the
 server's invalidations, and :meth:`NearCache.suspend` /
 :meth:`NearCache.resume` as tracking is lost and regained.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 
@@ -79,6 +80,24 @@ class NearCache:
         if not self.live:
             self.wake()
         return None
+
+    async def fill(
+        self, agent_id: AgentId, read: Callable[[], Awaitable[tuple[PolicyDocument, int]]]
+    ) -> PolicyDocument:
+        """The policy ``read()`` returns with its key's TTL in ms (``-1``: none),
+        cached unless an invalidation, a flush or a suspension came while it was in
+        flight (or tracking is down). Whatever ``read()`` raises is raised, and
+        nothing is cached."""
+        fill = self.begin_fill(agent_id)
+        try:
+            policy, ttl_ms = await read()
+        except BaseException:
+            if fill is not None:
+                self.abandon_fill(fill)
+            raise
+        if fill is not None:
+            self.finish_fill(fill, policy, ttl_ms)
+        return policy
 
     def begin_fill(self, agent_id: AgentId) -> Fill | None:
         """Register a read of ``agent_id`` about to be sent; ``None`` when tracking is

@@ -10,9 +10,10 @@ from aa_storage import AgentId, NotFoundError, PolicyDocument, policy_from_json,
 from aa_storage.contracts import DEFAULT_POLICY_CACHE_TTL_SECS, PolicyLoader
 from aa_storage.readthrough import Patience, SingleFlight, load
 from aa_storage.validation import check_agent_id, check_loader, check_policy, check_ttl_secs
-from aa_storage_redis.leases import Leases, policy_keys
-from aa_storage_redis.near_cache import Fill, NearCache
-from aa_storage_redis.pool import Pool
+from aa_storage_redis.executor import Executor
+from aa_storage_redis.keys import KeySpace
+from aa_storage_redis.leases import Leases
+from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.scripts import CACHE_POLICY, GET_POLICY_WITH_TTL, INVALIDATE
 
 
@@ -27,27 +28,45 @@ class RedisPolicyStore:
     near-cache hit (``near_cache = true``) makes none. A change made by this
     process is seen by its next read; one made elsewhere, once the server's
     invalidation arrives (see the README). ``flights`` coalesces concurrent
-    misses in this process; stores of one backend share it.
+    misses in this process, and ``near_cache`` (when on) holds policies in it;
+    the stores of one backend share both, and its ``leases``. Built over an
+    executor alone, a store has its own, and no near-cache.
     """
 
-    pool: Pool
+    executor: Executor
     flights: SingleFlight = attrs.field(factory=SingleFlight, repr=False)
+    keys: KeySpace = attrs.field(
+        default=attrs.Factory(lambda self: KeySpace(self.executor.config.key_prefix), True)
+    )
+    near_cache: NearCache | None = attrs.field(default=None, repr=False)
+    leases: Leases = attrs.field(
+        default=attrs.Factory(
+            lambda self: Leases(
+                self.executor,
+                self.keys,
+                self.executor.config.lease_ttl,
+                self.executor.config.lease_wait,
+            ),
+            True,
+        ),
+        repr=False,
+    )
 
     async def get_policy(self, agent_id: AgentId) -> PolicyDocument:
         """The cached policy; ``NotFoundError`` on a miss, ``SerializationError``
         when the stored value is not a policy document."""
         agent_id = check_agent_id(agent_id)
-        near = self.pool.near_cache
+        near = self.near_cache
         if near is not None:
-            self.pool.check_loop()  # a hit sends nothing, so execute would not check
+            self.executor.check_loop()  # a hit sends nothing, so execute would not check
             if (cached := near.lookup(agent_id)) is not None:
                 return cached
-            if (fill := near.begin_fill(agent_id)) is not None:
-                return await self._fill(near, fill, agent_id)
-        key = self.pool.keys.policy(agent_id)
-        reply = await self.pool.execute("GET", key, key=key, read=True)
+            if near.live:
+                return await near.fill(agent_id, lambda: self._read_with_ttl(agent_id))
+        key = self.keys.policy(agent_id)
+        reply = await self.executor.execute("GET", key, key=key, read=True)
         if reply is None:
-            raise NotFoundError(f"no policy cached for agent {agent_id.hex}")
+            raise _not_cached(agent_id)
         return policy_from_json(reply)
 
     async def cache_policy(self, agent_id: AgentId, policy: PolicyDocument, ttl_secs: int) -> None:
@@ -56,9 +75,9 @@ class RedisPolicyStore:
         agent_id = check_agent_id(agent_id)
         data = policy_to_json(check_policy(policy))
         ttl_secs = check_ttl_secs(ttl_secs)
-        keys = policy_keys(self.pool.keys, agent_id)
+        keys = self.keys.policy_with_lease(agent_id)
         try:
-            await self.pool.run_script(CACHE_POLICY, keys, [data, ttl_secs], read=False)
+            await self.executor.run_script(CACHE_POLICY, keys, [data, ttl_secs], read=False)
         finally:
             self._written(agent_id)
 
@@ -78,13 +97,12 @@ class RedisPolicyStore:
             return await self.get_policy(agent_id)
         except NotFoundError:
             pass
-        leases = Leases(self.pool)
         # The caller's lease_wait bounds its wait for loads run by others, in this process
         # as in others: past it, the caller runs the loader itself and caches nothing.
-        until = asyncio.get_running_loop().time() + self.pool.config.lease_wait
+        until = asyncio.get_running_loop().time() + self.leases.wait
         return await self.flights.run(
             agent_id,
-            lambda flight: leases.read_through(agent_id, loader, ttl_secs, flight, until),
+            lambda flight: self.leases.read_through(agent_id, loader, ttl_secs, flight, until),
             Patience(until, lambda: load(loader, agent_id)),
         )
 
@@ -93,8 +111,8 @@ class RedisPolicyStore:
         ``get_or_load`` under way, in any process, no longer caches its load."""
         agent_id = check_agent_id(agent_id)
         try:
-            await self.pool.run_script(
-                INVALIDATE, policy_keys(self.pool.keys, agent_id), [], read=False
+            await self.executor.run_script(
+                INVALIDATE, self.keys.policy_with_lease(agent_id), [], read=False
             )
         finally:
             self._written(agent_id)
@@ -103,23 +121,19 @@ class RedisPolicyStore:
         """After a write to the agent's policy, whatever its outcome: this process's
         next read goes to the server, and no read or load under way here caches what
         it got. The near-cache drops the entry and voids its reads in flight, and
-        the load under way is voided. (Each write's call stays in its method, where
-        the docs tests read the commands it sends.)"""
-        if self.pool.near_cache is not None:
-            self.pool.near_cache.forget(agent_id)
+        the load under way is voided."""
+        if self.near_cache is not None:
+            self.near_cache.forget(agent_id)
         self.flights.void(agent_id)
 
-    async def _fill(self, near: NearCache, fill: Fill, agent_id: AgentId) -> PolicyDocument:
-        """A near-cache miss: the policy and its TTL, read together, then cached if no
-        invalidation came while the read was in flight."""
-        try:
-            key = self.pool.keys.policy(agent_id)
-            data, ttl_ms = await self.pool.run_script(GET_POLICY_WITH_TTL, [key], [], read=True)
-            if data is None:
-                raise NotFoundError(f"no policy cached for agent {agent_id.hex}")
-            policy = policy_from_json(data)
-        except BaseException:
-            near.abandon_fill(fill)
-            raise
-        near.finish_fill(fill, policy, ttl_ms)
-        return policy
+    async def _read_with_ttl(self, agent_id: AgentId) -> tuple[PolicyDocument, int]:
+        """The policy and its key's TTL in ms, read together, for the near-cache."""
+        key = self.keys.policy(agent_id)
+        data, ttl_ms = await self.executor.run_script(GET_POLICY_WITH_TTL, [key], [], read=True)
+        if data is None:
+            raise _not_cached(agent_id)
+        return policy_from_json(data), ttl_ms
+
+
+def _not_cached(agent_id: AgentId) -> NotFoundError:
+    return NotFoundError(f"no policy cached for agent {agent_id.hex}")

@@ -8,7 +8,8 @@ import attrs
 
 from aa_storage import SerializationError
 from aa_storage.validation import check_amount, check_key, check_window_secs
-from aa_storage_redis.pool import Pool
+from aa_storage_redis.executor import Executor
+from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.scripts import INCREMENT
 
 
@@ -20,7 +21,11 @@ class RedisRateLimitCounter:
     client's, so every process sees the same window.
     """
 
-    pool: Pool
+    executor: Executor
+    keys: KeySpace = attrs.field(
+        default=attrs.Factory(lambda self: KeySpace(self.executor.config.key_prefix), True)
+    )
+    """The key space; by default the one the executor's config names."""
 
     async def increment(self, key: str, amount: int, window_secs: int) -> int:
         """Atomically add ``amount``; the window is armed only by the call that
@@ -32,23 +37,23 @@ class RedisRateLimitCounter:
         key = check_key(key)
         amount = check_amount(amount)
         window_ms = check_window_secs(window_secs) * 1000
-        reply = await self.pool.run_script(
-            INCREMENT, [self.pool.keys.rate_limit(key)], [amount, window_ms], read=False
+        reply = await self.executor.run_script(
+            INCREMENT, [self.keys.rate_limit(key)], [amount, window_ms], read=False
         )
         return _as_total(key, reply)
 
     async def current(self, key: str) -> int:
         """The window's total; 0 for an unknown or expired counter."""
         key = check_key(key)
-        counter = self.pool.keys.rate_limit(key)
-        reply = await self.pool.execute("GET", counter, key=counter, read=True)
+        counter = self.keys.rate_limit(key)
+        reply = await self.executor.execute("GET", counter, key=counter, read=True)
         return 0 if reply is None else _as_total(key, reply)
 
     async def reset(self, key: str) -> None:
         """Drop the counter; idempotent."""
         key = check_key(key)
-        counter = self.pool.keys.rate_limit(key)
-        await self.pool.execute("DEL", counter, key=counter, read=False)
+        counter = self.keys.rate_limit(key)
+        await self.executor.execute("DEL", counter, key=counter, read=False)
 
 
 # What INCRBY itself accepts as a counter (Redis's string2ll): 0, or an optional minus and

@@ -1,5 +1,6 @@
 """The driver's Lua scripts. Each declares every key it touches in KEYS, so it
-runs unchanged on a cluster, and is sent once per connection pool, then run by SHA."""
+runs unchanged on a cluster. Each is sent in full once per server (on a cluster,
+once per node), and run by SHA from then on."""
 
 from __future__ import annotations
 

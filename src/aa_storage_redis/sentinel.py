@@ -11,12 +11,13 @@ from typing import Any, NamedTuple
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
+from aa_storage_redis.failover_events import FailoverWatchers
 from aa_storage_redis.node import Node
-from aa_storage_redis.replies import StreamReplies
 from aa_storage_redis.topology import (
     Address,
     Facts,
     NodeFactory,
+    Nodes,
     Observed,
     Redirect,
     ask,
@@ -28,21 +29,6 @@ logger = logging.getLogger("aa_storage_redis")
 #: Longest that calls wait for a failover the sentinels announced to finish.
 #: Past it they go to whichever primary the sentinels name then.
 FAILOVER_HOLD_SECS = 5.0
-
-# What a sentinel publishes on its own pub/sub about a failover, in order.
-# The leader publishes +try-failover at least two of its timer ticks (50 to
-# 100 ms each) before it sends the chosen replica REPLICAOF NO ONE, so calls
-# held from then on can't reach the old primary after the promotion.
-_STARTED = "+try-failover"
-_PROMOTED = "+promoted-slave"
-_SWITCHED = "+switch-master"
-_ABORTED = (
-    "-failover-abort-not-elected",
-    "-failover-abort-no-good-slave",
-    "-failover-abort-slave-timeout",
-    "+failover-end-for-timeout",
-)
-CHANNELS = (_STARTED, _PROMOTED, _SWITCHED, *_ABORTED)
 
 
 class _Named(NamedTuple):
@@ -64,7 +50,9 @@ class Sentinel(Observed):
     checked with ``ROLE`` (a user whose ACL denies ``ROLE`` trusts the
     sentinels).
 
-    A watcher per sentinel follows its failover events, and discovery returns
+    A watcher per sentinel follows its failover events (``failover_events.py``)
+    and tells this topology of each through :class:`FailoverListener`'s two
+    calls; discovery returns
     only once every sentinel that answers has its watcher listening, so no call
     is sent before a failover can be heard of. From ``+try-failover`` on, calls
     wait (up to :data:`FAILOVER_HOLD_SECS`) instead of being sent to a primary
@@ -88,10 +76,9 @@ class Sentinel(Observed):
         super().__init__()
         self._sentinels = tuple(sentinels)
         self._service = service
-        self._node_at = node_at
         self._open_sentinel = open_sentinel
         self._timeout = timeout
-        self._nodes: dict[Address, Node] = {}
+        self._nodes = Nodes(node_at)
         self._primary: Node | None = None
         self._announced: Address | None = None  # the newest primary a failover named
         self._settled = asyncio.Event()
@@ -99,11 +86,9 @@ class Sentinel(Observed):
         self._hold_until = 0.0
         self._hold_ran_out = False  # past the cap: use what the sentinels name
         self._discovery: asyncio.Task[None] | None = None
-        self._watchers: list[asyncio.Task[None]] = []
-        # Set while a sentinel's watcher listens, or has just failed to: discovery
-        # waits for these, not for a sentinel that is away.
-        self._listening = {sentinel: asyncio.Event() for sentinel in self._sentinels}
-        self._refused: set[Address] = set()
+        self._events = FailoverWatchers(
+            self._sentinels, service, open_sentinel, timeout=timeout, listener=self
+        )
 
     def node_for(self, key: bytes | None) -> Node | None:
         return self._primary if self._settled.is_set() else None
@@ -125,10 +110,7 @@ class Sentinel(Observed):
         """Wait out an announced failover, then find the primary if it is not
         known; concurrent callers share one search."""
         loop = asyncio.get_running_loop()
-        if not self._watchers:
-            self._watchers = [
-                loop.create_task(self._watch(sentinel)) for sentinel in self._sentinels
-            ]
+        self._events.start()
         while True:
             if not self._settled.is_set():
                 try:
@@ -141,7 +123,7 @@ class Sentinel(Observed):
                         FAILOVER_HOLD_SECS,
                     )
                     self._hold_ran_out = True
-                    self._settle(None)
+                    self.failover_ended(None)
             if self._primary is not None:
                 return
             if self._discovery is None or self._discovery.done():
@@ -194,15 +176,14 @@ class Sentinel(Observed):
         return facts, warnings
 
     async def aclose(self) -> None:
-        tasks = [*self._watchers, *((self._discovery,) if self._discovery else ())]
-        for task in tasks:
-            task.cancel()
-        if tasks:
+        if self._discovery is not None:
+            self._discovery.cancel()
             # Bounded: a sentinel read that is slow to notice the cancellation must
             # not hold up closing the data connections.
-            await asyncio.wait(tasks, timeout=1.0)
-        self._settle(None)  # wake anyone still waiting: the pool refuses them now
-        await asyncio.gather(*(node.aclose() for node in self.nodes()))
+            await asyncio.wait([self._discovery], timeout=1.0)
+        await self._events.aclose()
+        self.failover_ended(None)  # wake anyone still waiting: the executor refuses them now
+        await self._nodes.aclose()
 
     async def ask_sentinel(self, address: Address, *command: str) -> Any:
         """One command to the sentinel at ``address``, on a connection of its own,
@@ -234,16 +215,10 @@ class Sentinel(Observed):
                 with contextlib.suppress(Exception):
                     await connection.disconnect(nowait=True)
 
-    def _node(self, address: Address) -> Node:
-        node = self._nodes.get(address)
-        if node is None:
-            node = self._nodes[address] = self._node_at(address)
-        return node
-
     async def _find_primary(self) -> None:
         """Set the primary; or, while a failover is under way and its new primary
         is not one yet, hold calls until the failover's events (or the cap) end it."""
-        await self._watchers_listening()
+        await self._events.listening()
         answers = await asyncio.gather(
             *(self._named_primary(sentinel) for sentinel in self._sentinels),
             return_exceptions=True,
@@ -263,7 +238,7 @@ class Sentinel(Observed):
                 return
             if not self._hold_ran_out:
                 # The old primary keeps taking writes the promotion will drop.
-                self._hold()
+                self.failover_started()
                 return
         if self._announced is not None:
             candidates.insert(0, self._announced)
@@ -272,7 +247,7 @@ class Sentinel(Observed):
             redis_errors.ConnectionError("no sentinel answered"),
         )
         for address in dict.fromkeys(candidates):
-            node = self._node(address)
+            node = self._nodes.at(address)
             try:
                 role = await ask(node, "ROLE")
             except redis_errors.NoPermissionError:
@@ -293,21 +268,16 @@ class Sentinel(Observed):
 
     def _use(self, address: Address) -> None:
         """Send calls to ``address`` from now on: discovery found it a primary."""
-        self._primary = self._node(address)
+        self._primary = self._nodes.at(address)
         self._hold_ran_out = False
         self._changed()
-
-    async def _watchers_listening(self) -> None:
-        """Wait until each watcher listens or has failed to (each try is bounded)."""
-        if self._watchers:
-            await asyncio.gather(*(event.wait() for event in self._listening.values()))
 
     async def _is_primary(self, address: Address) -> bool:
         """Whether ``address`` answers ``ROLE`` as a primary. Unreachable, or
         without ``ROLE`` in its ACL, it is not one yet: the sentinels' events say
         when it is."""
         try:
-            role = await ask(self._node(address), "ROLE")
+            role = await ask(self._nodes.at(address), "ROLE")
         except redis_errors.RedisError:
             return False
         return bool(role[0] == b"master")
@@ -343,14 +313,15 @@ class Sentinel(Observed):
             sentinel=sentinel,
         )
 
-    def _hold(self) -> None:
+    def failover_started(self) -> None:
+        """Hold calls: the primary is about to be replaced (see the class doc)."""
         if self._settled.is_set():
             logger.warning("sentinels started a failover of %s; holding calls", self._service)
             self._hold_until = asyncio.get_running_loop().time() + FAILOVER_HOLD_SECS
             self._settled.clear()
             self._changed()
 
-    def _settle(self, primary: Address | None) -> None:
+    def failover_ended(self, primary: Address | None) -> None:
         """End the hold; with ``primary``, send calls there from now on."""
         if primary is not None and (
             self._primary is None or self._primary is not self._nodes.get(primary)
@@ -361,97 +332,12 @@ class Sentinel(Observed):
             self._changed()
         self._settled.set()
 
-    def _heard(self, channel: bytes, data: bytes) -> None:
-        """Act on one failover event from a sentinel."""
-        words = data.decode(errors="replace").split()
-        event = channel.decode(errors="replace")
-        if _service_of(event, words) != self._service:
-            return
-        if event == _STARTED:
-            self._hold()
-        elif event == _PROMOTED and len(words) >= 4 and words[3].isdigit():
-            # slave <ip:port> <ip> <port> @ <service> <old ip> <old port>
-            self._settle((words[2], int(words[3])))
-        elif event == _SWITCHED and len(words) >= 5 and words[4].isdigit():
-            # <service> <old ip> <old port> <new ip> <new port>
-            self._settle((words[3], int(words[4])))
-        elif event in _ABORTED:
-            self._settle(None)
-
-    async def _watch(self, sentinel: Address) -> None:
-        """Follow one sentinel's failover events, reconnecting with backoff."""
-        attempt = 0
-        listening = self._listening[sentinel]
-        while True:
-            listening.clear()
-            connection: AbstractConnection | None = None
-            try:
-                connection = self._open_sentinel(sentinel)
-                async with asyncio.timeout(self._timeout):
-                    await connection.connect()  # type: ignore[no-untyped-call]
-                    await connection.send_command("SUBSCRIBE", *CHANNELS)
-                    replies = StreamReplies(connection)
-                    for _ in CHANNELS:  # one confirmation per channel
-                        confirmed = await replies.next()
-                        if isinstance(confirmed, redis_errors.RedisError):
-                            raise confirmed
-                listening.set()
-                attempt = 0
-                await self._follow(replies)
-            except redis_errors.ResponseError as exc:
-                # Refused (an ACL without the channels): say so once, keep trying.
-                if sentinel not in self._refused:
-                    self._refused.add(sentinel)
-                    logger.warning(
-                        "sentinel %s:%s refuses to report failovers (%s); calls may fail "
-                        "during a failover instead of waiting for it",
-                        *sentinel,
-                        exc,
-                    )
-            except (redis_errors.RedisError, OSError, TimeoutError):
-                pass  # the sentinel is away: try again
-            except Exception as exc:
-                # Not the network's doing: a bug, or a redis-py release the driver does
-                # not know. Say it, and keep trying, as for a sentinel that is away.
-                logger.warning(
-                    "watching sentinel %s:%s for failovers failed: %s: %s",
-                    *sentinel,
-                    type(exc).__name__,
-                    exc,
-                )
-            finally:
-                listening.set()  # not listening, but no one should wait for it now
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        await connection.disconnect(nowait=True)
-            attempt += 1
-            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
-
-    async def _follow(self, replies: StreamReplies) -> None:
-        """Read pub/sub messages until the sentinel goes away."""
-        while True:
-            message = await replies.next()
-            if isinstance(message, redis_errors.RedisError):
-                raise message
-            if message[0] == b"message":
-                self._heard(message[1], message[2])
-
 
 def _unexpected(where: str, exc: BaseException) -> redis_errors.ConnectionError:
     """A failure that is not redis-py's, as the connection error callers are told of."""
     cause = redis_errors.ConnectionError(f"{where} failed: {type(exc).__name__}: {exc}")
     cause.__context__ = exc
     return cause
-
-
-def _service_of(event: str, words: list[str]) -> str | None:
-    """The service an event is about: events on a replica name it after ``@``."""
-    if event == _SWITCHED:
-        return words[0] if words else None
-    if "@" in words:
-        at = words.index("@")
-        return words[at + 1] if at + 1 < len(words) else None
-    return words[1] if len(words) > 1 and words[0] == "master" else None
 
 
 def _fields(flat: list[Any]) -> dict[bytes, Any]:

@@ -13,7 +13,8 @@ from aa_storage import (
     SessionRecord,
 )
 from aa_storage.validation import check_session_id, check_session_record
-from aa_storage_redis.pool import Pool
+from aa_storage_redis.executor import Executor
+from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.scripts import SAVE_SESSION
 
 _FIELDS = (b"agent_id", b"started_at_ns")
@@ -27,14 +28,18 @@ class RedisSessionStore:
     ASCII), as the Rust driver writes them. Every method is one round trip.
     """
 
-    pool: Pool
+    executor: Executor
+    keys: KeySpace = attrs.field(
+        default=attrs.Factory(lambda self: KeySpace(self.executor.config.key_prefix), True)
+    )
+    """The key space; by default the one the executor's config names."""
 
     async def save(self, record: SessionRecord) -> None:
         """Write the record and re-arm its TTL in one atomic step."""
         record = check_session_record(record)
-        await self.pool.run_script(
+        await self.executor.run_script(
             SAVE_SESSION,
-            [self.pool.keys.session(record.session_id)],
+            [self.keys.session(record.session_id)],
             [record.agent_id.bytes, record.started_at_ns, SESSION_TTL_SECS],
             read=False,
         )
@@ -43,8 +48,8 @@ class RedisSessionStore:
         """The stored record; ``NotFoundError`` when absent, ``SerializationError``
         when the hash is partial or its fields don't decode."""
         session_id = check_session_id(session_id)
-        key = self.pool.keys.session(session_id)
-        agent_id, started_at_ns = await self.pool.execute(
+        key = self.keys.session(session_id)
+        agent_id, started_at_ns = await self.executor.execute(
             "HMGET", key, *_FIELDS, key=key, read=True
         )
         if agent_id is None and started_at_ns is None:
@@ -66,5 +71,5 @@ class RedisSessionStore:
 
     async def delete(self, session_id: SessionId) -> None:
         """Drop the record; deleting an absent one is not an error."""
-        key = self.pool.keys.session(check_session_id(session_id))
-        await self.pool.execute("DEL", key, key=key, read=False)
+        key = self.keys.session(check_session_id(session_id))
+        await self.executor.execute("DEL", key, key=key, read=False)

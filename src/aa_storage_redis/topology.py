@@ -14,6 +14,7 @@ topology's own methods, which tell each :class:`TopologyObserver` that
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -80,6 +81,25 @@ class Topology(Protocol):
 
     async def aclose(self) -> None:
         """Close every node."""
+
+
+class Nodes(dict[Address, Node]):
+    """A deployment's nodes by address, each built by ``node_at`` on first use."""
+
+    def __init__(self, node_at: NodeFactory) -> None:
+        super().__init__()
+        self._node_at = node_at
+
+    def at(self, address: Address) -> Node:
+        """The node at ``address``, built on first use."""
+        node = self.get(address)
+        if node is None:
+            node = self[address] = self._node_at(address)
+        return node
+
+    async def aclose(self) -> None:
+        """Close every node built so far."""
+        await asyncio.gather(*(node.aclose() for node in self.values()))
 
 
 class Observed:

@@ -9,12 +9,12 @@ tracking back on every primary, with a bounded backoff, and resumes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from redis import exceptions as redis_errors
 
 from aa_storage_redis.errors import translate
+from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.topology import Address, Topology
 from aa_storage_redis.tracking_connection import TrackingConnection, TrackingConnector
@@ -39,7 +39,7 @@ class Tracker:
         topology: Topology,
         connect: TrackingConnector,
         *,
-        prefix: bytes,
+        keys: KeySpace,
         connect_timeout: float,
         socket_timeout: float,
         server: str,
@@ -48,12 +48,12 @@ class Tracker:
         self._near = near
         self._topology = topology
         self._connect = connect
-        self._prefix = prefix
+        self._keys = keys
         self._open_timeout = connect_timeout + socket_timeout
         self._socket_timeout = socket_timeout
         self._server = server
         self._secret = secret
-        self._links: dict[Address, TrackingConnection] = {}
+        self._connections: dict[Address, TrackingConnection] = {}
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -66,7 +66,7 @@ class Tracker:
     def state(self) -> str:
         """``up on N primaries``, ``starting``, ``stopped`` or ``down: <why>``, for ``check``."""
         if self._near.live:
-            count = len(self._links)
+            count = len(self._connections)
             return f"up on {count} {'primary' if count == 1 else 'primaries'}"
         if self._closed:
             return "stopped"
@@ -83,18 +83,22 @@ class Tracker:
         """Stop tracking and close its connections; bounded by about a second."""
         self._closed = True
         self._near.suspend()
-        tasks = [link.task for link in self._links.values() if link.task is not None]
+        tasks = [
+            connection.task
+            for connection in self._connections.values()
+            if connection.task is not None
+        ]
         if self._task is not None:
             tasks.append(self._task)
             self._task.cancel()
-        self._drop_links()
+        self._close_connections()
         if tasks:
             await asyncio.wait(tasks, timeout=_CLOSE_SECS)
 
-    def _drop_links(self) -> None:
-        for link in self._links.values():
-            link.close()
-        self._links.clear()
+    def _close_connections(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
 
     def topology_changed(self) -> None:
         """The topology changed: the primaries tracked may no longer be the right ones."""
@@ -105,17 +109,17 @@ class Tracker:
         if keys is None:  # FLUSHDB, FLUSHALL, or the server dropped its tracking state
             self._near.flush()
             return
-        start = len(self._prefix)
         for key in keys:
             # A key under the prefix that names no agent is nobody's entry.
-            with contextlib.suppress(ValueError):
-                self._near.invalidate(bytes.fromhex(key[start:].decode()))
+            if (agent := self._keys.agent_of_policy(key)) is not None:
+                self._near.invalidate(agent)
 
-    def _lost(self, link: TrackingConnection, why: str) -> None:
-        if self._links.get(link.address) is link:
-            del self._links[link.address]
-            link.close()
-            self.problem = f"tracking connection to {link.address[0]}:{link.address[1]} lost: {why}"
+    def _lost(self, connection: TrackingConnection, why: str) -> None:
+        if self._connections.get(connection.address) is connection:
+            del self._connections[connection.address]
+            connection.close()
+            host, port = connection.address
+            self.problem = f"tracking connection to {host}:{port} lost: {why}"
             logger.warning("near-cache flushed and bypassed: %s", self.problem)
             self._near.suspend()
             self._dirty.set()
@@ -163,12 +167,14 @@ class Tracker:
         wanted = self._topology.primaries()
         if not wanted:
             raise redis_errors.ConnectionError("no primary is known")
-        for address in [address for address in self._links if address not in wanted]:
-            self._links.pop(address).close()
-        missing = [address for address in wanted if address not in self._links]
+        for address in [address for address in self._connections if address not in wanted]:
+            self._connections.pop(address).close()
+        missing = [address for address in wanted if address not in self._connections]
         opening = [
             loop.create_task(
-                TrackingConnection.open(self._connect, address, self._prefix, self._open_timeout)
+                TrackingConnection.open(
+                    self._connect, address, self._keys.policy_prefix, self._open_timeout
+                )
             )
             for address in missing
         ]
@@ -184,15 +190,15 @@ class Tracker:
                     task.add_done_callback(_close_if_opened)
             raise
         failure: BaseException | None = None
-        for link in opened:
-            if isinstance(link, TrackingConnection):
+        for connection in opened:
+            if isinstance(connection, TrackingConnection):
                 if self._closed:
-                    link.close()
+                    connection.close()
                     continue
-                self._links[link.address] = link
-                link.start(self._invalidated, self._socket_timeout, self._lost)
+                self._connections[connection.address] = connection
+                connection.start(self._invalidated, self._socket_timeout, self._lost)
             elif failure is None:
-                failure = link
+                failure = connection
         if failure is not None:
             raise failure
 

@@ -234,7 +234,7 @@ async def raw_client(config: RedisStorageConfig, connections: int) -> AsyncItera
 
 async def _delete_keys(backend: RedisBackend, callers: list[Caller]) -> None:
     """Delete every key the callers' calls may have created."""
-    keys = [key for caller in callers for key in caller.keys(backend.pool.keys)]
+    keys = [key for caller in callers for key in caller.keys(backend.keys)]
     async with raw_client(backend.pool.config, 1) as client:
         for start in range(0, len(keys), _DELETE_BATCH):
             await client.delete(*keys[start : start + _DELETE_BATCH])

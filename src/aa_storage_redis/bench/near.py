@@ -53,7 +53,7 @@ async def near_cache_cases(
 
 
 async def _tracking_up(backend: RedisBackend) -> NearCache:
-    near = backend.pool.near_cache
+    near = backend.near_cache
     assert near is not None
     near.wake()
     deadline = time.monotonic() + _TRACKING_PATIENCE_SECS
@@ -61,7 +61,7 @@ async def _tracking_up(backend: RedisBackend) -> NearCache:
         if time.monotonic() > deadline:
             raise BackendError(
                 f"the near-cache's tracking did not come up within {_TRACKING_PATIENCE_SECS}s: "
-                f"{backend.pool.near_cache_state()}"
+                f"{backend.near_cache_state()}"
             )
         await asyncio.sleep(0.01)
     return near
@@ -89,7 +89,7 @@ async def _hit_row(
 async def _fill(backend: RedisBackend, caller: Caller) -> PolicyDocument:
     """Read ``caller``'s policy until the near-cache holds it: a fill may be voided by
     the invalidation of this process's own write, still on its way."""
-    near = backend.pool.near_cache
+    near = backend.near_cache
     assert near is not None
     while True:
         if (cached := near.lookup(caller.agent)) is not None:
@@ -111,7 +111,7 @@ async def _propagation(
     caller = Caller.new()
     made.append(caller)
     policies = backend.policies()
-    key = backend.pool.keys.policy(caller.agent)
+    key = backend.keys.policy(caller.agent)
     progress.start("near-cache invalidation from another process")
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
@@ -134,7 +134,7 @@ async def _propagation(
                 if time.perf_counter() > deadline:
                     raise BackendError(
                         f"a change made by another process did not reach the near-cache "
-                        f"within {_TRACKING_PATIENCE_SECS}s: {backend.pool.near_cache_state()}"
+                        f"within {_TRACKING_PATIENCE_SECS}s: {backend.near_cache_state()}"
                     )
                 await asyncio.sleep(0)  # the tracking connection's push is read meanwhile
             seen = time.perf_counter()

@@ -28,7 +28,6 @@ from aa_storage import (
 )
 from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.keys import KeySpace
-from aa_storage_redis.leases import policy_keys
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.scripts import CACHE_POLICY, INCREMENT, SAVE_SESSION
@@ -80,7 +79,7 @@ class Subject:
     @classmethod
     def over(cls, backend: RedisBackend, raw: aioredis.Redis | None = None) -> Subject:
         return cls(
-            backend.pool.keys, backend.sessions(), backend.rate_limiter(), backend.policies(), raw
+            backend.keys, backend.sessions(), backend.rate_limiter(), backend.policies(), raw
         )
 
     @property
@@ -123,7 +122,7 @@ async def _raw_increment(subject: Subject, caller: Caller) -> Any:
 
 
 async def _raw_cache_policy(subject: Subject, caller: Caller) -> Any:
-    keys = policy_keys(subject.keys, caller.agent)
+    keys = subject.keys.policy_with_lease(caller.agent)
     return await subject.client.evalsha(CACHE_POLICY.sha, 2, *keys, _POLICY_JSON, POLICY_TTL_SECS)
 
 

@@ -152,7 +152,7 @@ async def _count_and_clean_up(config: RedisStorageConfig, agent: AgentId, counte
     backend = RedisBackend.connect(config)
     try:
         runs = await backend.rate_limiter().current(counter)
-        keys = backend.pool.keys
+        keys = backend.keys
         for key in (keys.rate_limit(counter), keys.policy(agent), keys.policy_lease(agent)):
             await backend.pool.execute("DEL", key, key=key, read=False)
         return runs
