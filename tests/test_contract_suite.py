@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 import subprocess
 import sys
@@ -10,20 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from aa_storage import Kind
-from aa_storage.testing import ContractSuite
+from aa_storage.testing import (
+    ContractSuite,
+    PolicyContract,
+    RateLimitContract,
+    ReadThroughContract,
+    SessionContract,
+)
 
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A driver with only a rate-limit counter, whose other accessors raise as a
-# stub would. Its test class lists the kinds it claims where KINDS stands.
+CONTRACTS = (SessionContract, RateLimitContract, PolicyContract, ReadThroughContract)
+
+# A driver with only a rate-limit counter, whose other accessors raise as a stub
+# would. Its test class inherits the contract classes named where CONTRACTS stands.
 PARTIAL_DRIVER_TESTS = """
 import pytest
-from aa_storage import Kind
 from aa_storage.memory import MemoryBackend
-from aa_storage.testing import ContractSuite, FakeClock
+from aa_storage.testing import FakeClock, RateLimitContract, SessionContract
 
 
 class CounterOnlyBackend:
@@ -43,9 +48,7 @@ class CounterOnlyBackend:
         await self._memory.aclose()
 
 
-class TestCounterOnly(ContractSuite):
-    kinds = KINDS
-
+class TestCounterOnly(CONTRACTS):
     @pytest.fixture
     def clock(self):
         return FakeClock()
@@ -58,20 +61,17 @@ class TestCounterOnly(ContractSuite):
 _OUTCOME = re.compile(r"::TestCounterOnly::(?P<test>\w+)(?:\[[^\]]*\])? (?P<outcome>[A-Z]+)")
 
 
-def suite_tests() -> dict[str, Kind | None]:
-    """Every test of ContractSuite, by name, with the kind it is tagged with."""
-    return {
-        name: getattr(member, "contract_kind", None)
-        for name, member in inspect.getmembers(ContractSuite, inspect.isfunction)
-        if name.startswith("test_")
-    }
+def names_of_tests(*contracts: type) -> set[str]:
+    """The names of the tests that the classes ``contracts`` hold, inherited ones included."""
+    return {name for contract in contracts for name in dir(contract) if name.startswith("test_")}
 
 
-def run_partial_driver(pytester: pytest.Pytester, kinds: str) -> tuple[dict[str, set[str]], str]:
-    """Run the partial driver's suite with ``kinds`` as its class attribute; its tests by
-    outcome (PASSED, SKIPPED, FAILED, ERROR), a parametrized one once per outcome, and the
-    output."""
-    pytester.makepyfile(test_counter_only=PARTIAL_DRIVER_TESTS.replace("KINDS", kinds))
+def run_partial_driver(
+    pytester: pytest.Pytester, contracts: str
+) -> tuple[dict[str, set[str]], pytest.RunResult]:
+    """Run the partial driver's suite, its class inheriting ``contracts``; its tests by
+    outcome (PASSED, FAILED, ...), a parametrized one once per outcome, and the run."""
+    pytester.makepyfile(test_counter_only=PARTIAL_DRIVER_TESTS.replace("CONTRACTS", contracts))
     result = pytester.runpytest_inprocess(
         "-v", "-rs", "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function"
     )
@@ -80,56 +80,39 @@ def run_partial_driver(pytester: pytest.Pytester, kinds: str) -> tuple[dict[str,
         if match := _OUTCOME.search(line):
             by_outcome.setdefault(match["outcome"], set()).add(match["test"])
     assert by_outcome, result.stdout.str()
-    return by_outcome, result.stdout.str()
+    return by_outcome, result
 
 
-def names_of_tests(*kinds: Kind) -> set[str]:
-    """The names of the suite's tests of ``kinds``."""
-    return {name for name, kind in suite_tests().items() if kind in kinds}
+class TestComposition:
+    def test_the_suite_is_the_four_contracts_and_nothing_else(self) -> None:
+        """ContractSuite inherits every contract class, and each of its tests is defined in
+        exactly one of them."""
+        assert all(issubclass(ContractSuite, contract) for contract in CONTRACTS)
+        defined = [{name for name in vars(c) if name.startswith("test_")} for c in CONTRACTS]
+        assert all(len(tests) >= 4 for tests in defined)
+        assert sum(map(len, defined)) == len(names_of_tests(ContractSuite))
+        assert set().union(*defined) == names_of_tests(ContractSuite)
 
-
-class TestKinds:
-    def test_every_suite_test_is_tagged_with_a_kind(self) -> None:
-        """Each test of the suite exercises one kind, so `kinds` selects every one of them."""
-        tests = suite_tests()
-        assert len(tests) >= 20
-        assert {name for name, kind in tests.items() if kind is None} == set()
-        assert set(tests.values()) == set(Kind)
-
-    def test_a_partial_driver_runs_only_its_kinds(self, pytester: pytest.Pytester) -> None:
-        """A rate-limit-only driver passes its kind's tests; the others skip, naming their kind."""
-        outcomes, output = run_partial_driver(pytester, "frozenset({Kind.RATE_LIMIT_COUNTER})")
-        assert outcomes == {
-            "PASSED": names_of_tests(Kind.RATE_LIMIT_COUNTER),
-            "SKIPPED": names_of_tests(Kind.SESSION_STORE, Kind.POLICY_STORE),
-        }
-        for kind in (Kind.SESSION_STORE, Kind.POLICY_STORE):
-            reason = f"the driver does not provide {kind.value} (not in TestCounterOnly.kinds)"
-            assert reason in output
-        assert "NotImplementedError" not in output
-
-    def test_a_kind_claimed_but_broken_fails(self, pytester: pytest.Pytester) -> None:
-        """Listing a kind the driver fails makes that kind's tests fail: kinds hides nothing."""
-        outcomes, output = run_partial_driver(
-            pytester, "frozenset({Kind.RATE_LIMIT_COUNTER, Kind.SESSION_STORE})"
-        )
-        assert outcomes == {
-            "PASSED": names_of_tests(Kind.RATE_LIMIT_COUNTER),
-            "FAILED": names_of_tests(Kind.SESSION_STORE),
-            "SKIPPED": names_of_tests(Kind.POLICY_STORE),
-        }
-        assert "NotImplementedError: no session store" in output
-
-    @pytest.mark.parametrize(
-        "kinds", ['{"rate_limit_counter"}', "Kind.RATE_LIMIT_COUNTER", "frozenset()"]
-    )
-    def test_kinds_that_are_not_a_set_of_kind_error_every_test(
-        self, pytester: pytest.Pytester, kinds: str
+    def test_a_partial_driver_runs_only_the_contracts_it_inherits(
+        self, pytester: pytest.Pytester
     ) -> None:
-        """A misspelt `kinds` (names, a bare Kind, nothing) errors every test, skipping none."""
-        outcomes, output = run_partial_driver(pytester, kinds)
-        assert outcomes == {"ERROR": set(suite_tests())}
-        assert "TestCounterOnly.kinds must be a non-empty set of aa_storage.Kind" in output
+        """A rate-limit-only driver that inherits RateLimitContract passes every test of it,
+        and no other test is collected, skipped or deselected."""
+        outcomes, result = run_partial_driver(pytester, "RateLimitContract")
+        assert outcomes == {"PASSED": names_of_tests(RateLimitContract)}
+        counts = result.parseoutcomes()
+        assert set(counts) == {"passed"}, counts
+        assert "NotImplementedError" not in result.stdout.str()
+
+    def test_a_contract_inherited_but_broken_fails(self, pytester: pytest.Pytester) -> None:
+        """Inheriting the contract of a kind the driver fails makes that contract's tests
+        fail: composition hides nothing."""
+        outcomes, result = run_partial_driver(pytester, "RateLimitContract, SessionContract")
+        assert outcomes == {
+            "PASSED": names_of_tests(RateLimitContract),
+            "FAILED": names_of_tests(SessionContract),
+        }
+        assert "NotImplementedError: no session store" in result.stdout.str()
 
 
 # The memory driver with one rule broken, where BROKEN stands: its suite must fail
@@ -185,6 +168,7 @@ class TestWhatTheSuiteCatches:
                     "test_session_calls_after_aclose_raise",
                     "test_rate_limit_calls_after_aclose_raise",
                     "test_policy_calls_after_aclose_raise",
+                    "test_get_or_load_after_aclose_raises",
                 },
             ),
             (UNCHECKED_KEYS, {"test_bad_keys_are_rejected_by_current_and_reset"}),

@@ -22,6 +22,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import Connection
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from aa_storage.testing import bounded
 from aa_storage_redis.cluster import Cluster
 from aa_storage_redis.cluster import _slot_owners as slot_owners
 from aa_storage_redis.connection import MultiplexedConnection
@@ -35,7 +36,7 @@ from aa_storage_redis.wire import NotSent, ReplyLost, pack
 from servers import RedisServer
 from test_redis_near_cache import tracking_clients
 from test_sentinel_events import NEW, OLD, a_node, every_sentinel_names, hear, no_sentinel
-from waiting import Clock, bounded, eventually
+from waiting import Clock, eventually
 
 pytestmark = pytest.mark.asyncio
 

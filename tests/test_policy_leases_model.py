@@ -35,10 +35,10 @@ from aa_storage import (
     PolicyRule,
     policy_to_json,
 )
+from aa_storage.testing import HANG_SECS
 from aa_storage_redis import RedisBackend, RedisStorageConfig
 from aa_storage_redis.keys import KeySpace
 from servers import RedisServer
-from waiting import HANG_GUARD
 
 TTL_SECS = 600
 ENDINGS = ("policy", "not found", "error")
@@ -85,7 +85,7 @@ class LeaseModel(RuleBasedStateMachine):
         return backend
 
     def _run(self, coroutine: Any) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coroutine, HANG_GUARD))
+        return self.loop.run_until_complete(asyncio.wait_for(coroutine, HANG_SECS))
 
     @rule(data=st.data())
     def step(self, data: st.DataObject) -> None:

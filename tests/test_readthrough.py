@@ -10,8 +10,7 @@ import pytest
 from aa_storage import AgentId, NotFoundError, PolicyDecision, PolicyDocument, PolicyRule
 from aa_storage.memory import MemoryBackend
 from aa_storage.readthrough import SingleFlight, load
-from aa_storage.testing import ScriptedLoader
-from waiting import bounded
+from aa_storage.testing import ScriptedLoader, bounded
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,11 +35,6 @@ async def callers_waiting(
     return calls
 
 
-def release(loader: ScriptedLoader) -> None:
-    assert loader.gate is not None
-    loader.gate.set()
-
-
 class TestWaiters:
     async def test_waiters_share_the_leaders_not_found(self) -> None:
         """The load's NotFoundError goes to every caller that waited on it; the loader runs
@@ -49,7 +43,7 @@ class TestWaiters:
         missing = NotFoundError("no policy upstream")
         loader = ScriptedLoader([missing, OLD], asyncio.Event())
         calls = await callers_waiting(backend, agent, loader, 5)
-        release(loader)
+        loader.release()
         outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
         assert outcomes == [missing] * 5
         assert loader.runs == 1
@@ -61,7 +55,7 @@ class TestWaiters:
         failure = RuntimeError("upstream timeout")
         loader = ScriptedLoader([failure, OLD], asyncio.Event())
         calls = await callers_waiting(backend, agent, loader, 5)
-        release(loader)
+        loader.release()
         outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
         assert outcomes == [failure, OLD, OLD, OLD, OLD]
         assert loader.runs == 2
@@ -73,7 +67,7 @@ class TestWaiters:
         first, second = RuntimeError("upstream timeout"), RuntimeError("upstream down")
         loader = ScriptedLoader([first, second, OLD], asyncio.Event())
         calls = await callers_waiting(backend, agent, loader, 5)
-        release(loader)
+        loader.release()
         outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
         assert outcomes == [first, second, second, second, second]
         assert loader.runs == 2
@@ -87,7 +81,7 @@ class TestWaiters:
         leader.cancel()
         await bounded(loader.entered.wait())
         assert loader.runs == 2
-        release(loader)
+        loader.release()
         assert await bounded(asyncio.gather(*waiters)) == [OLD, OLD]
         assert leader.cancelled()
 
@@ -98,7 +92,7 @@ class TestWaiters:
         leader, quitter, stayer = await callers_waiting(backend, agent, loader, 3)
         quitter.cancel()
         await asyncio.wait([quitter])
-        release(loader)
+        loader.release()
         assert await bounded(asyncio.gather(leader, stayer)) == [OLD, OLD]
         assert quitter.cancelled()
         assert loader.runs == 1
@@ -116,7 +110,7 @@ class TestVoiding:
         later = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
         await bounded(loader.entered.wait())
         assert loader.runs == 2
-        release(loader)
+        loader.release()
         assert await bounded(asyncio.gather(*calls, later)) == [OLD, NEW, NEW, NEW]
         assert loader.runs == 2
         assert await backend.policies().get_policy(agent) == NEW
@@ -127,7 +121,7 @@ class TestVoiding:
         loader = ScriptedLoader([OLD], asyncio.Event())
         [call] = await callers_waiting(backend, agent, loader, 1)
         await backend.policies().invalidate(agent)
-        release(loader)
+        loader.release()
         assert await bounded(call) == OLD
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
@@ -145,10 +139,10 @@ class TestVoiding:
         await backend.policies().invalidate(agent)
         newer = asyncio.ensure_future(backend.policies().get_or_load(agent, second, 60))
         await bounded(second.entered.wait())
-        release(first)
+        first.release()
         assert await bounded(older) == OLD
         await backend.policies().invalidate(agent)
-        release(second)
+        second.release()
         assert await bounded(newer) == NEW
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)

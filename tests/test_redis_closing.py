@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from aa_storage import StorageError
+from aa_storage.testing import bounded
 from aa_storage_redis import RedisBackend, RedisRateLimitCounter, RedisStorageConfig
 from executor_support import (
     KNOWN,
@@ -26,7 +27,7 @@ from executor_support import (
 )
 from faultproxy import FaultProxyFactory
 from servers import RedisServer
-from waiting import bounded, eventually
+from waiting import eventually
 
 SLOT = KNOWN[0]
 

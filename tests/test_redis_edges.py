@@ -16,14 +16,14 @@ import redis
 from redis.crc import key_slot
 
 from aa_storage import AgentId, BackendError, NotFoundError
-from aa_storage.testing import a_policy
+from aa_storage.testing import HANG_SECS, a_policy, bounded
 from aa_storage_redis import RedisBackend, executor
 from aa_storage_redis.cluster import REFRESH_INTERVAL_SECS
 from cluster import LocalCluster
 from executor_support import OpenBackend
 from sentinel import SentinelSet
 from servers import RedisServer
-from waiting import HANG_GUARD, bounded, eventually
+from waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -149,7 +149,7 @@ class TestSlotMovedToANewPrimary:
 async def eventually_reads(backend: RedisBackend, agent: AgentId, expected: Any) -> None:
     """Wait until ``backend`` reads ``expected`` for ``agent`` (``None``: not found)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANG_GUARD
+    deadline = loop.time() + HANG_SECS
     while True:
         try:
             seen: Any = await backend.policies().get_policy(agent)

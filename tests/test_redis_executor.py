@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from aa_storage import BackendError
+from aa_storage.testing import HANG_SECS, bounded
 from aa_storage_redis import RedisBackend
 from executor_support import (
     KNOWN,
@@ -30,7 +31,7 @@ from executor_support import (
     read_all_known,
 )
 from servers import RedisServer
-from waiting import HANG_GUARD, bounded, eventually
+from waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -182,7 +183,7 @@ class TestCancellation:
         run yet, or its command waits to be written) leaves every other caller its answer,
         and the next call does not stall."""
         # A stall would wait for socket_timeout: past the hang guard, so it fails the test.
-        backend = open_backend(redis_url, pool_size=pool_size, socket_timeout=3 * HANG_GUARD)
+        backend = open_backend(redis_url, pool_size=pool_size, socket_timeout=3 * HANG_SECS)
         await plant(backend)
         counter = backend.rate_limiter()
         effective = 0

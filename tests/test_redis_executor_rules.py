@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from aa_storage import BackendError
+from aa_storage.testing import bounded
 from aa_storage_redis import RedisBackend
 from executor_support import (
     KNOWN,
@@ -28,7 +29,7 @@ from executor_support import (
 )
 from faultproxy import FaultProxyFactory
 from servers import ADMIN_PASSWORD, DRIVER_USER, RedisServer, build_url
-from waiting import Clock, bounded, eventually
+from waiting import Clock, eventually
 
 pytestmark = pytest.mark.asyncio
 

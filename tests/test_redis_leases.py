@@ -27,7 +27,7 @@ from aa_storage import (
     policy_to_json,
 )
 from aa_storage.readthrough import Flight
-from aa_storage.testing import ScriptedLoader
+from aa_storage.testing import ScriptedLoader, bounded
 from aa_storage_redis import RedisBackend
 from aa_storage_redis.bench.stampede import stampede
 from aa_storage_redis.keys import KeySpace
@@ -35,7 +35,7 @@ from cluster import LocalCluster
 from executor_support import OpenBackend
 from faultproxy import FaultProxyFactory
 from servers import RedisServer
-from waiting import bounded, eventually
+from waiting import eventually
 
 OLD = PolicyDocument(1, "old", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
 NEW = PolicyDocument(2, "new", [PolicyRule("tool:*", PolicyDecision.DENY)])
@@ -48,11 +48,6 @@ PATIENT_LEASE = {"lease_ttl": 30.0, "lease_wait": 30.0}
 
 def gated(outcome: object) -> ScriptedLoader:
     return ScriptedLoader([outcome], gate=asyncio.Event())
-
-
-def release(loader: ScriptedLoader) -> None:
-    assert loader.gate is not None
-    loader.gate.set()
 
 
 async def polling(backend: RedisBackend) -> None:
@@ -79,7 +74,7 @@ async def a_load_invalidated_midway(backend: RedisBackend, agent: AgentId) -> No
     call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
     await bounded(loader.entered.wait())
     await backend.policies().invalidate(agent)
-    release(loader)
+    loader.release()
     assert await bounded(call) == OLD
     with pytest.raises(NotFoundError):
         await backend.policies().get_policy(agent)
@@ -108,7 +103,7 @@ async def a_failed_load_waited_on_elsewhere(
     waiter_loader = ScriptedLoader([NEW])
     waited = asyncio.ensure_future(waiting.policies().get_or_load(agent, waiter_loader, 60))
     await polling(waiting)
-    release(leader_loader)
+    leader_loader.release()
     return WaitedOnLoad(led, waited, waiter_loader, waiting, agent)
 
 
@@ -189,7 +184,7 @@ class TestCrashedLoader:
         await bounded(hung.entered.wait())
         assert await bounded(other_side.policies().get_or_load(agent, fresh, 60)) == NEW
         assert fresh.runs == 1
-        release(hung)
+        hung.release()
         assert await bounded(late) == OLD
         assert await other_side.policies().get_policy(agent) == NEW
 
@@ -229,7 +224,7 @@ class TestOneProcess:
         waiters = await waiting_here(backend, agent, fresh, 9)
         assert await bounded(asyncio.gather(*waiters)) == [NEW] * 9
         assert fresh.runs == 1
-        release(hung)
+        hung.release()
         assert await bounded(led) == OLD
         assert await backend.policies().get_policy(agent) == NEW
 
@@ -245,7 +240,7 @@ class TestOneProcess:
         assert own.runs == 1
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
-        release(hung)
+        hung.release()
         assert await bounded(led) == OLD
         assert await backend.policies().get_policy(agent) == OLD
 
@@ -258,7 +253,7 @@ class TestOneProcess:
         failing, fresh = gated(RuntimeError("upstream")), ScriptedLoader([NEW])
         agent, led = await led_here(backend, failing)
         waiters = await waiting_here(backend, agent, fresh, 9)
-        release(failing)
+        failing.release()
         with pytest.raises(RuntimeError, match="upstream"):
             await bounded(led)
         assert await bounded(asyncio.gather(*waiters)) == [NEW] * 9
@@ -314,7 +309,7 @@ class TestFencing:
             await other.policies().invalidate(agent)
         else:
             await other.policies().cache_policy(agent, NEW, 60)
-        release(loader)
+        loader.release()
         assert await bounded(call) == OLD
         if overtake == "invalidate":
             with pytest.raises(NotFoundError):
@@ -332,7 +327,7 @@ class TestFencing:
         agent, led = await led_here(loading, loader)
         waiters = await waiting_here(loading, agent, loader, 2)
         await other.policies().invalidate(agent)
-        release(loader)
+        loader.release()
         assert sorted(p.name for p in await bounded(asyncio.gather(led, *waiters))) == [
             "new",
             "new",
@@ -352,7 +347,7 @@ class TestFencing:
         await bounded(loader.entered.wait())
         await other.policies().cache_policy(agent, NEW, 60)
         raw.delete(KEYS.policy(agent))
-        release(loader)
+        loader.release()
         assert await bounded(call) == OLD
         with pytest.raises(NotFoundError):
             await other.policies().get_policy(agent)
@@ -398,7 +393,7 @@ class TestFencing:
         assert await bounded(impatient.policies().get_or_load(agent, own, 60)) == NEW
         with pytest.raises(NotFoundError):
             await impatient.policies().get_policy(agent)
-        release(leader_loader)
+        leader_loader.release()
         assert await bounded(led) == OLD
         assert await impatient.policies().get_policy(agent) == OLD
 
@@ -413,7 +408,7 @@ class TestFencing:
         call = asyncio.ensure_future(redis_backend.policies().get_or_load(agent, loader, 60))
         await bounded(loader.entered.wait())
         raw.delete(KEYS.policy(agent))
-        release(loader)
+        loader.release()
         assert await bounded(call) == OLD
         assert await redis_backend.policies().get_policy(agent) == OLD
 
@@ -425,7 +420,7 @@ class TestFencing:
         call = asyncio.ensure_future(redis_backend.policies().get_or_load(agent, loader, 60))
         await bounded(loader.entered.wait())
         raw.set(KEYS.policy(agent), policy_to_json(NEW), ex=60)
-        release(loader)
+        loader.release()
         assert await bounded(call) == OLD
         assert await redis_backend.policies().get_policy(agent) == NEW
 

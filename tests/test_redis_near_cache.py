@@ -21,7 +21,6 @@ from redis.asyncio.connection import Connection
 from aa_storage import (
     AgentId,
     InvalidConfigError,
-    Kind,
     NotFoundError,
     PolicyDecision,
     PolicyDocument,
@@ -31,7 +30,7 @@ from aa_storage import (
     load_config,
     policy_to_json,
 )
-from aa_storage.testing import ContractSuite
+from aa_storage.testing import HANG_SECS, PolicyContract, ReadThroughContract
 from aa_storage_redis import RedisBackend, RedisStorageConfig
 from aa_storage_redis.near_cache import Fill, NearCache
 from aa_storage_redis.policies import RedisPolicyStore
@@ -43,7 +42,7 @@ from sentinel import SentinelSet
 from servers import RedisServer
 from test_redis_security import readme_acl_rule
 from test_redis_topologies import CLUSTER_USER_PASSWORD, readme_cluster_acl_rule
-from waiting import HANG_GUARD, eventually
+from waiting import eventually
 
 NEAR = {"near_cache": True}
 
@@ -87,12 +86,12 @@ async def read(policies: RedisPolicyStore, agent: AgentId) -> PolicyDocument | N
 
 async def sees(policies: RedisPolicyStore, agent: AgentId, expected: PolicyDocument | None) -> None:
     """Return once ``get_policy`` answers ``expected`` (None: NotFoundError); fail the
-    test if it still does not after HANG_GUARD. No bound on the time is asserted."""
+    test if it still does not after HANG_SECS. No bound on the time is asserted."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANG_GUARD
+    deadline = loop.time() + HANG_SECS
     while (got := await read(policies, agent)) != expected:
         if loop.time() > deadline:
-            pytest.fail(f"still read {got} instead of {expected} after {HANG_GUARD}s")
+            pytest.fail(f"still read {got} instead of {expected} after {HANG_SECS}s")
         await asyncio.sleep(0.005)
 
 
@@ -104,7 +103,7 @@ async def cached_hit(backend: RedisBackend, agent: AgentId, expected: PolicyDocu
     """
     policies = backend.policies()
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANG_GUARD
+    deadline = loop.time() + HANG_SECS
     while True:
         before = backend.stats()
         assert await policies.get_policy(agent) == expected
@@ -113,7 +112,7 @@ async def cached_hit(backend: RedisBackend, agent: AgentId, expected: PolicyDocu
             assert after.commands_sent == before.commands_sent
             return
         if loop.time() > deadline:
-            pytest.fail(f"no read was a hit after {HANG_GUARD}s")
+            pytest.fail(f"no read was a hit after {HANG_SECS}s")
         await asyncio.sleep(0.005)
 
 
@@ -521,7 +520,7 @@ class TestStandalone:
                     lambda: _script_calls(redis_server) > scripts, "the read reached the server"
                 )
                 raw.set(key, policy_to_json(policy(2)), ex=600)
-                assert await asyncio.wait_for(racing, HANG_GUARD) == policy(1)
+                assert await asyncio.wait_for(racing, HANG_SECS) == policy(1)
             assert len(near) == 0
             proxy.passthrough()
             assert await backend.policies().get_policy(agent) == policy(2)
@@ -631,7 +630,7 @@ asyncio.run(main())
 
 async def _in_another_process(script: str, *args: str) -> None:
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args)
-    assert await asyncio.wait_for(process.wait(), HANG_GUARD) == 0
+    assert await asyncio.wait_for(process.wait(), HANG_SECS) == 0
 
 
 def _script_calls(server: RedisServer) -> int:
@@ -648,15 +647,12 @@ def debug_redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
-# The near-cache changes only the policy store, so its contract runs only the policy
-# tests; sessions and counters run with the same servers in the other contract suites.
-NEAR_CACHE_KINDS = frozenset({Kind.POLICY_STORE})
+# The near-cache changes only the policy store, so its suites inherit only the policy
+# contracts; sessions and counters run with the same servers in the other contract suites.
 
 
-class TestNearCacheContract(ContractSuite):
+class TestNearCacheContract(PolicyContract, ReadThroughContract):
     """The policy contract holds with the near-cache on."""
-
-    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(
@@ -666,10 +662,8 @@ class TestNearCacheContract(ContractSuite):
             yield backend
 
 
-class TestValkeyNearCacheContract(ContractSuite):
+class TestValkeyNearCacheContract(PolicyContract, ReadThroughContract):
     """The policy contract holds on valkey-server with the near-cache on."""
-
-    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, valkey_server: RedisServer) -> AsyncIterator[RedisBackend]:
@@ -690,11 +684,9 @@ def _set_user(server: RedisServer, rule: list[str]) -> str:
     return server.url_for(user=NEAR_USER, password="CHANGE-ME")
 
 
-class TestNearCacheUnderTheReadmeRule(ContractSuite):
+class TestNearCacheUnderTheReadmeRule(PolicyContract, ReadThroughContract):
     """The policy contract holds with the near-cache on, as a user with exactly the
     README's ACL rule."""
-
-    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, acl_redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
@@ -766,10 +758,8 @@ def spread_agents(count: int) -> list[AgentId]:
     return [AgentId.from_hex(f"{index:032x}") for index in range(1, count + 1)]
 
 
-class TestClusterNearCacheContract(ContractSuite):
+class TestClusterNearCacheContract(PolicyContract, ReadThroughContract):
     """The policy contract holds on a cluster with the near-cache on."""
-
-    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, redis_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:
@@ -778,10 +768,8 @@ class TestClusterNearCacheContract(ContractSuite):
             yield backend
 
 
-class TestSentinelNearCacheContract(ContractSuite):
+class TestSentinelNearCacheContract(PolicyContract, ReadThroughContract):
     """The policy contract holds behind sentinels with the near-cache on."""
-
-    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, sentinel_set: SentinelSet) -> AsyncIterator[RedisBackend]:
@@ -797,11 +785,9 @@ def readme_rule_cluster() -> Iterator[LocalCluster]:
         yield cluster
 
 
-class TestClusterNearCacheUnderTheReadmeRule(ContractSuite):
+class TestClusterNearCacheUnderTheReadmeRule(PolicyContract, ReadThroughContract):
     """The policy contract holds on a cluster with the near-cache on, as a user with
     exactly the README's cluster rule."""
-
-    kinds = NEAR_CACHE_KINDS
 
     @pytest_asyncio.fixture
     async def backend(self, readme_rule_cluster: LocalCluster) -> AsyncIterator[RedisBackend]:

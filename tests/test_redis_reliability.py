@@ -17,10 +17,11 @@ import pytest_asyncio
 import redis
 
 from aa_storage import AgentId, BackendError, PolicyDocument, SessionId, SessionRecord
+from aa_storage.testing import bounded
 from aa_storage_redis import RedisBackend, RedisStorageConfig
 from faultproxy import FaultProxy
 from servers import RedisServer
-from waiting import bounded, eventually
+from waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 FAST = {"connect_timeout": 0.3, "socket_timeout": 0.3}

@@ -150,7 +150,8 @@ def _operations(redis_backend: RedisBackend) -> dict[str, Callable[[], Awaitable
 
 
 class CommandLog:
-    """What clients send, read from MONITOR; commands run inside Lua scripts are left out."""
+    """What the server runs, read from MONITOR: the commands clients send and, apart, the
+    commands their Lua scripts call."""
 
     SENTINEL = "aa-storage-sentinel"
 
@@ -163,14 +164,19 @@ class CommandLog:
 
     def sent_since_last_call(self) -> list[str]:
         """Commands sent by anyone but this log since it was last read, in order."""
+        return [words[0] for words, by_script in self.run_since_last_call() if not by_script]
+
+    def run_since_last_call(self) -> list[tuple[list[str], bool]]:
+        """Every command run since the log was last read, in order: its words (the name
+        upper-cased), and whether a Lua script called it rather than a client."""
         self._marker.echo(self.SENTINEL)
         commands = []
         while True:
             entry = self._monitor.next_command()
             if entry["command"] == f"ECHO {self.SENTINEL}":
                 return commands
-            if entry["client_type"] != "lua":
-                commands.append(entry["command"].split()[0].upper())
+            name, *arguments = entry["command"].split()
+            commands.append(([name.upper(), *arguments], entry["client_type"] == "lua"))
 
     def close(self) -> None:
         self._monitor.__exit__()

@@ -1,39 +1,34 @@
-"""Waiting in async tests without timed assertions: a hang guard, waiting for a condition, and
-a clock the test moves forward instead of waiting.
+"""Waiting in async tests without timed assertions: waiting for a condition, and a clock the
+test moves forward instead of waiting. (An await bounded by the hang limit is
+``aa_storage.testing.bounded``.)
 
-``HANG_GUARD`` only stops a test that hangs; it is far above anything a passing test takes on a
+``HANG_SECS`` only stops a test that hangs; it is far above anything a passing test takes on a
 loaded machine, so it never decides a result that a slow machine could change.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 import pytest
 
-T = TypeVar("T")
-HANG_GUARD = 20.0
+from aa_storage.testing import HANG_SECS
+
 POLL_INTERVAL = 0.005
 
 
-async def bounded(call: Awaitable[T]) -> T:
-    """``await call``, failing the test instead of hanging past ``HANG_GUARD``."""
-    return await asyncio.wait_for(call, HANG_GUARD)
-
-
 async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Return once ``condition()`` holds; fail the test if it still does not after HANG_GUARD.
+    """Return once ``condition()`` holds; fail the test if it still does not after HANG_SECS.
 
     For facts another thread or process establishes (the fault proxy's counters, the server's
     client list), which give no event to await.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANG_GUARD
+    deadline = loop.time() + HANG_SECS
     while not condition():
         if loop.time() > deadline:
-            pytest.fail(f"{what}: still not so after {HANG_GUARD}s")
+            pytest.fail(f"{what}: still not so after {HANG_SECS}s")
         await asyncio.sleep(POLL_INTERVAL)
 
 

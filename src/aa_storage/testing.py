@@ -1,23 +1,28 @@
 """The contract suite: every rule of the store contracts, as pytest tests.
 
-A driver author subclasses :class:`ContractSuite` in a test module and
+One class holds the rules of each kind of store: :class:`SessionContract`,
+:class:`RateLimitContract`, :class:`PolicyContract` and, for the policy
+store's ``get_or_load``, :class:`ReadThroughContract`. :class:`ContractSuite`
+inherits all four. A driver author's test class inherits the contracts of
+the kinds the driver provides, ``ContractSuite`` for all of them, and
 overrides two fixtures: ``backend`` (a fresh, empty backend of the driver,
 closed afterwards) and, when the driver can be given a fake clock,
-``clock``. A driver that provides only some kinds of store lists them in
-``kinds``; the tests of the other kinds are skipped::
+``clock``. A driver that provides only rate limits::
 
     import pytest_asyncio
-    from aa_storage import Kind
-    from aa_storage.testing import ContractSuite
+    from aa_storage.testing import RateLimitContract
 
-    class TestMyDriver(ContractSuite):
-        kinds = frozenset({Kind.RATE_LIMIT_COUNTER})
-
+    class TestMyDriver(RateLimitContract):
         @pytest_asyncio.fixture
         async def backend(self):
             backend = MyBackend.connect(MyConfig())
             yield backend
             await backend.aclose()
+
+Helpers for a driver's own tests: :class:`FakeClock`, :class:`ScriptedLoader`
+(a ``get_or_load`` loader that counts its runs and can be held at a gate),
+:func:`bounded` (an await that fails rather than hangs), :func:`a_policy` and
+:func:`a_session`.
 
 Needs the ``testing`` extra (pytest, pytest-asyncio). On a real clock the
 TTL tests wait about a second each; tests that would wait an hour are skipped.
@@ -26,8 +31,9 @@ TTL tests wait about a second each; tests that would wait an hour are skipped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Set
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import attrs
 
@@ -58,9 +64,7 @@ from aa_storage import (
 )
 
 I64_MAX = 2**63 - 1
-# The attribute that tags a suite test with the kind of store it exercises.
-_KIND_ATTRIBUTE = "contract_kind"
-_Test = TypeVar("_Test", bound=Callable[..., Any])
+_T = TypeVar("_T")
 # Parameters are fixed values: random ones would change the test ids on every run.
 _FIXED_ID = bytes(range(16))
 # Real-clock waits: past a 1 s window, with room for scheduling jitter.
@@ -131,8 +135,15 @@ class ScriptedLoader:
             raise outcome
         return outcome
 
+    def release(self) -> None:
+        """Open the ``gate``: the runs waiting for it go on, and later runs do not wait."""
+        if self.gate is None:
+            raise TypeError("this loader has no gate to open")
+        self.gate.set()
 
-async def _within_hang_limit(awaitable: Any) -> Any:
+
+async def bounded(awaitable: Awaitable[_T]) -> _T:
+    """``await awaitable``, raising ``TimeoutError`` rather than hanging past ``HANG_SECS``."""
     return await asyncio.wait_for(awaitable, HANG_SECS)
 
 
@@ -141,28 +152,24 @@ def a_session(started_at_ns: int = 1_700_000_000_000_000_000) -> SessionRecord:
     return SessionRecord(SessionId.new(), AgentId.new(), started_at_ns)
 
 
-# One valid call of each store method, by kind and name: what a closed backend must
-# refuse. Each store holds the record, counter or policy it names (see _stocked).
-_CALLS: dict[Kind, dict[str, Callable[[Any], Awaitable[Any]]]] = {
-    Kind.SESSION_STORE: {
+# One valid call of each store method, by name: what a closed backend must refuse.
+# Each store holds the record, counter or policy it names (see _stocked).
+_CALLS: Mapping[str, Callable[[Any], Awaitable[Any]]] = MappingProxyType(
+    {
         "save": lambda store: store.save(SessionRecord(SessionId(_FIXED_ID), AgentId.new(), 1)),
         "load": lambda store: store.load(SessionId(_FIXED_ID)),
         "delete": lambda store: store.delete(SessionId(_FIXED_ID)),
-    },
-    Kind.RATE_LIMIT_COUNTER: {
         "increment": lambda counter: counter.increment("k", 1, 60),
         "current": lambda counter: counter.current("k"),
         "reset": lambda counter: counter.reset("k"),
-    },
-    Kind.POLICY_STORE: {
         "get_policy": lambda policies: policies.get_policy(AgentId(_FIXED_ID)),
         "cache_policy": lambda policies: policies.cache_policy(AgentId(_FIXED_ID), a_policy(), 60),
         "invalidate": lambda policies: policies.invalidate(AgentId(_FIXED_ID)),
         "get_or_load": lambda policies: policies.get_or_load(
             AgentId(_FIXED_ID), ScriptedLoader([AssertionError("a closed store loaded")]), 60
         ),
-    },
-}
+    }
+)
 
 
 async def _stocked(backend: Any, kind: Kind) -> Any:
@@ -189,56 +196,16 @@ async def _refused_once_closed(backend: Any, kind: Kind, method: str) -> None:
     store = await _stocked(backend, kind)
     await backend.aclose()
     with pytest.raises(StorageError) as caught:
-        await _within_hang_limit(_CALLS[kind][method](store))
+        await bounded(_CALLS[method](store))
     assert not isinstance(caught.value, NotFoundError), (
         f"{method} after aclose() raised {caught.value!r}: a closed store is not an empty one"
     )
 
 
-def _exercises(kind: Kind) -> Callable[[_Test], _Test]:
-    """Tag a suite test with ``kind``, so a driver that lacks the kind skips it."""
-
-    def tag(test: _Test) -> _Test:
-        setattr(test, _KIND_ATTRIBUTE, kind)
-        return test
-
-    return tag
-
-
-def kind_exercised(test: Callable[..., Any]) -> Kind | None:
-    """The kind of store a :class:`ContractSuite` test exercises; ``None`` for others.
-
-    For a test suite that would rather deselect the tests of kinds a driver
-    lacks than see them skipped.
-    """
-    kind = getattr(test, _KIND_ATTRIBUTE, None)
-    return kind if isinstance(kind, Kind) else None
-
-
-class ContractSuite:
-    """Tests every driver must pass. Override ``backend``, and ``clock`` if it can be faked.
-
-    ``kinds`` is the set of :class:`~aa_storage.Kind` the driver provides (every
-    kind unless overridden, e.g. with its ``Driver.kinds``); the tests of other
-    kinds are skipped, each with a reason naming its kind.
-    """
+class _Contract:
+    """The fixtures every contract class shares; a driver's test class overrides them."""
 
     pytestmark = pytest.mark.asyncio
-    kinds: ClassVar[Set[Kind]] = frozenset(Kind)
-
-    @pytest.fixture(autouse=True)
-    def _skip_kinds_not_provided(self, request: pytest.FixtureRequest) -> None:
-        kinds = self.kinds
-        if not (isinstance(kinds, Set) and kinds and all(isinstance(k, Kind) for k in kinds)):
-            raise TypeError(
-                f"{type(self).__name__}.kinds must be a non-empty set of aa_storage.Kind, "
-                f"got {kinds!r}"
-            )
-        kind = kind_exercised(request.function)
-        if kind is not None and kind not in kinds:
-            pytest.skip(
-                f"the driver does not provide {kind.value} (not in {type(self).__name__}.kinds)"
-            )
 
     @pytest.fixture
     def backend(self) -> Any:
@@ -248,16 +215,16 @@ class ContractSuite:
     def clock(self) -> Any:
         return RealClock()
 
-    # --- sessions ---
 
-    @_exercises(Kind.SESSION_STORE)
+class SessionContract(_Contract):
+    """The rules of :class:`~aa_storage.SessionStore`, on ``backend.sessions()``."""
+
     async def test_saved_session_loads_equal(self, backend: Any) -> None:
         """A saved record loads back equal, including the largest timestamp."""
         record = a_session(2**64 - 1)
         await backend.sessions().save(record)
         assert await backend.sessions().load(record.session_id) == record
 
-    @_exercises(Kind.SESSION_STORE)
     async def test_save_replaces_record_with_same_id(self, backend: Any) -> None:
         """Saving a record with an existing id replaces the old one."""
         first = a_session(1)
@@ -266,13 +233,11 @@ class ContractSuite:
         await backend.sessions().save(second)
         assert await backend.sessions().load(first.session_id) == second
 
-    @_exercises(Kind.SESSION_STORE)
     async def test_load_of_absent_session_is_not_found(self, backend: Any) -> None:
         """Loading an id never saved raises NotFoundError."""
         with pytest.raises(NotFoundError):
             await backend.sessions().load(SessionId.new())
 
-    @_exercises(Kind.SESSION_STORE)
     async def test_delete_is_idempotent(self, backend: Any) -> None:
         """Delete removes the record, and deleting again is not an error."""
         record = a_session()
@@ -282,7 +247,6 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.sessions().load(record.session_id)
 
-    @_exercises(Kind.SESSION_STORE)
     async def test_session_expires_after_ttl_unless_saved_again(
         self, backend: Any, clock: Any
     ) -> None:
@@ -299,7 +263,6 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.sessions().load(record.session_id)
 
-    @_exercises(Kind.SESSION_STORE)
     async def test_session_ids_of_the_wrong_kind_are_rejected(self, backend: Any) -> None:
         """An AgentId where a SessionId belongs, raw bytes or a non-record is a TypeError."""
         with pytest.raises(TypeError):
@@ -309,7 +272,6 @@ class ContractSuite:
         with pytest.raises(TypeError):
             await backend.sessions().save("not a record")
 
-    @_exercises(Kind.SESSION_STORE)
     @pytest.mark.parametrize(
         ("method", "argument"),
         [
@@ -333,27 +295,25 @@ class ContractSuite:
             await getattr(store, method)(argument)
         assert await store.load(record.session_id) == record
 
-    @_exercises(Kind.SESSION_STORE)
-    @pytest.mark.parametrize("method", sorted(_CALLS[Kind.SESSION_STORE]))
+    @pytest.mark.parametrize("method", ["delete", "load", "save"])
     async def test_session_calls_after_aclose_raise(self, backend: Any, method: str) -> None:
         """Once the backend is closed, every session call raises StorageError."""
         await _refused_once_closed(backend, Kind.SESSION_STORE, method)
 
-    # --- rate limits ---
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
+class RateLimitContract(_Contract):
+    """The rules of :class:`~aa_storage.RateLimitCounter`, on ``backend.rate_limiter()``."""
+
     async def test_increments_sum_within_a_window(self, backend: Any) -> None:
         """Each increment returns the running total, and current() agrees."""
         counter = backend.rate_limiter()
         assert [await counter.increment("k", n, 60) for n in (1, 0, 5, 2)] == [1, 1, 6, 8]
         assert await counter.current("k") == 8
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_unknown_counter_is_zero(self, backend: Any) -> None:
         """current() of a counter never incremented is 0."""
         assert await backend.rate_limiter().current("never") == 0
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_counters_are_independent(self, backend: Any) -> None:
         """Incrementing one key leaves every other key alone."""
         counter = backend.rate_limiter()
@@ -361,7 +321,6 @@ class ContractSuite:
         await counter.increment("b", 4, 60)
         assert (await counter.current("a"), await counter.current("b")) == (3, 4)
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_reset_is_idempotent(self, backend: Any) -> None:
         """reset() drops the counter, and resetting again is not an error."""
         counter = backend.rate_limiter()
@@ -371,7 +330,6 @@ class ContractSuite:
         assert await counter.current("k") == 0
         assert await counter.increment("k", 1, 60) == 1
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_window_expiry_starts_a_new_window(self, backend: Any, clock: Any) -> None:
         """After the window passes the counter reads 0 and the next increment starts afresh."""
         counter = backend.rate_limiter()
@@ -380,7 +338,6 @@ class ContractSuite:
         assert await counter.current("k") == 0
         assert await counter.increment("k", 2, 1) == 2
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_later_increments_never_move_the_window(self, backend: Any, clock: Any) -> None:
         """The window is fixed at the first increment: later ones, of 0 too, don't extend it."""
         counter = backend.rate_limiter()
@@ -391,7 +348,6 @@ class ContractSuite:
         await clock.advance(1.2)
         assert await counter.current("k") == 0
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_overflow_is_an_error_and_keeps_the_total(self, backend: Any) -> None:
         """Going past 2**63-1 raises StorageError and leaves the counter as it was."""
         counter = backend.rate_limiter()
@@ -400,7 +356,6 @@ class ContractSuite:
             await counter.increment("k", 1, 60)
         assert await counter.current("k") == I64_MAX
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_increments_reach_exactly_2_63_minus_1(self, backend: Any) -> None:
         """Increments of an existing counter that end exactly at 2**63-1 succeed, and so does
         one of 0 there; only a total past it is an overflow."""
@@ -413,7 +368,6 @@ class ContractSuite:
             await counter.increment("k", 1, 60)
         assert await counter.current("k") == I64_MAX
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     async def test_concurrent_increments_sum_exactly(self, backend: Any) -> None:
         """200 increments racing in one event loop lose none and repeat none."""
         counter = backend.rate_limiter()
@@ -421,7 +375,6 @@ class ContractSuite:
         assert sorted(totals) == list(range(1, 201))
         assert await counter.current("race") == 200
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     @pytest.mark.parametrize(
         ("key", "amount", "window_secs", "error"),
         [
@@ -446,7 +399,6 @@ class ContractSuite:
         if isinstance(key, str) and key:
             assert await counter.current(key) == 0
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
     @pytest.mark.parametrize("method", ["current", "reset"])
     @pytest.mark.parametrize(
         ("key", "error"),
@@ -470,28 +422,27 @@ class ContractSuite:
             await getattr(counter, method)(key)
         assert await counter.current("k") == 3
 
-    @_exercises(Kind.RATE_LIMIT_COUNTER)
-    @pytest.mark.parametrize("method", sorted(_CALLS[Kind.RATE_LIMIT_COUNTER]))
+    @pytest.mark.parametrize("method", ["current", "increment", "reset"])
     async def test_rate_limit_calls_after_aclose_raise(self, backend: Any, method: str) -> None:
         """Once the backend is closed, every counter call raises StorageError."""
         await _refused_once_closed(backend, Kind.RATE_LIMIT_COUNTER, method)
 
-    # --- policies ---
 
-    @_exercises(Kind.POLICY_STORE)
+class PolicyContract(_Contract):
+    """The rules of a policy cache's reads and writes (``get_policy``, ``cache_policy``,
+    ``invalidate``), on ``backend.policies()``."""
+
     async def test_cached_policy_reads_back_equal(self, backend: Any) -> None:
         """A cached policy reads back equal, non-ASCII text and all."""
         agent = AgentId.new()
         await backend.policies().cache_policy(agent, a_policy("r\u00e8gles \U0001f512"), 60)
         assert await backend.policies().get_policy(agent) == a_policy("r\u00e8gles \U0001f512")
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_missing_policy_is_not_found(self, backend: Any) -> None:
         """get_policy of an agent with nothing cached raises NotFoundError."""
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(AgentId.new())
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_invalidate_is_idempotent(self, backend: Any) -> None:
         """invalidate() makes the next read miss, and invalidating again is not an error."""
         agent = AgentId.new()
@@ -501,7 +452,6 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_cached_policy_expires_after_its_ttl(self, backend: Any, clock: Any) -> None:
         """A policy cached for 1 s is gone after it."""
         agent = AgentId.new()
@@ -510,7 +460,6 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
 
-    @_exercises(Kind.POLICY_STORE)
     @pytest.mark.parametrize(
         ("agent", "policy", "ttl_secs", "error"),
         [
@@ -531,7 +480,6 @@ class ContractSuite:
             with pytest.raises(NotFoundError):
                 await backend.policies().get_policy(agent)
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_policy_ids_of_the_wrong_kind_are_rejected(self, backend: Any) -> None:
         """A SessionId (or raw bytes) where an AgentId belongs is a TypeError."""
         with pytest.raises(TypeError):
@@ -539,7 +487,6 @@ class ContractSuite:
         with pytest.raises(TypeError):
             await backend.policies().invalidate(AgentId.new().bytes)
 
-    @_exercises(Kind.POLICY_STORE)
     @pytest.mark.parametrize("method", ["get_policy", "invalidate"])
     @pytest.mark.parametrize(
         "agent",
@@ -557,16 +504,17 @@ class ContractSuite:
             await getattr(policies, method)(agent)
         assert await policies.get_policy(AgentId(_FIXED_ID)) == a_policy()
 
-    @_exercises(Kind.POLICY_STORE)
-    @pytest.mark.parametrize("method", sorted(_CALLS[Kind.POLICY_STORE]))
+    @pytest.mark.parametrize("method", ["cache_policy", "get_policy", "invalidate"])
     async def test_policy_calls_after_aclose_raise(self, backend: Any, method: str) -> None:
         """Once the backend is closed, every policy call raises StorageError, a policy
-        read before included, and get_or_load runs no loader."""
+        read before included."""
         await _refused_once_closed(backend, Kind.POLICY_STORE, method)
 
-    # --- read-through ---
 
-    @_exercises(Kind.POLICY_STORE)
+class ReadThroughContract(_Contract):
+    """The rules of a policy cache's ``get_or_load``, on ``backend.policies()``: one load
+    per miss, errors passed through, and no write-back that an invalidation overtook."""
+
     async def test_get_or_load_returns_a_cached_policy_without_loading(self, backend: Any) -> None:
         """A hit returns the cached policy, and the loader never runs."""
         agent = AgentId.new()
@@ -575,7 +523,6 @@ class ContractSuite:
         assert await backend.policies().get_or_load(agent, loader, 60) == a_policy("cached")
         assert loader.runs == 0
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_get_or_load_loads_a_miss_once_and_caches_it(self, backend: Any) -> None:
         """A miss runs the loader once and caches its policy, which the next calls read."""
         agent = AgentId.new()
@@ -586,7 +533,6 @@ class ContractSuite:
         assert await policies.get_policy(agent) == a_policy("loaded")
         assert loader.runs == 1
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_concurrent_get_or_load_calls_share_one_load(self, backend: Any) -> None:
         """20 callers racing on a cold key get one policy from a single run of the loader."""
         agent = AgentId.new()
@@ -595,14 +541,12 @@ class ContractSuite:
             asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
             for _ in range(20)
         ]
-        await _within_hang_limit(loader.entered.wait())
+        await bounded(loader.entered.wait())
         await asyncio.sleep(SETTLE_SECS)
-        assert loader.gate is not None
-        loader.gate.set()
-        assert await _within_hang_limit(asyncio.gather(*calls)) == [a_policy("loaded")] * 20
+        loader.release()
+        assert await bounded(asyncio.gather(*calls)) == [a_policy("loaded")] * 20
         assert loader.runs == 1
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_a_loaders_not_found_error_reaches_the_caller(self, backend: Any) -> None:
         """The loader's NotFoundError is what the caller gets, and nothing is cached."""
         agent = AgentId.new()
@@ -613,7 +557,6 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_a_loaders_other_errors_pass_through_unchanged(self, backend: Any) -> None:
         """Any other exception of the loader reaches the caller unchanged and caches
         nothing, so the next call loads again."""
@@ -628,7 +571,6 @@ class ContractSuite:
         assert await backend.policies().get_or_load(agent, loader, 60) == a_policy("loaded")
         assert loader.runs == 2
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_a_waiter_whose_leader_failed_loads_again(self, backend: Any) -> None:
         """When the shared load fails with another error, only its own caller gets it:
         the other caller loads again and gets, and caches, a policy."""
@@ -638,11 +580,10 @@ class ContractSuite:
             asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
             for _ in range(2)
         ]
-        await _within_hang_limit(loader.entered.wait())
+        await bounded(loader.entered.wait())
         await asyncio.sleep(SETTLE_SECS)
-        assert loader.gate is not None
-        loader.gate.set()
-        outcomes = await _within_hang_limit(asyncio.gather(*calls, return_exceptions=True))
+        loader.release()
+        outcomes = await bounded(asyncio.gather(*calls, return_exceptions=True))
         assert sorted(type(outcome).__name__ for outcome in outcomes) == [
             "PolicyDocument",
             "RuntimeError",
@@ -650,25 +591,22 @@ class ContractSuite:
         assert loader.runs == 2
         assert await backend.policies().get_policy(agent) == a_policy("second")
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_invalidate_during_a_load_keeps_its_policy_out(self, backend: Any) -> None:
         """A load that an invalidate overtakes returns its policy to its caller but never
         caches it; the next call loads afresh."""
         agent = AgentId.new()
         loader = ScriptedLoader([a_policy("before")], gate=asyncio.Event())
         call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
-        await _within_hang_limit(loader.entered.wait())
+        await bounded(loader.entered.wait())
         await backend.policies().invalidate(agent)
-        assert loader.gate is not None
-        loader.gate.set()
-        assert await _within_hang_limit(call) == a_policy("before")
+        loader.release()
+        assert await bounded(call) == a_policy("before")
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
         fresh = ScriptedLoader([a_policy("after")])
         assert await backend.policies().get_or_load(agent, fresh, 60) == a_policy("after")
         assert fresh.runs == 1
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_a_call_after_invalidate_does_not_wait_for_an_older_load(
         self, backend: Any
     ) -> None:
@@ -677,30 +615,26 @@ class ContractSuite:
         agent = AgentId.new()
         older = ScriptedLoader([a_policy("before")], gate=asyncio.Event())
         first = asyncio.ensure_future(backend.policies().get_or_load(agent, older, 60))
-        await _within_hang_limit(older.entered.wait())
+        await bounded(older.entered.wait())
         await backend.policies().invalidate(agent)
         newer = ScriptedLoader([a_policy("after")])
         later = backend.policies().get_or_load(agent, newer, 60)
-        assert await _within_hang_limit(later) == a_policy("after")
-        assert older.gate is not None
-        older.gate.set()
-        assert await _within_hang_limit(first) == a_policy("before")
+        assert await bounded(later) == a_policy("after")
+        older.release()
+        assert await bounded(first) == a_policy("before")
         assert await backend.policies().get_policy(agent) == a_policy("after")
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_cache_policy_during_a_load_wins_over_it(self, backend: Any) -> None:
         """A policy cached while a load is under way is not overwritten by that load."""
         agent = AgentId.new()
         loader = ScriptedLoader([a_policy("older")], gate=asyncio.Event())
         call = asyncio.ensure_future(backend.policies().get_or_load(agent, loader, 60))
-        await _within_hang_limit(loader.entered.wait())
+        await bounded(loader.entered.wait())
         await backend.policies().cache_policy(agent, a_policy("newer"), 60)
-        assert loader.gate is not None
-        loader.gate.set()
-        assert await _within_hang_limit(call) == a_policy("older")
+        loader.release()
+        assert await bounded(call) == a_policy("older")
         assert await backend.policies().get_policy(agent) == a_policy("newer")
 
-    @_exercises(Kind.POLICY_STORE)
     async def test_a_loader_that_returns_no_policy_is_a_type_error(self, backend: Any) -> None:
         """A loader whose result is not a PolicyDocument is a TypeError, and nothing is cached."""
         agent = AgentId.new()
@@ -709,7 +643,6 @@ class ContractSuite:
         with pytest.raises(NotFoundError):
             await backend.policies().get_policy(agent)
 
-    @_exercises(Kind.POLICY_STORE)
     @pytest.mark.parametrize(
         ("agent", "callable_loader", "ttl_secs", "error"),
         [
@@ -738,3 +671,12 @@ class ContractSuite:
         if isinstance(agent, AgentId):
             with pytest.raises(NotFoundError):
                 await backend.policies().get_policy(agent)
+
+    async def test_get_or_load_after_aclose_raises(self, backend: Any) -> None:
+        """Once the backend is closed, get_or_load raises StorageError, for a policy read
+        before too, and runs no loader."""
+        await _refused_once_closed(backend, Kind.POLICY_STORE, "get_or_load")
+
+
+class ContractSuite(SessionContract, RateLimitContract, PolicyContract, ReadThroughContract):
+    """Every rule of every store contract: the suite of a driver that provides every kind."""
