@@ -7,7 +7,7 @@ from typing import TextIO
 
 import attrs
 
-from aa_storage_redis import ExecutorStats
+from aa_storage_redis.stats import ExecutorStats
 
 # The targets, as driver/raw throughput ratios on loopback, keyed by
 # (operation, callers): sequential, and 50 callers against raw redis-py with 50
