@@ -24,6 +24,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TextIO
 
 from aa_storage import ConfigError, load_config
@@ -106,7 +107,8 @@ def command(
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
     the table goes to ``out``, progress to ``err``. Returns the exit status.
 
-    Ctrl-C (SIGINT) stops the run however it was started, in the background too.
+    Ctrl-C (SIGINT) stops the run however it was started, in the background too,
+    and so does SIGTERM; either way the exit status is 130.
     Raises ``ConfigError`` when there is no server to measure, and
     ``StorageError`` when the server fails a call.
     """
@@ -116,15 +118,23 @@ def command(
         # start their commands, with SIGINT ignored, which a process inherits: then
         # Ctrl-C and `kill -INT` would not stop the run.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM stops the run as Ctrl-C does, outside the timed cases too (the
+    # server's start, the stampede); during them, measure.py cancels its task.
+    terminate = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _measure_somewhere(config_path, concurrency, budget, out, err)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        # Ctrl-C, or SIGTERM (see measure.py): the keys are deleted, the server stopped.
+        # Ctrl-C or SIGTERM: the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
         return 130
     finally:
+        signal.signal(signal.SIGTERM, terminate)
         if inherited is signal.SIG_IGN:
             signal.signal(signal.SIGINT, inherited)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _measure_somewhere(

@@ -103,6 +103,7 @@ async def _cases(
     assert this_run is not None, "a coroutine awaited by asyncio.run runs in a task"
     # SIGTERM stops the run as Ctrl-C does: this task is cancelled, and the
     # cleanup below still runs.
+    outside = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, this_run.cancel)
     try:
         rows = [
@@ -127,6 +128,9 @@ async def _cases(
         finally:
             await backend.aclose()
             loop.remove_signal_handler(signal.SIGTERM)
+            # That left SIGTERM at its default, which ends the process with no cleanup.
+            if outside is not None:
+                signal.signal(signal.SIGTERM, outside)
 
 
 async def _case(
