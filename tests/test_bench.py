@@ -286,19 +286,22 @@ class TestThrowawayServer:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
-    def test_ctrl_c_during_the_stampede_stops_its_processes(self) -> None:
-        """Ctrl-C while the stampede's processes run ends bench with status 130 and
-        leaves none of them behind, also when bench was started with SIGINT ignored."""
+    @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+    def test_stopping_during_the_stampede_stops_its_processes(self, stop: signal.Signals) -> None:
+        """Ctrl-C or SIGTERM while the stampede's processes run ends bench with status 130
+        and leaves none of them behind, nor the server, also when bench was started with
+        SIGINT ignored."""
         with _bench_process("--requests", "5", sigint_ignored=True) as process:
             err = _stderr_until(process, "stampede, ")
+            server = int(re.search(r"\(pid (\d+)\)", err)[1])  # type: ignore[index]
             deadline = time.monotonic() + PATIENCE_SECS
             while not (workers := _spawned_by(process.pid)) and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert workers, "the stampede started no process"
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop)
             assert process.wait(PATIENCE_SECS) == 130
             assert "aa-storage bench: interrupted" in err + process.stderr.read()  # type: ignore[union-attr]
-        assert [pid for pid in workers if _alive(pid)] == []
+        assert [pid for pid in [*workers, server] if _alive(pid)] == []
 
     def test_without_redis_server_on_path_says_what_to_do(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

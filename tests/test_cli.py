@@ -1,7 +1,9 @@
-"""Unit tests of the aa-storage CLI: `drivers` and `check`, their output and exit status."""
+"""Unit tests of the aa-storage CLI: `drivers`, `check` and the commands drivers add, their
+output and exit status."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import logging
 import os
@@ -28,6 +30,7 @@ from aa_storage import (
     load_config,
 )
 from aa_storage.cli import main
+from aa_storage.commands import Commands
 from aa_storage.hookspecs import hookimpl
 from aa_storage.memory import MemoryBackend, MemoryConfig, MemoryRateLimitCounter
 
@@ -529,3 +532,169 @@ class TestCheck:
         assert main(["check", "--config", path]) == 0
         err = capsys.readouterr().err
         assert err == "aa-storage: WARNING: traffic travels in the clear\n"
+
+
+def _greet(args: argparse.Namespace) -> int:
+    print(f"hello, {args.name}")
+    return args.status  # type: ignore[no-any-return]
+
+
+def _add_greet(commands: Commands) -> None:
+    greet = commands.add("greet", _greet, help="say hello", description="Say hello to NAME.")
+    greet.add_argument("name")
+    greet.add_argument("--status", type=int, default=0)
+
+
+def _add_failing(commands: Commands) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise BackendError("the shard is down")
+
+    commands.add("fail", fail, help="fail", description="Fail.")
+
+
+def _add_check(commands: Commands) -> None:
+    commands.add("check", _greet, help="a second check", description="Clash.")
+
+
+def _add_no_status(commands: Commands) -> None:
+    commands.add("mute", lambda args: None, help="return nothing", description="Mute.")  # type: ignore[arg-type,return-value]
+
+
+def _add_two_words(commands: Commands) -> None:
+    commands.add("two words", _greet, help="a bad name", description="Bad.")
+
+
+def _raise_in_hook(commands: Commands) -> None:
+    raise RuntimeError("no config for my commands")
+
+
+@pytest.fixture
+def command_plugins(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Install driver plugins, each with an ``add_commands`` hook, as entry points."""
+    extra: list[importlib.metadata.EntryPoint] = []
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(
+        "aa_storage._registry.entry_points",
+        lambda *, group: [*real(group=group), *extra],
+    )
+
+    def install(name: str, add_commands: Callable[..., None]) -> None:
+        module_name = f"aa_storage_test_commands_{name}"
+        module = _plugin_module(module_name, _driver(name, MemoryBackend))
+        module.add_commands = hookimpl(add_commands)  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, module_name, module)
+        extra.append(
+            importlib.metadata.EntryPoint(name=name, value=module_name, group=ENTRY_POINT_GROUP)
+        )
+
+    return install
+
+
+class TestDriverCommands:
+    def test_a_drivers_command_runs_with_its_arguments(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A command a plugin adds parses its arguments, and its return is the exit status."""
+        command_plugins("greeter", _add_greet)
+        assert main(["greet", "Ada", "--status", "3"]) == 3
+        assert capsys.readouterr() == ("hello, Ada\n", "")
+
+    def test_is_listed_in_the_help_after_the_built_in_commands(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`aa-storage` without a command lists the plugin's command with its help line."""
+        command_plugins("greeter", _add_greet)
+        assert main([]) == 2
+        listed = capsys.readouterr().err.split("\ncommands:\n")[1]
+        names = re.findall(r"^ {4}(\w+) ", listed, re.M)
+        assert names[:2] == ["drivers", "check"]
+        assert "greet" in names[2:]
+        assert re.search(r"^ +greet +say hello$", listed, re.M)
+
+    def test_its_storage_error_is_one_line_and_exit_1(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A StorageError raised by a plugin's command is printed as the built-ins' are."""
+        command_plugins("failing", _add_failing)
+        assert _failure(capsys, ["fail"]) == "aa-storage: BackendError: the shard is down"
+
+    def test_a_hook_that_raises_is_one_line_naming_the_plugin(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An exception in add_commands is a PluginError naming the plugin's entry point."""
+        command_plugins("sulky", _raise_in_hook)
+        assert _failure(capsys, ["bench"]) == (
+            "aa-storage: PluginError: add_commands() of entry point sulky = "
+            "aa_storage_test_commands_sulky failed: no config for my commands"
+        )
+
+    @pytest.mark.parametrize("argv", [["drivers"], ["check"]])
+    def test_a_broken_hook_stops_no_built_in_command(
+        self,
+        argv: list[str],
+        command_plugins: Callable[..., None],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`drivers` and `check` never ask plugins for commands, so a broken hook spares them."""
+        command_plugins("sulky", _raise_in_hook)
+        assert main(argv) == 0
+        assert capsys.readouterr().err == ""
+
+    def test_a_name_taken_by_a_built_in_is_refused(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A plugin adding `check` is refused, naming the plugin and aa-storage itself."""
+        command_plugins("rival", _add_check)
+        assert _failure(capsys, ["greet"]) == (
+            "aa-storage: PluginError: add_commands() of entry point rival = "
+            "aa_storage_test_commands_rival failed: command 'check' is already added by "
+            "aa-storage itself"
+        )
+
+    def test_a_name_taken_by_another_plugin_names_both(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Two plugins adding one command: the second is refused, naming the first."""
+        command_plugins("greeter", _add_greet)
+        command_plugins("greeter2", _add_greet)
+        assert _failure(capsys, ["greet", "Ada"]) == (
+            "aa-storage: PluginError: add_commands() of entry point greeter2 = "
+            "aa_storage_test_commands_greeter2 failed: command 'greet' is already added by "
+            "entry point greeter = aa_storage_test_commands_greeter"
+        )
+
+    def test_a_name_of_two_words_is_refused(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A command name that is not one word is refused, quoting it."""
+        command_plugins("wordy", _add_two_words)
+        assert _failure(capsys, ["greet"]).endswith(
+            "failed: a command's name is one word not starting with '-', got 'two words'"
+        )
+
+    def test_a_hook_with_the_wrong_arguments_is_invalid(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An add_commands implementation whose argument the hookspec lacks makes the plugin
+        invalid, one line naming it, with no pluggy traceback."""
+
+        def add_commands(parser: argparse.ArgumentParser) -> None:
+            """Takes the argument the hookspec does not have."""
+
+        command_plugins("misfit", add_commands)
+        line = _failure(capsys, ["greet"])
+        assert line.startswith(
+            "aa-storage: PluginError: driver plugin entry point misfit = "
+            "aa_storage_test_commands_misfit is invalid: "
+        )
+        assert "Argument(s) {'parser'} are declared in the hookimpl" in line
+
+    def test_a_command_that_returns_no_status_is_a_plugin_error(
+        self, command_plugins: Callable[..., None], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A plugin's command that returns None, not an exit status, is a PluginError."""
+        command_plugins("mute", _add_no_status)
+        assert _failure(capsys, ["mute"]) == (
+            "aa-storage: PluginError: command 'mute' of entry point mute = "
+            "aa_storage_test_commands_mute returned None, not an exit status"
+        )

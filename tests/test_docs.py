@@ -1158,3 +1158,84 @@ def test_no_merge_conflict_markers(doc: Path) -> None:
     """No line of the doc is a leftover merge-conflict marker."""
     markers = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.M)
     assert not markers.findall(doc.read_text(encoding="utf-8"))
+
+
+# --- plugins.md: a driver's command (section 9), run through the real CLI ---
+
+
+class TestPluginsAddCommands:
+    """The example driver with section 9's hook, installed through an entry point the way
+    pip would, and run by ``python -m aa_storage`` as plugins.md says."""
+
+    SECTION = "9. Add a command to `aa-storage`"
+
+    @pytest.fixture
+    def installed(self, plugins_md: str, tmp_path: Path) -> Path:
+        """The example project, its module with section 9's block added, and the
+        entry point a wheel of it would install."""
+        project = write_example(plugins_md, tmp_path)
+        [block] = code_blocks(section(plugins_md, self.SECTION), "python")
+        with (project / f"{EXAMPLE_MODULE}.py").open("a", encoding="utf-8") as module:
+            module.write("\n\n" + block.code)
+        dist_info = project / "aa_storage_dict-0.1.0.dist-info"
+        dist_info.mkdir()
+        (dist_info / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: aa-storage-dict\nVersion: 0.1.0\n", encoding="utf-8"
+        )
+        (dist_info / "entry_points.txt").write_text(
+            f"[{ENTRY_POINT_GROUP}]\ndict = {EXAMPLE_MODULE}\n", encoding="utf-8"
+        )
+        return project
+
+    @staticmethod
+    def aa_storage(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """``aa-storage ARGS`` run in ``project``, with the project on the path."""
+        return subprocess.run(
+            [sys.executable, "-m", "aa_storage", *args],
+            cwd=project,
+            env={**os.environ, "PYTHONPATH": str(project)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def test_the_command_prints_what_the_page_shows(self, plugins_md: str, installed: Path) -> None:
+        """`aa-storage dict-settings agent-assembly.toml` prints the page's output, exit 0."""
+        [session] = code_blocks(section(plugins_md, self.SECTION), "console")
+        command, *output = session.code.splitlines()
+        result = self.aa_storage(installed, *command.removeprefix("$ aa-storage ").split())
+        assert (result.returncode, result.stderr) == (0, "")
+        assert result.stdout.splitlines() == output
+
+    def test_help_lists_it_after_the_built_in_commands(
+        self, plugins_md: str, installed: Path
+    ) -> None:
+        """`aa-storage --help` lists the command after drivers and check, with its help line,
+        and its own --help starts with its description."""
+        listed = self.aa_storage(installed, "--help").stdout.split("\ncommands:\n")[1]
+        names = re.findall(r"^ {4}([\w-]+) ", listed, re.M)
+        assert names[:2] == ["drivers", "check"]
+        assert "dict-settings" in names[2:]
+        assert re.search(
+            r"^ +dict-settings +print the \[storage\.dict\] settings of a config file$",
+            listed,
+            re.M,
+        )
+        own = self.aa_storage(installed, "dict-settings", "--help").stdout
+        assert own.split("\n\n")[1] == (
+            "Print the [storage.dict] settings of FILE, defaults filled in."
+        )
+
+    def test_a_config_error_is_the_line_the_page_quotes(
+        self, plugins_md: str, installed: Path
+    ) -> None:
+        """With `max_entries = 0`, the command prints the one line plugins.md quotes, exit 1."""
+        (installed / "bad.toml").write_text(
+            '[storage]\nbackend = "dict"\n\n[storage.dict]\nmax_entries = 0\n', encoding="utf-8"
+        )
+        result = self.aa_storage(installed, "dict-settings", "bad.toml")
+        assert result.returncode == 1
+        [line] = result.stderr.splitlines()
+        assert line.startswith("aa-storage: InvalidConfigError: ")
+        assert f"prints `{line}`" in words(section(plugins_md, self.SECTION))

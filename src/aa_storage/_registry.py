@@ -7,6 +7,7 @@ from importlib.metadata import EntryPoint, entry_points
 import pluggy
 
 from aa_storage import hookspecs
+from aa_storage.commands import Commands
 from aa_storage.contracts import Driver
 from aa_storage.errors import (
     ConfigError,
@@ -34,7 +35,8 @@ class Registry:
         self._entry_points: dict[str, EntryPoint] = {}
         # Names claimed by two different entry points: unusable, but only they are.
         self._clashes: dict[str, DuplicateDriverError] = {}
-        self._loaded: dict[str, tuple[Driver, str]] = {}
+        # Each loaded driver with where it came from and the plugin that provided it.
+        self._loaded: dict[str, tuple[Driver, str, object]] = {}
         listed = entry_points(group=ENTRY_POINT_GROUP) if found is None else found
         for entry_point in listed:
             known = self._entry_points.get(entry_point.name)
@@ -109,6 +111,21 @@ class Registry:
         """Every driver whose plugin loads, in name order; broken ones are left out."""
         return [found for found in self.load_all().values() if isinstance(found, Driver)]
 
+    def add_commands(self, commands: Commands) -> None:
+        """Let every installed or added plugin add its subcommands, in name order,
+        importing each plugin.
+
+        Raises ``ConfigError`` (a ``PluginError`` naming the plugin, most often)
+        when a plugin does not load, or its ``add_commands`` hook raises.
+        """
+        for name in self.names():
+            self.driver(name)
+            _, origin, plugin = self._loaded[name]
+            try:
+                self._hook_of(plugin, "add_commands")(commands=commands.added_by(origin))
+            except Exception as exc:
+                raise PluginError(f"add_commands() of {origin} failed: {_one_line(exc)}") from None
+
     def _register(self, plugin: object, origin: str) -> Driver:
         """Register ``plugin`` and call its hook; on any failure it is left unregistered."""
         if self._manager.is_registered(plugin):
@@ -124,7 +141,7 @@ class Registry:
         except BaseException:
             self._manager.unregister(plugin)
             raise
-        self._loaded[driver.name] = (driver, origin)
+        self._loaded[driver.name] = (driver, origin, plugin)
         return driver
 
     def _call_register(self, plugin: object, origin: str) -> Driver:
@@ -133,16 +150,19 @@ class Registry:
             self._manager.check_pending()
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"driver plugin {origin} is invalid: {_one_line(exc)}") from None
-        others = [p for p in self._manager.get_plugins() if p is not plugin]
-        call_register = self._manager.subset_hook_caller("register", remove_plugins=others)
         try:
-            results = call_register()
+            results = self._hook_of(plugin, "register")()
         except Exception as exc:
             raise PluginError(f"register() of {origin} failed: {_one_line(exc)}") from None
         if len(results) != 1 or not isinstance(results[0], Driver):
             raise PluginError(f"register() of {origin} must return one Driver, got {results!r}")
         driver: Driver = results[0]
         return driver
+
+    def _hook_of(self, plugin: object, hook: str) -> pluggy.HookCaller:
+        """The hook called ``hook``, as ``plugin`` alone implements it."""
+        others = [p for p in self._manager.get_plugins() if p is not plugin]
+        return self._manager.subset_hook_caller(hook, remove_plugins=others)
 
     def _forget(self, name: str, plugin: object) -> None:
         del self._loaded[name]

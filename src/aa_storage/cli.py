@@ -1,11 +1,17 @@
-"""``aa-storage``: list the installed drivers, check a config end to end, and
-benchmark the Redis driver.
+"""``aa-storage``: list the installed drivers, check a config end to end, and run
+the subcommands that drivers add (the Redis driver's ``bench``).
 
 ``check`` loads the config (the file ``--config`` or ``AA_STORAGE_CONFIG``
 names, else memory defaults), runs every operation of every kind once against
 the real stores, and prints what each cost and the effective config as TOML. Any
 failure is one line on stderr and exit status 1, never a traceback; so is a
-reader that stops early (``aa-storage check | head -1``).
+reader that stops early (``aa-storage check | head -1``). A driver's
+subcommands, added through the ``add_commands`` hook, fail the same way.
+
+Drivers' subcommands are asked for only when the command line names a command
+that is not built in, or asks for the list of commands: so ``drivers`` and
+``check`` import no driver they don't use, and a plugin that is broken does not
+stop them.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from aa_storage import (
     open_storage,
 )
 from aa_storage._toml_text import toml_key, toml_value
+from aa_storage.commands import Commands
 from aa_storage.redaction import redacted_settings
 
 _DIST = "aa-storage"
@@ -180,15 +187,6 @@ def _drivers() -> int:
     return 1 if any(isinstance(loaded, ConfigError) for loaded in found.values()) else 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    # The benchmark compares the Redis driver with raw redis-py, so it lives with
-    # that driver; importing it only here keeps redis out of every other command.
-    from aa_storage_redis.bench import Budget, command
-
-    budget = Budget(seconds=args.seconds, requests=args.requests)
-    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     try:
@@ -206,18 +204,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser, commands = _parser()
     try:
+        if _named_command(words) not in commands:
+            Registry().add_commands(commands)
+        args = parser.parse_args(words)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
         with _labelled_log_lines():
-            if args.command == "drivers":
-                return _drivers()
-            if args.command == "bench":
-                return _bench(args)
-            return asyncio.run(_check(args.config))
+            return commands.run(args)
     except (ConfigError, StorageError, CheckFailed, StepFailed) as exc:
         kind = type(exc.error if isinstance(exc, StepFailed) else exc).__name__
         # One line, whatever the message held.
@@ -226,22 +223,33 @@ def _run(argv: Sequence[str] | None) -> int:
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def _named_command(words: Sequence[str]) -> str | None:
+    """The command ``words`` name: the first that is not an option, as the only
+    options before it (``--help``, ``--version``) take no value."""
+    return next((word for word in words if not word.startswith("-")), None)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, Commands]:
+    """The parser of the built-in commands, and its subcommands, for drivers to add to."""
     parser = argparse.ArgumentParser(
         prog="aa-storage",
-        description="List storage drivers, check a storage config, and benchmark the Redis driver.",
+        description=(
+            "List storage drivers, check a storage config, and run the commands drivers add."
+        ),
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {importlib.metadata.version(_DIST)}"
     )
-    commands = parser.add_subparsers(dest="command", title="commands")
-    commands.add_parser(
+    commands = Commands.of(parser)
+    commands.add(
         "drivers",
+        lambda args: _drivers(),
         help="list installed drivers and their kinds (exit 1 if a plugin is broken)",
         description=DRIVERS_DESCRIPTION,
     )
-    check = commands.add_parser(
+    check = commands.add(
         "check",
+        lambda args: asyncio.run(_check(args.config)),
         help="round-trip every operation of every kind",
         description=(
             "Run every operation of every kind of store once, and print each "
@@ -256,65 +264,7 @@ def _parser() -> argparse.ArgumentParser:
             "environment variable, and when that is unset, the embedded memory driver"
         ),
     )
-    _add_bench(commands)
-    return parser
-
-
-def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bench = commands.add_parser(
-        "bench",
-        help="measure the Redis driver's throughput and latency beside raw redis-py",
-        description=(
-            "Run each store operation sequentially and with C concurrent callers, through "
-            "the Redis driver and as the same command sent with raw redis-py, and print "
-            "ops/s, p50 and p99 latency, and their ratio. Progress goes to stderr, the "
-            "table to stdout. Keys are made under <key_prefix>bench-<random>: and deleted "
-            "at the end."
-        ),
-    )
-    bench.add_argument(
-        "--config",
-        metavar="FILE",
-        help=(
-            "TOML config whose [storage.redis] section names the server; without it, a "
-            "throwaway redis-server from PATH on a free loopback port"
-        ),
-    )
-    bench.add_argument(
-        "--concurrency",
-        metavar="C",
-        type=_at_least(2, int),
-        default=50,
-        help="callers of the concurrent cases (default 50)",
-    )
-    budget = bench.add_mutually_exclusive_group()
-    budget.add_argument(
-        "--seconds",
-        type=_at_least(0.001, float),
-        default=2.0,
-        help="how long each case runs (default 2)",
-    )
-    budget.add_argument(
-        "--requests",
-        metavar="N",
-        type=_at_least(1, int),
-        help="calls per case, instead of --seconds",
-    )
-
-
-def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type: ``number(text)``, refused below ``low``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = number(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {number.__name__}, got {text!r}") from None
-        if not value >= low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
-        return value
-
-    return parse
+    return parser, commands
 
 
 @contextlib.contextmanager

@@ -15,6 +15,8 @@ from aa_storage.validation import CHECK, FieldCheck, check_fields
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.urls import CLUSTER, Deployment, HostError, parse_deployment
 
+DRIVER_NAME = "redis"
+"""The driver's name: its entry point's, and its config section's, ``[storage.redis]``."""
 DEFAULT_URL = "redis://127.0.0.1:6379"
 
 

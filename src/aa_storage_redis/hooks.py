@@ -1,11 +1,13 @@
-"""The Redis driver's plugin, found through the ``aa_storage.drivers`` entry point ``redis``."""
+"""The Redis driver's plugin, found through the ``aa_storage.drivers`` entry point ``redis``:
+its driver, and the ``aa-storage bench`` subcommand."""
 
 from aa_storage import Driver, Kind
+from aa_storage.commands import Commands
 from aa_storage.hookspecs import hookimpl
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.config import DRIVER_NAME, RedisStorageConfig
 
-DRIVER_NAME = "redis"
+__all__ = ["DRIVER_NAME", "add_commands", "register"]
 
 
 @hookimpl
@@ -17,3 +19,13 @@ def register() -> Driver:
         kinds=set(Kind),
         open=RedisBackend.connect,
     )
+
+
+@hookimpl
+def add_commands(commands: Commands) -> None:
+    """Add ``aa-storage bench``, which measures this driver beside raw redis-py."""
+    # Imported here, as the CLI asks for its commands, and not by every program
+    # that stores through this driver: the benchmark is for the command line only.
+    from aa_storage_redis.bench import add_command
+
+    add_command(commands)

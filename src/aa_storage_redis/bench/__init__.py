@@ -3,34 +3,102 @@
 Each store operation runs sequentially and with ``concurrency`` callers, once
 through the driver and once as the same command sent with raw redis-py async
 (hiredis), against the server a config names or a throwaway redis-server.
-Then a stampede: ``get_or_load`` callers in several processes on one cold key.
-:func:`command` is the CLI's entry; it prints one table, the stampede's
-line, and the driver's stats over the run.
+Then the near-cache, a replica missing, and a stampede: ``get_or_load``
+callers in several processes on one cold key. It prints one table, the lines
+of the later cases, and the driver's stats over the run.
+
+The driver's plugin adds the subcommand with :func:`add_command`. The modules,
+each importing only those listed after it:
+
+- ``measure``: the run, case by case, and what it prints;
+- ``near``, ``missing_replica``, ``stampede``: one kind of case each;
+- ``timing``: the budget of a case, and how its calls are timed;
+- ``operations``: what a case calls, through the driver and raw redis-py;
+- ``report``: the results and their lines; ``server``: the throwaway redis-server.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-from typing import TextIO
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TextIO
 
 from aa_storage import ConfigError, load_config
-from aa_storage.redaction import redact_url
-from aa_storage_redis.bench.measure import Budget, run
-from aa_storage_redis.bench.operations import OPERATIONS
-from aa_storage_redis.bench.report import (
-    Progress,
-    p99_note,
-    propagation_lines,
-    stats_lines,
-    table,
-)
+from aa_storage.commands import Commands
+from aa_storage_redis.bench.measure import measure
 from aa_storage_redis.bench.server import BINARY, throwaway_server
-from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
-from aa_storage_redis.config import RedisStorageConfig
-from aa_storage_redis.hooks import DRIVER_NAME
+from aa_storage_redis.bench.timing import Budget
+from aa_storage_redis.config import DRIVER_NAME, RedisStorageConfig
 
-__all__ = ["Budget", "command"]
+__all__ = ["Budget", "add_command", "command"]
+
+
+def add_command(commands: Commands) -> None:
+    """Add ``bench`` and its arguments to ``commands``."""
+    bench = commands.add(
+        "bench",
+        _run,
+        help="measure the Redis driver's throughput and latency beside raw redis-py",
+        description=(
+            "Run each store operation sequentially and with C concurrent callers, through "
+            "the Redis driver and as the same command sent with raw redis-py, and print "
+            "ops/s, p50 and p99 latency, and their ratio. Progress goes to stderr, the "
+            "table to stdout. Keys are made under <key_prefix>bench-<random>: and deleted "
+            "at the end."
+        ),
+    )
+    bench.add_argument(
+        "--config",
+        metavar="FILE",
+        help=(
+            "TOML config whose [storage.redis] section names the server; without it, a "
+            "throwaway redis-server from PATH on a free loopback port"
+        ),
+    )
+    bench.add_argument(
+        "--concurrency",
+        metavar="C",
+        type=_at_least(2, int),
+        default=50,
+        help="callers of the concurrent cases (default 50)",
+    )
+    budget = bench.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--seconds",
+        type=_at_least(0.001, float),
+        default=2.0,
+        help="how long each case runs (default 2)",
+    )
+    budget.add_argument(
+        "--requests",
+        metavar="N",
+        type=_at_least(1, int),
+        help="calls per case, instead of --seconds",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    budget = Budget(seconds=args.seconds, requests=args.requests)
+    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr)
+
+
+def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: ``number(text)``, refused below ``low``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = number(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {number.__name__}, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
 
 
 def command(
@@ -39,7 +107,8 @@ def command(
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
     the table goes to ``out``, progress to ``err``. Returns the exit status.
 
-    Ctrl-C (SIGINT) stops the run however it was started, in the background too.
+    Ctrl-C (SIGINT) stops the run however it was started, in the background too,
+    and so does SIGTERM; either way the exit status is 130.
     Raises ``ConfigError`` when there is no server to measure, and
     ``StorageError`` when the server fails a call.
     """
@@ -49,28 +118,36 @@ def command(
         # start their commands, with SIGINT ignored, which a process inherits: then
         # Ctrl-C and `kill -INT` would not stop the run.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM stops the run as Ctrl-C does, outside the timed cases too (the
+    # server's start, the stampede); during them, measure.py cancels its task.
+    terminate = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _measure_somewhere(config_path, concurrency, budget, out, err)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        # Ctrl-C, or SIGTERM (see run): the keys are deleted, the server stopped.
+        # Ctrl-C or SIGTERM: the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
         return 130
     finally:
+        signal.signal(signal.SIGTERM, terminate)
         if inherited is signal.SIG_IGN:
             signal.signal(signal.SIGINT, inherited)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _measure_somewhere(
     config_path: str | None, concurrency: int, budget: Budget, out: TextIO, err: TextIO
 ) -> int:
     if config_path is not None:
-        return _bench(config_from_file(config_path), concurrency, budget, out, err)
+        return measure(config_from_file(config_path), concurrency, budget, out, err)
     with throwaway_server() as server:
         err.write(
             f"aa-storage bench: started {BINARY} (pid {server.pid}) at {server.url}, "
             "stopped when the run ends\n"
         )
-        return _bench(RedisStorageConfig(url=server.url), concurrency, budget, out, err)
+        return measure(RedisStorageConfig(url=server.url), concurrency, budget, out, err)
 
 
 def config_from_file(path: str) -> RedisStorageConfig:
@@ -82,35 +159,3 @@ def config_from_file(path: str) -> RedisStorageConfig:
             f"{DRIVER_NAME} driver; bench measures the Redis driver"
         )
     return settings
-
-
-def _bench(
-    config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
-) -> int:
-    # Each operation in two modes on two sides, then the near-cache's hit on two
-    # sides and its propagation, then reads with a replica missing, with and
-    # without writers.
-    cases = len(OPERATIONS) * 2 * 2 + 3 + 2
-    err.write(
-        f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
-        f"pool_size={config.pool_size}; {cases} cases of {budget} each\n"
-    )
-    progress = Progress(err, cases)
-    try:
-        rows, stats, propagation, missing = asyncio.run(run(config, concurrency, budget, progress))
-    finally:
-        progress.stop()
-    err.write(f"aa-storage bench: stampede, {CALLERS} callers in {PROCESSES} processes ...\n")
-    crowd = stampede(config)
-    tail = (
-        *propagation_lines(propagation),
-        "",
-        *missing.lines(),
-        "",
-        crowd.line(),
-        "",
-        *stats_lines(stats),
-    )
-    for line in (*table(rows), "", *p99_note(rows), *tail):
-        out.write(line + "\n")
-    return 0

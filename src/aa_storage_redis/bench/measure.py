@@ -1,4 +1,10 @@
-"""Timing the cases of ``aa-storage bench``.
+"""The run of ``aa-storage bench``, case by case, and what it prints.
+
+First each operation of :data:`~aa_storage_redis.bench.operations.OPERATIONS`,
+sequentially and then with ``concurrency`` callers, through the driver and
+through raw redis-py; then the near-cache's cases (``near.py``), reads while a
+replica is missing (``missing_replica.py``) and the stampede (``stampede.py``).
+Every case is timed by ``timing.py``, and ``report.py`` prints the results.
 
 Raw redis-py gets as many connections as the driver's ``pool_size``
 sequentially, and one per caller concurrently. Every caller has keys of its
@@ -9,77 +15,86 @@ deleted at the end, also after Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import signal
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TextIO
 
 import attrs
-import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
 from aa_storage.redaction import redact_url
-from aa_storage_redis import ExecutorStats
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.bench.operations import OPERATIONS, Call, Caller, Operation, Subject
+from aa_storage_redis.bench.missing_replica import MissingReplica, missing_replica_case
+from aa_storage_redis.bench.near import near_cache_cases
+from aa_storage_redis.bench.operations import (
+    OPERATIONS,
+    Call,
+    Caller,
+    Operation,
+    Subject,
+    raw_client,
+)
 from aa_storage_redis.bench.report import (
-    MIN_P99_SAMPLES,
-    Measurement,
     Progress,
     Propagation,
     Row,
     mode_of,
+    p99_note,
+    propagation_lines,
+    stats_lines,
+    table,
 )
+from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
+from aa_storage_redis.bench.timing import Budget, timed, together
 from aa_storage_redis.config import RedisStorageConfig
-from aa_storage_redis.errors import translate
-
-if TYPE_CHECKING:
-    from aa_storage_redis.bench.missing_replica import MissingReplica
+from aa_storage_redis.stats import ExecutorStats
 
 # Untimed calls per caller before a case is timed: connections open, scripts cached.
 WARM_UP_CALLS = 2
+# Each operation in two modes on two sides, then the near-cache's hit on two sides
+# and its propagation, then reads with a replica missing, with and without writers.
+CASES = len(OPERATIONS) * 2 * 2 + 3 + 2
 _DELETE_BATCH = 500
 
 
-@attrs.frozen
-class Budget:
-    """How long each case runs: ``requests`` calls in all when set, else ``seconds``."""
+def measure(
+    config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+) -> int:
+    """Run every case against ``config``'s server, saying on ``err`` which one runs,
+    then write the table and the figures after it to ``out``. Returns the exit status."""
+    err.write(
+        f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
+        f"pool_size={config.pool_size}; {CASES} cases of {budget} each\n"
+    )
+    progress = Progress(err, CASES)
+    try:
+        rows, stats, propagation, missing = asyncio.run(
+            _cases(config, concurrency, budget, progress)
+        )
+    finally:
+        progress.stop()
+    err.write(f"aa-storage bench: stampede, {CALLERS} callers in {PROCESSES} processes ...\n")
+    crowd = stampede(config)
+    tail = (
+        *propagation_lines(propagation),
+        "",
+        *missing.lines(),
+        "",
+        crowd.line(),
+        "",
+        *stats_lines(stats),
+    )
+    for line in (*table(rows), "", *p99_note(rows), *tail):
+        out.write(line + "\n")
+    return 0
 
-    seconds: float
-    requests: int | None = None
 
-    def allowance(self) -> Callable[[], bool]:
-        """A fresh check for one case, asked before each call: may it go ahead?"""
-        if self.requests is None:
-            deadline = time.perf_counter() + self.seconds
-            return lambda: time.perf_counter() < deadline
-        left = self.requests
-
-        def another() -> bool:
-            nonlocal left
-            left -= 1
-            return left >= 0
-
-        return another
-
-    def __str__(self) -> str:
-        return f"{self.requests} calls" if self.requests is not None else f"{self.seconds:g} s"
-
-
-async def run(
+async def _cases(
     config: RedisStorageConfig, concurrency: int, budget: Budget, progress: Progress
 ) -> tuple[list[Row], ExecutorStats, Propagation, MissingReplica]:
     """Measure every operation, sequentially and then with ``concurrency`` callers,
     then the near-cache, then reads while a replica is missing; returns the rows in
     that order, the driver's stats over the operations (and the near-cache's
     counters), how fast invalidations reach the near-cache, and the reads' figures."""
-    # These cases time their calls with this module's helpers.
-    from aa_storage_redis.bench.missing_replica import missing_replica_case
-    from aa_storage_redis.bench.near import near_cache_cases
-
     config = attrs.evolve(config, key_prefix=f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:")
     backend = RedisBackend.connect(config)
     made: list[Caller] = []
@@ -88,6 +103,7 @@ async def run(
     assert this_run is not None, "a coroutine awaited by asyncio.run runs in a task"
     # SIGTERM stops the run as Ctrl-C does: this task is cancelled, and the
     # cleanup below still runs.
+    outside = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, this_run.cancel)
     try:
         rows = [
@@ -112,6 +128,9 @@ async def run(
         finally:
             await backend.aclose()
             loop.remove_signal_handler(signal.SIGTERM)
+            # That left SIGTERM at its default, which ends the process with no cleanup.
+            if outside is not None:
+                signal.signal(signal.SIGTERM, outside)
 
 
 async def _case(
@@ -154,82 +173,8 @@ async def _ready(
         for _ in range(WARM_UP_CALLS):
             await call(subject, caller)
 
-    await _together(prepare(caller) for caller in ready)
+    await together(prepare(caller) for caller in ready)
     return ready
-
-
-async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Budget) -> Measurement:
-    allowed = budget.allowance()
-    latencies: list[float] = []
-
-    async def calls(caller: Caller) -> None:
-        while allowed():
-            started = time.perf_counter()
-            await call(subject, caller)
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await _together(calls(caller) for caller in callers)
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return Measurement(
-        ops_per_sec=len(latencies) / elapsed,
-        p50_us=percentile(latencies, 0.50) * 1e6,
-        p99_us=p99_us(latencies),
-    )
-
-
-def percentile(ordered: list[float], fraction: float) -> float:
-    """The nearest-rank percentile of a sorted, non-empty list."""
-    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
-
-
-def p99_us(ordered: list[float]) -> float | None:
-    """The p99 of a sorted list of seconds, in microseconds; None below
-    ``MIN_P99_SAMPLES``, where it would only be the slowest sample."""
-    if len(ordered) < MIN_P99_SAMPLES:
-        return None
-    return percentile(ordered, 0.99) * 1e6
-
-
-async def _together(coroutines: Iterable[Coroutine[Any, Any, Any]]) -> None:
-    """Run them concurrently; the first failure cancels the others and is raised."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for coroutine in coroutines:
-                group.create_task(coroutine)
-    except ExceptionGroup as failures:
-        raise failures.exceptions[0] from None
-
-
-@contextlib.asynccontextmanager
-async def raw_client(config: RedisStorageConfig, connections: int) -> AsyncIterator[aioredis.Redis]:
-    """A raw redis-py client with ``connections`` connections at most; its
-    failures become the driver's errors, so they read the same."""
-    options: dict[str, Any] = {}
-    if config.uses_tls:
-        options.update(
-            ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
-        )
-    pool = aioredis.BlockingConnectionPool.from_url(
-        config.effective_url,
-        max_connections=connections,
-        socket_connect_timeout=config.connect_timeout,
-        socket_timeout=config.socket_timeout,
-        **options,
-    )
-    client = aioredis.Redis.from_pool(pool)
-    try:
-        yield client
-    except redis_errors.RedisError as exc:
-        password = pool.connection_kwargs.get("password")
-        raise translate(
-            exc,
-            server=redact_url(config.effective_url),
-            secret=password if isinstance(password, str) else None,
-        ) from None
-    finally:
-        await client.aclose()
 
 
 async def _delete_keys(backend: RedisBackend, callers: list[Caller]) -> None:

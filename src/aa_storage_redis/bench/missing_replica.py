@@ -16,9 +16,9 @@ import attrs
 
 from aa_storage import BackendError
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.bench.measure import Budget, timed
 from aa_storage_redis.bench.operations import Caller, Subject
 from aa_storage_redis.bench.report import Measurement, Progress
+from aa_storage_redis.bench.timing import Budget, timed
 from aa_storage_redis.config import RedisStorageConfig
 
 WRITERS = 4

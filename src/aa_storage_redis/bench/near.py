@@ -24,9 +24,9 @@ import redis
 
 from aa_storage import BackendError, NotFoundError, PolicyDocument, policy_from_json, policy_to_json
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.bench.measure import Budget, p99_us, percentile, raw_client, timed
-from aa_storage_redis.bench.operations import POLICY, POLICY_TTL_SECS, Caller, Subject
+from aa_storage_redis.bench.operations import POLICY, POLICY_TTL_SECS, Caller, Subject, raw_client
 from aa_storage_redis.bench.report import Progress, Propagation, Row
+from aa_storage_redis.bench.timing import Budget, p99_us, percentile, timed
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.stats import ExecutorStats

@@ -3,18 +3,20 @@ raw redis-py command that makes the server do the same work.
 
 Raw redis-py sends exactly the driver's command: ``EVALSHA`` of the driver's own
 script for ``increment``, ``save`` and ``cache_policy``, ``GET`` and ``HMGET`` for
-the others, on the keys the driver would use.
+the others, on the keys the driver would use, through :func:`raw_client`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import attrs
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from aa_storage import (
     SESSION_TTL_SECS,
@@ -26,7 +28,10 @@ from aa_storage import (
     SessionRecord,
     policy_to_json,
 )
+from aa_storage.redaction import redact_url
 from aa_storage_redis.backend import RedisBackend
+from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
@@ -164,3 +169,33 @@ OPERATIONS = (
         ),
     ),
 )
+
+
+@contextlib.asynccontextmanager
+async def raw_client(config: RedisStorageConfig, connections: int) -> AsyncIterator[aioredis.Redis]:
+    """A raw redis-py client with ``connections`` connections at most; its
+    failures become the driver's errors, so they read the same."""
+    options: dict[str, Any] = {}
+    if config.uses_tls:
+        options.update(
+            ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        config.effective_url,
+        max_connections=connections,
+        socket_connect_timeout=config.connect_timeout,
+        socket_timeout=config.socket_timeout,
+        **options,
+    )
+    client = aioredis.Redis.from_pool(pool)
+    try:
+        yield client
+    except redis_errors.RedisError as exc:
+        password = pool.connection_kwargs.get("password")
+        raise translate(
+            exc,
+            server=redact_url(config.effective_url),
+            secret=password if isinstance(password, str) else None,
+        ) from None
+    finally:
+        await client.aclose()

@@ -1,27 +1,32 @@
-"""The results of ``aa-storage bench``, and the table it prints."""
+"""The results of ``aa-storage bench`` and the lines that show them: the table, the
+near-cache's propagation and the driver's stats on stdout, and each case's progress
+on stderr. The rows' targets are a read-only mapping."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import TextIO
 
 import attrs
 
-from aa_storage_redis import ExecutorStats
+from aa_storage_redis.stats import ExecutorStats
 
 # The issue's targets, as driver/raw throughput ratios on loopback, keyed by
 # (operation, callers): sequential, and 50 callers against raw redis-py with 50
 # connections.
-TARGETS = {
-    ("increment", 1): 1.5,
-    ("get_policy", 1): 1.5,
-    ("save", 1): 1.5,
-    ("load", 1): 1.5,
-    ("increment", 50): 3.5,
-    ("get_policy", 50): 3.5,
-    # A near-cache hit against raw redis-py GET + decode.
-    ("get_policy_near", 1): 20.0,
-}
+TARGETS: Mapping[tuple[str, int], float] = MappingProxyType(
+    {
+        ("increment", 1): 1.5,
+        ("get_policy", 1): 1.5,
+        ("save", 1): 1.5,
+        ("load", 1): 1.5,
+        ("increment", 50): 3.5,
+        ("get_policy", 50): 3.5,
+        # A near-cache hit against raw redis-py GET + decode.
+        ("get_policy_near", 1): 20.0,
+    }
+)
 
 
 # Below this many samples a p99 is only the slowest one, so none is shown.

@@ -1,0 +1,91 @@
+"""How ``aa-storage bench`` times a case: a budget of calls or seconds, callers
+calling in a loop until it is spent, and nearest-rank percentiles of their
+latencies.
+
+Every case times its calls with :func:`timed`, so the figures of every case
+mean the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+import attrs
+
+from aa_storage_redis.bench.operations import Call, Caller, Subject
+from aa_storage_redis.bench.report import MIN_P99_SAMPLES, Measurement
+
+
+@attrs.frozen
+class Budget:
+    """How long each case runs: ``requests`` calls in all when set, else ``seconds``."""
+
+    seconds: float
+    requests: int | None = None
+
+    def allowance(self) -> Callable[[], bool]:
+        """A fresh check for one case, asked before each call: may it go ahead?"""
+        if self.requests is None:
+            deadline = time.perf_counter() + self.seconds
+            return lambda: time.perf_counter() < deadline
+        left = self.requests
+
+        def another() -> bool:
+            nonlocal left
+            left -= 1
+            return left >= 0
+
+        return another
+
+    def __str__(self) -> str:
+        return f"{self.requests} calls" if self.requests is not None else f"{self.seconds:g} s"
+
+
+async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Budget) -> Measurement:
+    """Each caller makes ``call`` again and again, all at once, until ``budget`` is spent;
+    their throughput together, and the percentiles of every call's latency."""
+    allowed = budget.allowance()
+    latencies: list[float] = []
+
+    async def calls(caller: Caller) -> None:
+        while allowed():
+            started = time.perf_counter()
+            await call(subject, caller)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await together(calls(caller) for caller in callers)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return Measurement(
+        ops_per_sec=len(latencies) / elapsed,
+        p50_us=percentile(latencies, 0.50) * 1e6,
+        p99_us=p99_us(latencies),
+    )
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of a sorted, non-empty list."""
+    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+def p99_us(ordered: list[float]) -> float | None:
+    """The p99 of a sorted list of seconds, in microseconds; None below
+    ``MIN_P99_SAMPLES``, where it would only be the slowest sample."""
+    if len(ordered) < MIN_P99_SAMPLES:
+        return None
+    return percentile(ordered, 0.99) * 1e6
+
+
+async def together(coroutines: Iterable[Coroutine[Any, Any, Any]]) -> None:
+    """Run them concurrently; the first failure cancels the others and is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:
+                group.create_task(coroutine)
+    except ExceptionGroup as failures:
+        raise failures.exceptions[0] from None
