@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -498,3 +499,13 @@ class TestDirectConstruction:
     def test_an_int_timeout_is_a_number_of_seconds(self) -> None:
         """An int is accepted where seconds are a float."""
         assert RedisStorageConfig(connect_timeout=2).connect_timeout == 2
+
+
+def test_the_url_is_parsed_once_per_config() -> None:
+    """Reading ``deployment`` does not parse the URL again: it is the same object each
+    time, and a config evolved to another URL has its own."""
+    config = RedisStorageConfig(url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert config.deployment is config.deployment
+    moved = attrs.evolve(config, url="redis://127.0.0.1:7002")
+    assert moved.deployment.addresses == (("127.0.0.1", 7002),)
+    assert config == RedisStorageConfig(url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001")

@@ -173,6 +173,8 @@ class RedisStorageConfig:
     ca_file: str | None = _checked(None, _readable_file)
     cert_file: str | None = _checked(None, _readable_file)
     key_file: str | None = _checked(None, _readable_file)
+    _deployment: Deployment = attrs.field(init=False, repr=False, eq=False)
+    """``effective_url`` parsed, once: see :attr:`deployment`."""
 
     def __attrs_post_init__(self) -> None:
         if self.key_file is not None and self.cert_file is None:
@@ -184,6 +186,7 @@ class RedisStorageConfig:
                 f"got {self.wait_timeout}"
             )
         check_fields(self)
+        object.__setattr__(self, "_deployment", parse_deployment(self.effective_url))
         if (
             self.deployment.topology == CLUSTER
             and not KeySpace(self.key_prefix).leases_share_the_slot
@@ -202,8 +205,9 @@ class RedisStorageConfig:
 
     @property
     def deployment(self) -> Deployment:
-        """The servers ``effective_url`` names, and how to reach them."""
-        return parse_deployment(self.effective_url)
+        """The servers ``effective_url`` names, and how to reach them (parsed once,
+        when the config is built)."""
+        return self._deployment
 
     @property
     def uses_tls(self) -> bool:
