@@ -63,8 +63,6 @@ from test_redis_security import readme_acl_rule
 from test_redis_semantics import CommandLog
 from waiting import eventually
 
-# The config's settings: its fields but the one it derives itself (the parsed URL).
-SETTINGS = [field for field in attrs.fields(RedisStorageConfig) if field.init]
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PLUGINS = ROOT / "plugins.md"
@@ -233,14 +231,14 @@ def shown_default(cell: str) -> object:
 
 def test_every_config_field_is_in_the_reference_table(readme: str) -> None:
     """Every field of RedisStorageConfig has a row in the README table, and every row a field."""
-    fields = [field.name for field in SETTINGS]
+    fields = [field.name for field in attrs.fields(RedisStorageConfig)]
     assert sorted(config_rows(readme)) == sorted(fields)
 
 
 def test_reference_table_defaults_match_the_code(readme: str) -> None:
     """Each default in the README table is the field's real default, of the same type."""
     rows = config_rows(readme)
-    for field in SETTINGS:
+    for field in attrs.fields(RedisStorageConfig):
         cell = rows[field.name][2]
         if field.name in WORD_DEFAULTS:
             assert field.default is None, f"{field.name} defaults to {field.default!r}"
@@ -248,7 +246,7 @@ def test_reference_table_defaults_match_the_code(readme: str) -> None:
         else:
             shown = shown_default(cell)
             assert (type(shown), shown) == (type(field.default), field.default), field.name
-    none_defaults = {f.name for f in SETTINGS if f.default is None}
+    none_defaults = {f.name for f in attrs.fields(RedisStorageConfig) if f.default is None}
     assert none_defaults == set(WORD_DEFAULTS)
 
 

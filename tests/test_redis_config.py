@@ -509,3 +509,11 @@ def test_the_url_is_parsed_once_per_config() -> None:
     moved = attrs.evolve(config, url="redis://127.0.0.1:7002")
     assert moved.deployment.addresses == (("127.0.0.1", 7002),)
     assert config == RedisStorageConfig(url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+
+
+def test_a_config_round_trips_through_asdict() -> None:
+    """``attrs.asdict`` gives the settings alone, which build an equal config: what
+    tests and tools hand to another process."""
+    config = RedisStorageConfig(url="redis://127.0.0.1:7003", pool_size=3)
+    assert config.deployment.addresses == (("127.0.0.1", 7003),)
+    assert RedisStorageConfig(**attrs.asdict(config)) == config

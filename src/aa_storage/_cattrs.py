@@ -62,8 +62,7 @@ def describe_errors(exc: BaseException, path: str) -> list[str]:
         ]
         return lines + [line for inner in unnoted for line in describe_errors(inner, path)]
     if isinstance(exc, ForbiddenExtraKeysError):
-        fields = attrs.fields(exc.cl) if attrs.has(exc.cl) else ()
-        known = [field.name for field in fields if field.init]
+        known = [field.name for field in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         return [unknown_key(f"{path}.{key}", key, known) for key in sorted(exc.extra_fields)]
     if isinstance(exc, KeyError):
         return [f"{path}: required key missing"]

@@ -55,9 +55,6 @@ def redact_value(name: str, value: object) -> object:
 def redacted_settings(config: Any) -> dict[str, object]:
     """The fields of an attrs config (or a mapping) as a dict safe to print."""
     fields: Mapping[str, object] = (
-        config
-        if isinstance(config, Mapping)
-        # Settings only: a field the config derives itself (init=False) is not one.
-        else attrs.asdict(config, recurse=False, filter=lambda field, _: field.init)
+        config if isinstance(config, Mapping) else attrs.asdict(config, recurse=False)
     )
     return {name: redact_value(name, value) for name, value in fields.items()}

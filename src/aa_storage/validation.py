@@ -124,15 +124,14 @@ def check_fields(instance: Any) -> None:
     the config loader can report them all.
     """
     hints = typing.get_type_hints(type(instance))
-    settings = [field for field in attrs.fields(type(instance)) if field.init]
-    for field in settings:
+    for field in attrs.fields(type(instance)):
         value = getattr(instance, field.name)
         hint = hints.get(field.name)
         if hint is not None and not _is_a(value, hint):
             expected = getattr(hint, "__name__", hint)
             raise TypeError(f"{field.name}: expected {expected}, got {type(value).__name__}")
     problems = []
-    for field in settings:
+    for field in attrs.fields(type(instance)):
         check: FieldCheck | None = field.metadata.get(CHECK)
         if check is not None:
             try:

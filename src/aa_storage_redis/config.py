@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -173,8 +174,6 @@ class RedisStorageConfig:
     ca_file: str | None = _checked(None, _readable_file)
     cert_file: str | None = _checked(None, _readable_file)
     key_file: str | None = _checked(None, _readable_file)
-    _deployment: Deployment = attrs.field(init=False, repr=False, eq=False)
-    """``effective_url`` parsed, once: see :attr:`deployment`."""
 
     def __attrs_post_init__(self) -> None:
         if self.key_file is not None and self.cert_file is None:
@@ -186,7 +185,6 @@ class RedisStorageConfig:
                 f"got {self.wait_timeout}"
             )
         check_fields(self)
-        object.__setattr__(self, "_deployment", parse_deployment(self.effective_url))
         if (
             self.deployment.topology == CLUSTER
             and not KeySpace(self.key_prefix).leases_share_the_slot
@@ -203,11 +201,11 @@ class RedisStorageConfig:
             return "rediss" + self.url.removeprefix("rediss").removeprefix("redis")
         return self.url
 
-    @property
+    @functools.cached_property
     def deployment(self) -> Deployment:
-        """The servers ``effective_url`` names, and how to reach them (parsed once,
-        when the config is built)."""
-        return self._deployment
+        """The servers ``effective_url`` names, and how to reach them; parsed on first
+        use, once per config (no field: ``attrs.asdict`` shows settings only)."""
+        return parse_deployment(self.effective_url)
 
     @property
     def uses_tls(self) -> bool:
