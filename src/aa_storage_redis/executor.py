@@ -111,14 +111,13 @@ class Executor:
         needs. What the topology calls a redirection (MOVED, ASK) is followed up
         to five times, and a node that is not ready (TRYAGAIN, CLUSTERDOWN,
         LOADING) is tried again with backoff until ``connect_timeout +
-        socket_timeout`` from the call's start; neither counts as a retry, as each
-        means the command did not run.
+        socket_timeout`` from the call's first such wait (or its first wait for the
+        topology); neither counts as a retry, as each means the command did not run.
         """
         packed = pack(*args)
         if len(packed) > MAX_ARGUMENT_BYTES:
             _refuse_oversized(args)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.connect_timeout + self.config.socket_timeout
+        deadline = 0.0  # set when the call first waits for the topology: no cost before
         attempt = redirects = 0
         redirect: Redirect | None = None
         while True:
@@ -134,6 +133,7 @@ class Executor:
             redirect = None
             try:
                 if node is None:
+                    deadline = deadline or self._deadline()
                     node = await self._route(key, deadline)
                 return await self._send(node, packed, read=read, asking=asking)
             except (NotSent, _Undiscovered) as failure:
@@ -168,8 +168,10 @@ class Executor:
                     redirects += 1
                     if not redirect.busy and redirects <= _MAX_REDIRECTS:
                         continue
-                    if redirect.busy and loop.time() < deadline:
-                        pause = min(_BACKOFF.compute(redirects), deadline - loop.time())
+                    deadline = deadline or self._deadline()
+                    left = deadline - asyncio.get_running_loop().time()
+                    if redirect.busy and left > 0:
+                        pause = min(_BACKOFF.compute(redirects), left)
                         await asyncio.sleep(pause)
                         continue
                     redirect = None
@@ -205,6 +207,11 @@ class Executor:
             return await reply
         *_, reply, wait = await node.submit_alone(*commands, self._wait)
         return await self._confirmed(reply, wait)
+
+    def _deadline(self) -> float:
+        """When a call that starts waiting now must give up waiting for the topology."""
+        config = self.config
+        return asyncio.get_running_loop().time() + config.connect_timeout + config.socket_timeout
 
     async def _route(self, key: bytes | None, deadline: float) -> Node:
         """The node for ``key``, once the topology has learnt it. Every failure,
