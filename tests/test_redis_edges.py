@@ -19,7 +19,7 @@ from aa_storage import AgentId, BackendError, NotFoundError
 from aa_storage.testing import HANG_SECS, a_policy, bounded
 from aa_storage_redis import RedisBackend, executor
 from aa_storage_redis.cluster import REFRESH_INTERVAL_SECS
-from cluster import LocalCluster
+from cluster import ClusterNode, LocalCluster
 from executor_support import OpenBackend
 from sentinel import SentinelSet
 from servers import RedisServer
@@ -52,6 +52,20 @@ def set_on_every_node(cluster: LocalCluster, *config: str) -> None:
             client.config_set(*config)
 
 
+async def uncover_a_slot(
+    cluster: LocalCluster, backend: RedisBackend
+) -> tuple[ClusterNode, int, str]:
+    """Once ``backend`` has read the slot map, take a slot from its primary (the others
+    stay served); returns that primary, the slot, and a counter key in it."""
+    set_on_every_node(cluster, "cluster-require-full-coverage", "no")
+    owner = cluster.primaries()[0]
+    slot = cluster.slots_of(owner)[0]
+    assert await backend.rate_limiter().current("edge:warm") == 0  # the map is read
+    with owner.client() as client:
+        client.execute_command("CLUSTER", "DELSLOTS", slot)
+    return owner, slot, counter_in_slot(slot)
+
+
 class TestUncoveredSlot:
     """B1: a slot no primary serves."""
 
@@ -62,14 +76,8 @@ class TestUncoveredSlot:
         slot, within connect_timeout + socket_timeout, and however many they are, the
         slot map is read at most about once per REFRESH_INTERVAL_SECS meanwhile."""
         cluster = fresh_redis_cluster
-        set_on_every_node(cluster, "cluster-require-full-coverage", "no")
-        owner = cluster.primaries()[0]
-        slot = cluster.slots_of(owner)[0]
-        counter = counter_in_slot(slot)
         backend = open_backend(cluster.url, connect_timeout=1.0, socket_timeout=1.0)
-        assert await backend.rate_limiter().current("edge:warm") == 0  # the map is read
-        with owner.client() as client:
-            client.execute_command("CLUSTER", "DELSLOTS", slot)
+        _, slot, counter = await uncover_a_slot(cluster, backend)
         before = slot_map_reads(cluster)
         calls = [backend.rate_limiter().current(counter) for _ in range(20)]
         async with asyncio.timeout(1.0 + 1.0 + 3.0):
@@ -89,14 +97,8 @@ class TestUncoveredSlot:
         """A call for an uncovered slot waits, reading the map again, and goes through
         once a primary serves the slot again."""
         cluster = fresh_redis_cluster
-        set_on_every_node(cluster, "cluster-require-full-coverage", "no")
-        owner = cluster.primaries()[0]
-        slot = cluster.slots_of(owner)[0]
-        counter = counter_in_slot(slot)
         backend = open_backend(cluster.url, connect_timeout=5.0, socket_timeout=5.0)
-        assert await backend.rate_limiter().current("edge:warm") == 0
-        with owner.client() as client:
-            client.execute_command("CLUSTER", "DELSLOTS", slot)
+        owner, slot, counter = await uncover_a_slot(cluster, backend)
         before = slot_map_reads(cluster)
         calls = asyncio.gather(*(backend.rate_limiter().current(counter) for _ in range(10)))
         # The callers have found the slot uncovered once they read the map again.

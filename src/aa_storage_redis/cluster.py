@@ -27,13 +27,16 @@ logger = logging.getLogger("aa_storage_redis")
 #: Least time between two reads of the slot map by one client, however many callers
 #: want one: a cluster in trouble is not also flooded with CLUSTER SLOTS.
 REFRESH_INTERVAL_SECS = 0.25
+# How long one node has to answer CLUSTER SLOTS before the next is asked as well.
+_STAGGER_SECS = 0.1
 
 
 class Cluster(Observed):
     """A Redis Cluster: each key goes to the primary that owns its slot.
 
     The slot map comes from ``CLUSTER SLOTS``, asked of the known primaries and
-    the seeds all at once; the first answer wins. Reads of the map are shared by
+    the seeds in turn, the next one as soon as one fails or is slow to answer;
+    the first answer wins. Reads of the map are shared by
     every caller that needs one and come at most every
     :data:`REFRESH_INTERVAL_SECS`. ``MOVED`` updates one slot at once and the whole
     map soon after; ``ASK`` sends one command elsewhere and changes nothing; a
@@ -191,22 +194,32 @@ class Cluster(Observed):
             self._refreshed_at = loop.time()
 
     async def _first_slot_map(self) -> tuple[list[Any], Address]:
-        """``CLUSTER SLOTS`` from whichever known primary or seed answers first, all
-        asked at once: a seed that hangs costs nothing while another answers."""
+        """``CLUSTER SLOTS`` from whichever known primary or seed answers first. One is
+        asked, then the next as soon as one fails or after :data:`_STAGGER_SECS`
+        without an answer: a healthy cluster is asked once per read, and seeds that
+        hang cost a fraction of a second each, not a timeout each."""
         known = [address for address, node in self._nodes.items() if node in self._primaries]
-        addresses = list(dict.fromkeys([*known, *self._seeds]))
+        waiting = list(dict.fromkeys([*known, *self._seeds]))
 
         async def slots_of(address: Address) -> tuple[list[Any], Address]:
             return await ask(self.node(address), "CLUSTER", "SLOTS"), address
 
-        asking = [asyncio.ensure_future(slots_of(address)) for address in addresses]
+        asking: set[asyncio.Future[tuple[list[Any], Address]]] = set()
         error: BaseException = redis_errors.ConnectionError("no cluster node to ask")
         try:
-            for answered in asyncio.as_completed(asking):
-                try:
-                    return await answered
-                except redis_errors.RedisError as exc:
-                    error = exc
+            while waiting or asking:
+                if waiting:
+                    asking.add(asyncio.ensure_future(slots_of(waiting.pop(0))))
+                stagger = _STAGGER_SECS if waiting else None
+                done, _ = await asyncio.wait(
+                    asking, timeout=stagger, return_when=asyncio.FIRST_COMPLETED
+                )
+                for answered in done:
+                    asking.discard(answered)
+                    try:
+                        return answered.result()
+                    except redis_errors.RedisError as exc:
+                        error = exc
         finally:
             for task in asking:
                 if not task.done():
