@@ -209,19 +209,24 @@ class TestOutbox:
             assert timed_out(future), failure(future)
 
 
-@pytest_asyncio.fixture
-async def node(redis_server: RedisServer, holds: Holds) -> AsyncIterator[Node]:
-    """A node of three connections to the emptied session server; closed after every held
-    reply is released."""
-    three = Node(
-        opener(redis_server),
-        address=f"{redis_server.host}:{redis_server.port}",
-        size=3,
+def a_node_over(open_connection: Callable[[], Any], address: tuple[str, int], size: int) -> Node:
+    """A node of ``size`` connections made by ``open_connection``, with the test's timeouts."""
+    return Node(
+        open_connection,
+        address=f"{address[0]}:{address[1]}",
+        size=size,
         counters=Counters(),
         max_pending=100,
         connect_timeout=TIMEOUT,
         socket_timeout=TIMEOUT,
     )
+
+
+@pytest_asyncio.fixture
+async def node(redis_server: RedisServer, holds: Holds) -> AsyncIterator[Node]:
+    """A node of three connections to the emptied session server; closed after every held
+    reply is released."""
+    three = a_node_over(opener(redis_server), (redis_server.host, redis_server.port), size=3)
     yield three
     holds.release_all()
     await bounded(three.aclose())
@@ -397,15 +402,8 @@ class TestTracking:
         new = (fresh_redis_server.host, fresh_redis_server.port)
 
         def real_node(address: tuple[str, int]) -> Node:
-            return Node(
-                functools.partial(Connection, host=address[0], port=address[1]),
-                address=f"{address[0]}:{address[1]}",
-                size=1,
-                counters=Counters(),
-                max_pending=10,
-                connect_timeout=TIMEOUT,
-                socket_timeout=TIMEOUT,
-            )
+            connect = functools.partial(Connection, host=address[0], port=address[1])
+            return a_node_over(connect, address, size=1)
 
         topology = Sentinel([("127.0.0.1", 26379)], "svc", real_node, no_sentinel, TIMEOUT)
         sentinels_name = [_Named(1, old, failing_over=False, sentinel=("127.0.0.1", 26379))]

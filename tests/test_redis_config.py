@@ -347,22 +347,22 @@ class TestUrlMistakes:
         ("url", "problem"),
         [
             (
-                f"redis:/app:{SECRET}@cache:6379",
+                f"redis:/app:{SECRET}@cache:7000",
                 "'://' is missing after 'redis:'; write redis://host:port "
                 "(or redis://user:password@host:port)",
             ),
             (
-                "redis:/127.0.0.1:6379",
+                "redis:/127.0.0.1:7000",
                 "'://' is missing after 'redis:'; write redis://host:port "
                 "(or redis://user:password@host:port)",
             ),
             (
-                f"rediss+cluster:app:{SECRET}@cache:6379",
+                f"rediss+cluster:app:{SECRET}@cache:7000",
                 "'://' is missing after 'rediss+cluster:'; write rediss+cluster://host:port "
                 "(or rediss+cluster://user:password@host:port)",
             ),
             (
-                f"app:{SECRET}@cache:6379",
+                f"app:{SECRET}@cache:7000",
                 "the URL must start with one of redis://, rediss://, redis+cluster://, "
                 "rediss+cluster://, redis+sentinel://, rediss+sentinel://, and '://' must "
                 "follow the scheme",
@@ -373,7 +373,7 @@ class TestUrlMistakes:
                 "(or redis://user:password@host:port)",
             ),
             (
-                f"app:{SECRET}@redis://cache:6379",
+                f"app:{SECRET}@redis://cache:7000",
                 "the scheme must be one of redis://, rediss://, redis+cluster://, "
                 "rediss+cluster://, redis+sentinel://, rediss+sentinel://",
             ),
