@@ -182,6 +182,34 @@ class TestAgainstAConfig:
         assert int(match[1]) == 100
         assert 0 < figure(match[2]) <= figure(match[3])
 
+    def test_prints_what_telemetry_costs(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """After the stampede: the run's callers counting with telemetry off, on with no
+        SDK, and on with the SDK (spans recorded, then exported to a collector stand-in),
+        each with its throughput and CPU time per call; then the hooks' own cost."""
+        assert bench("--config", config, "--requests", "200") == 0
+        out = capsys.readouterr().out
+        lines = out.partition(f"\ntelemetry, increment with {CONCURRENCY} callers ")[2]
+        lines = lines.split("\n\n")[0].splitlines()
+        assert lines[0] == "(best of 5 rounds; with the SDK, one):"
+        labels = [
+            "off (telemetry = false)",
+            "on, no SDK",
+            "on, SDK, spans not exported",
+            "on, SDK, OTLP/HTTP to a local collector",
+        ]
+        for label, line in zip(labels, lines[1:5], strict=True):
+            compared = "" if label.startswith("off") else r"   [+-]\d+\.\d% CPU per operation"
+            pattern = rf"  {re.escape(label)} +{_NUMBER} ops/s +{_NUMBER} us CPU per operation"
+            assert re.fullmatch(pattern + compared, line), line
+        assert re.fullmatch(
+            rf"  the telemetry hooks with no SDK, timed alone: {_NUMBER} us per operation, "
+            rf"{_NUMBER}% of its CPU",
+            lines[5],
+        )
+        assert len(lines) == 6
+
     def test_a_p99_needs_100_samples(self, config: str, capsys: pytest.CaptureFixture[str]) -> None:
         """With 20 calls a case, no p99 is shown, in the table or for the near-cache's
         changes, and a line says why."""
@@ -202,12 +230,13 @@ class TestAgainstAConfig:
         processes on a cold key ran the loader once, and that each got its policy."""
         assert bench("--config", config, "--requests", "10") == 0
         out, err = capsys.readouterr()
-        before_stats = out.partition("driver stats over the run:")[0].splitlines()
-        assert before_stats[-2:] == [
+        before_telemetry = out.partition("\ntelemetry, ")[0].splitlines()
+        assert before_telemetry[-2:] == [
+            "",
             "stampede: 100 get_or_load callers in 4 processes on a cold key: the loader ran "
             "1 time(s), as it must; 100 of 100 callers got its policy",
-            "",
         ]
+        assert "driver stats over the run:" not in before_telemetry
         assert "aa-storage bench: stampede, 100 callers in 4 processes ...\n" in err
 
     def test_deletes_every_key_it_made(self, redis_server: RedisServer, config: str) -> None:

@@ -19,6 +19,23 @@ RUNTIME = {
     canonicalize_name(requirement.name): requirement
     for requirement in map(Requirement, PROJECT["dependencies"])
 }
+# The otel extra, and the SDK the telemetry tests read it with: the floor env runs
+# those tests, so their lowest versions are promises too.
+TELEMETRY = {
+    canonicalize_name(requirement.name): requirement
+    for requirement in map(
+        Requirement,
+        [
+            *PROJECT["optional-dependencies"]["otel"],
+            *(
+                line
+                for line in PROJECT["optional-dependencies"]["dev"]
+                if "opentelemetry-sdk" in line
+            ),
+        ],
+    )
+}
+PROMISED = {**RUNTIME, **TELEMETRY}
 
 
 def pins(name: str) -> dict[str, Version]:
@@ -41,21 +58,23 @@ def lower_bound(specifier: SpecifierSet) -> Version:
 
 class TestFloor:
     def test_pins_exactly_the_lower_bound_of_every_runtime_dependency(self) -> None:
-        """requirements/floor.txt is the lowest version pyproject.toml allows of each."""
+        """requirements/floor.txt is the lowest version pyproject.toml allows of each
+        runtime dependency, of the otel extra, and of the SDK that tests it."""
         floor = pins("floor.txt")
-        assert set(floor) == set(RUNTIME)
-        for name, requirement in RUNTIME.items():
+        assert set(TELEMETRY) == {"opentelemetry-api", "opentelemetry-sdk"}
+        assert set(floor) == set(PROMISED)
+        for name, requirement in PROMISED.items():
             assert floor[name] == lower_bound(requirement.specifier), name
 
 
 class TestLock:
-    @pytest.mark.parametrize("name", sorted(RUNTIME))
+    @pytest.mark.parametrize("name", sorted(PROMISED))
     def test_pins_each_runtime_dependency_within_its_range(self, name: str) -> None:
         """The locked set is one the declared ranges allow, so the suite run on it
         tests the promise."""
         locked = pins("lock.txt")
         assert name in locked, f"requirements/lock.txt lacks {name}: run ./dev lock"
-        assert RUNTIME[name].specifier.contains(locked[name], prereleases=True), name
+        assert PROMISED[name].specifier.contains(locked[name], prereleases=True), name
 
     def test_pins_every_tool_the_tests_need(self) -> None:
         """Each requirement of the dev and testing extras is locked, so a new release
@@ -89,5 +108,5 @@ class TestReadme:
             shown[name] = (SpecifierSet(allowed), Version(lowest), Version(tested))
         assert shown == {
             name: (requirement.specifier, floor[name], locked[name])
-            for name, requirement in RUNTIME.items()
+            for name, requirement in PROMISED.items()
         }

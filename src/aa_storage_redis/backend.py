@@ -41,6 +41,10 @@ class RedisBackend:
     _flights: SingleFlight = attrs.field(factory=SingleFlight, init=False, repr=False)
     _leases: Leases = attrs.field(init=False, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        # The metrics observe what stats() says, near-cache included.
+        self.executor.telemetry.stats = self.stats
+
     @_leases.default
     def _shared_leases(self) -> Leases:
         config = self.executor.config

@@ -99,7 +99,7 @@ def build_parts(config: RedisStorageConfig, *, near_cache: bool = True) -> Parts
 
     topology: Topology
     if deployment.topology == CLUSTER:
-        topology = Cluster(deployment.addresses, node_at)
+        topology = Cluster(deployment.addresses, node_at, counters=counters)
     elif deployment.topology == SENTINEL:
         assert deployment.service is not None
         sentinel_options = {
@@ -114,6 +114,7 @@ def build_parts(config: RedisStorageConfig, *, near_cache: bool = True) -> Parts
             node_at,
             lambda address: connection_class(host=address[0], port=address[1], **sentinel_options),
             timeout=config.connect_timeout + config.socket_timeout,
+            counters=counters,
         )
     else:
         topology = Standalone(node_at(deployment.addresses[0]), deployment.addresses[0])
@@ -136,6 +137,7 @@ def build_parts(config: RedisStorageConfig, *, near_cache: bool = True) -> Parts
         socket_timeout=config.socket_timeout,
         server=redact_url(config.effective_url),
         secret=deployment.password,
+        counters=counters,
     )
     return Parts(executor, keys, near, tracker)
 

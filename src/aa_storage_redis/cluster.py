@@ -10,7 +10,10 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from aa_storage_redis.events import SLOT_MAP_CHANGED, happened
 from aa_storage_redis.node import Node
+from aa_storage_redis.stats import Counters
+from aa_storage_redis.telemetry import detached
 from aa_storage_redis.topology import (
     Address,
     Facts,
@@ -46,8 +49,11 @@ class Cluster(Observed):
     every node that serves a slot.
     """
 
-    def __init__(self, seeds: Iterable[Address], node_at: NodeFactory) -> None:
+    def __init__(
+        self, seeds: Iterable[Address], node_at: NodeFactory, *, counters: Counters | None = None
+    ) -> None:
         super().__init__()
+        self._counters = counters or Counters()
         self._seeds = tuple(seeds)
         self._nodes = Nodes(node_at)
         self._slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
@@ -165,20 +171,29 @@ class Cluster(Observed):
         if slots == self._slots:
             return
         owners = {id(node): node for node in slots if node is not None}
-        self._slots = slots
+        before, self._slots = self._slots, slots
         self._primaries = tuple(owners.values())
+        if any(node is not None for node in before):  # not the first map
+            moved = sum(old is not new for old, new in zip(before, slots, strict=True))
+            happened(
+                SLOT_MAP_CHANGED,
+                self._counters,
+                "cluster slot map changed: %d slots have another owner; %d primaries serve",
+                moved,
+                len(self._primaries),
+            )
         self._changed()
 
     async def _read_map(self) -> None:
         """Join the read of the map under way, or start one (after the interval);
         raises what the read raised."""
         if self._refresh is None or self._refresh.done():
-            self._refresh = asyncio.get_running_loop().create_task(self._load_slot_map())
+            self._refresh = detached(self._load_slot_map())
         await asyncio.shield(self._refresh)
 
     def _refresh_soon(self) -> None:
         if self._refresh is None or self._refresh.done():
-            task = asyncio.get_running_loop().create_task(self._load_slot_map())
+            task = detached(self._load_slot_map())
             # A failed background read is retried by the next caller that needs one.
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
             self._refresh = task

@@ -142,7 +142,9 @@ class RedisStorageConfig:
     ``get_or_load`` lease lives, so a loader that crashes or hangs holds up
     the others at most that long, and a load that takes longer is not
     cached; ``lease_wait`` is how long a caller waits for another's load
-    before it loads for itself, without caching.
+    before it loads for itself, without caching. ``telemetry`` lets the
+    driver emit OpenTelemetry spans and metrics whenever an SDK is set up
+    (see the README's Telemetry section); ``false`` turns them off.
     """
 
     removed_settings: ClassVar[Mapping[str, str]] = {
@@ -169,6 +171,7 @@ class RedisStorageConfig:
     # Twice lease_ttl: a waiter outlasts a hung loader's lease, so one waiter takes the
     # load over and the others get its policy instead of each loading on its own.
     lease_wait: float = _checked(10.0, _seconds_up_to(_LEASE_LIMIT_SECS))
+    telemetry: bool = True
     sentinel_username: str | None = None
     sentinel_password: str | None = attrs.field(default=None, repr=lambda _: "***")
     ca_file: str | None = _checked(None, _readable_file)

@@ -30,9 +30,11 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
+from aa_storage_redis.events import CONNECTION_LOST, happened
 from aa_storage_redis.redis_py import take_stream
 from aa_storage_redis.replies import ReplyReader, resolve
 from aa_storage_redis.stats import Counters
+from aa_storage_redis.telemetry import detached
 from aa_storage_redis.wire import Closed, NotSent, ReplyLost
 
 
@@ -57,7 +59,10 @@ class MultiplexedConnection:
         connect_timeout: float,
         socket_timeout: float,
         counters: Counters,
+        address: str = "",
     ) -> None:
+        self.address = address
+        """``host:port``, for the log."""
         self._open_connection = open_connection
         self._connect_timeout = connect_timeout
         self._socket_timeout = socket_timeout
@@ -113,7 +118,7 @@ class MultiplexedConnection:
                 self._flush_handle = loop.call_soon(self._flush)
         elif self._state is _IDLE:
             self._state = _CONNECTING
-            task = self._connect_task = loop.create_task(self._connect())
+            task = self._connect_task = detached(self._connect())
             task.add_done_callback(self._connect_ended)
         return future
 
@@ -173,6 +178,7 @@ class MultiplexedConnection:
                     await connection.disconnect(nowait=True)
             raise
         self._counters.connections_opened += 1
+        self._counters.connections_open += 1
         if self._ever_opened:
             self._counters.reconnects += 1
         self._ever_opened = True
@@ -258,6 +264,14 @@ class MultiplexedConnection:
     def _break(self, cause: redis_errors.RedisError) -> None:
         """Close the socket and fail what is pending; the next submit reconnects."""
         self._state = _IDLE
+        happened(
+            CONNECTION_LOST,
+            self._counters,
+            "connection to %s lost: %s; %d commands on it failed",
+            self.address,
+            cause,
+            len(self._pending),
+        )
         self._fail_all(lambda: ReplyLost(cause), lambda: NotSent(cause))
 
     def _fail_all(
@@ -269,6 +283,7 @@ class MultiplexedConnection:
         self._watchdog = self._flush_handle = None
         if self._transport is not None:
             self._transport.abort()  # drops unsent bytes: nothing stale reaches the server
+            self._counters.connections_open -= 1
         self._transport = self._replies = self._stream_writer = None
         requests, self._pending = self._pending, deque()
         first_unwritten = len(requests) - self._unwritten

@@ -80,6 +80,34 @@ def translate(
     return BackendError(f"redis at {server} failed the call: {message}")
 
 
+# The error prefixes redis-py strips from its messages, by the class it raises instead.
+_PREFIXES = (
+    (redis_errors.NoScriptError, "NOSCRIPT"),
+    (redis_errors.ReadOnlyError, "READONLY"),
+    (redis_errors.NoPermissionError, "NOPERM"),
+    (redis_errors.ExecAbortError, "EXECABORT"),
+    (redis_errors.OutOfMemoryError, "OOM"),
+    (redis_errors.MovedError, "MOVED"),
+    (redis_errors.AskError, "ASK"),
+    (redis_errors.TryAgainError, "TRYAGAIN"),
+    (redis_errors.ClusterDownError, "CLUSTERDOWN"),
+    (redis_errors.BusyLoadingError, "LOADING"),
+)
+
+
+def status_code(exc: BaseException) -> str | None:
+    """The prefix of the error reply behind ``exc`` (``WRONGTYPE``, ``NOPERM``...), or
+    ``None`` when ``exc`` is no error reply (a lost connection, a timeout)."""
+    for error_class, prefix in _PREFIXES:
+        if isinstance(exc, error_class):
+            return prefix
+    if not isinstance(exc, redis_errors.ResponseError):
+        return None
+    # redis-py strips "ERR " and keeps any prefix it does not know ("WRONGTYPE ...").
+    first = str(exc).partition(" ")[0]
+    return first if first.isalpha() and first.isupper() else "ERR"
+
+
 _SCRIPT_DENIED = "user executing the script can't run"
 _COMMAND_DENIED = re.compile(r"permissions to run the '([^']+)' command")
 

@@ -21,10 +21,11 @@ from redis.backoff import EqualJitterBackoff
 from aa_storage import BackendError, StorageError
 from aa_storage.redaction import redact_url
 from aa_storage_redis.config import RedisStorageConfig
-from aa_storage_redis.errors import translate
+from aa_storage_redis.errors import status_code, translate
 from aa_storage_redis.node import Node, Overloaded
 from aa_storage_redis.scripts import Script
 from aa_storage_redis.stats import Counters, ExecutorStats
+from aa_storage_redis.telemetry import Telemetry, current, note
 from aa_storage_redis.topology import Facts, Redirect, Topology
 from aa_storage_redis.wire import Closed, NotSent, ReplyLost, pack
 
@@ -67,12 +68,25 @@ class Executor:
     """What every connection of the deployment counts; ``max_pending`` bounds its
     ``pending``."""
     _loaded_scripts: set[str] = attrs.field(factory=set, repr=False)
+    telemetry: Telemetry = attrs.field(init=False, repr=False)
+    """Spans and metrics of the operations run here (``telemetry.py``)."""
     _wait: bytes | None = attrs.field(init=False, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False, repr=False)
     evalsha_refused: bool = attrs.field(default=False, init=False)
     """True once the server refused ``EVALSHA`` (renamed, disabled or denied by
     ACL) while running scripts; from then on every script is sent in full."""
+
+    @telemetry.default
+    def _telemetry(self) -> Telemetry:
+        telemetry = Telemetry(
+            enabled=self.config.telemetry,
+            # Unique in the process, as the conventions ask: two backends may share a URL.
+            pool_name=f"{self.server} ({id(self):#x})",
+            namespace=str(self.config.deployment.database),
+        )
+        telemetry.stats = self.stats
+        return telemetry
 
     @_wait.default
     def _wait_command(self) -> bytes | None:
@@ -135,6 +149,8 @@ class Executor:
                 if node is None:
                     deadline = deadline or self._deadline()
                     node = await self._route(key, deadline)
+                if self.telemetry.on and (operation := current()) is not None:
+                    operation.sent(node.address, _command(args[0], script))
                 return await self._send(node, packed, read=read, asking=asking)
             except (NotSent, _Undiscovered) as failure:
                 error = failure.cause
@@ -166,6 +182,8 @@ class Executor:
                 redirect = self._topology.redirected(exc, node)
                 if redirect is not None:
                     redirects += 1
+                    self.counters.redirects += 1
+                    note("redirect", {"db.response.status_code": status_code(exc) or "ERR"})
                     if not redirect.busy and redirects <= _MAX_REDIRECTS:
                         continue
                     deadline = deadline or self._deadline()
@@ -182,6 +200,8 @@ class Executor:
             if node is not None and _lost(error):
                 self._topology.failed(node)
             if not retry or attempt >= self.config.retries:
+                if (operation := current()) is not None:
+                    operation.status_code = status_code(error)
                 raise translate(
                     error,
                     server=self._where(node),
@@ -190,6 +210,8 @@ class Executor:
                     # A script may touch more keys than the one it is routed by.
                     key=None if script else key,
                 ) from None
+            self.counters.retries += 1
+            note("retry", {"error.type": type(error).__name__})
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
 
@@ -205,6 +227,8 @@ class Executor:
         if self._wait is None or read:
             *_, reply = node.submit_together(*commands)  # ASKING's +OK is dropped
             return await reply
+        if (operation := current()) is not None:
+            operation.batch_size = 2  # the write and its WAIT
         *_, reply, wait = await node.submit_alone(*commands, self._wait)
         return await self._confirmed(reply, wait)
 
@@ -356,6 +380,11 @@ class _Undiscovered(Exception):
 
 class _Unconfirmed(Exception):
     """A write ran on the primary, but fewer replicas than asked confirmed it."""
+
+
+def _command(name: bytes | str | int, script: Script | None) -> str:
+    """How a command shows in ``db.query.summary``: its name, and the script it runs."""
+    return f"{name!s} {script.name}" if script is not None else str(name)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -22,6 +22,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.replies import StreamReplies
+from aa_storage_redis.telemetry import detached
 from aa_storage_redis.topology import Address
 
 logger = logging.getLogger("aa_storage_redis")
@@ -83,8 +84,7 @@ class FailoverWatchers:
     def start(self) -> None:
         """Start the watchers, unless they run already."""
         if not self._tasks:
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._watch(sentinel)) for sentinel in self._sentinels]
+            self._tasks = [detached(self._watch(sentinel)) for sentinel in self._sentinels]
 
     async def listening(self) -> None:
         """Return once each watcher listens or has just failed to (each try is bounded

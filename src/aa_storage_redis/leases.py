@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import attrs
 
@@ -33,6 +34,7 @@ from aa_storage.readthrough import Flight, load
 from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.scripts import FILL, GET_OR_LEASE, RELEASE
+from aa_storage_redis.telemetry import detached, note
 
 logger = logging.getLogger("aa_storage_redis")
 
@@ -93,6 +95,9 @@ class Leases:
                 raise NotFoundError(
                     f"no policy for agent {agent_id.hex}: the load this call waited for found none"
                 )
+            if not waited_on:
+                self.executor.counters.lease_waits += 1
+                note("lease wait")
             waited_on, left_ms = reply[1], reply[2]
             left = until - clock()
             if left <= 0:
@@ -100,7 +105,7 @@ class Leases:
             await asyncio.sleep(min(pause, left, left_ms / 1000))
             pause = min(pause * 2, _LONGEST_POLL_SECS)
         flight.lasts(self.ttl)
-        return await load(loader, agent_id)
+        return await self.load(loader, agent_id)
 
     async def _lead(
         self,
@@ -116,7 +121,7 @@ class Leases:
         # before this; the waiters here are let go then too.
         flight.lasts(self.ttl)
         try:
-            policy = await load(loader, agent_id)
+            policy = await self.load(loader, agent_id)
         except NotFoundError:
             await self._release(keys, token, b"n")
             raise
@@ -125,7 +130,7 @@ class Leases:
             raise
         except BaseException:
             # Cancelled: give the lease up without holding the caller any longer.
-            task = asyncio.get_running_loop().create_task(self._release(keys, token, b"-"))
+            task = detached(self._release(keys, token, b"-"))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
             raise
@@ -140,6 +145,12 @@ class Leases:
             # The caller has its policy; the next miss loads again.
             logger.warning("get_or_load could not cache agent %s's policy: %s", agent_id.hex, exc)
         return policy
+
+    def load(self, loader: PolicyLoader, agent_id: AgentId) -> Awaitable[PolicyDocument]:
+        """Run ``loader`` for ``agent_id`` (see :func:`aa_storage.readthrough.load`),
+        counted in ``stats().loads_run``."""
+        self.executor.counters.loads_run += 1
+        return load(loader, agent_id)
 
     async def _release(self, keys: list[bytes], token: bytes, mark: bytes) -> None:
         """End the lease, if ``token`` still holds it; a failure only lets it run out."""

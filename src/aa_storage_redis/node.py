@@ -60,6 +60,7 @@ class Node:
                 connect_timeout=connect_timeout,
                 socket_timeout=socket_timeout,
                 counters=counters,
+                address=address,
             )
 
         self._new_connection = connection

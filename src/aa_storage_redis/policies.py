@@ -8,7 +8,7 @@ import attrs
 
 from aa_storage import AgentId, NotFoundError, PolicyDocument, policy_from_json, policy_to_json
 from aa_storage.contracts import DEFAULT_POLICY_CACHE_TTL_SECS, PolicyLoader
-from aa_storage.readthrough import Patience, SingleFlight, load
+from aa_storage.readthrough import Patience, SingleFlight
 from aa_storage.validation import check_agent_id, check_loader, check_policy, check_ttl_secs
 from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
@@ -60,14 +60,16 @@ class RedisPolicyStore:
         if near is not None:
             self.executor.check_loop()  # a hit sends nothing, so execute would not check
             if (cached := near.lookup(agent_id)) is not None:
-                return cached
+                return cached  # before telemetry: a hit makes no span, and costs no more
             if near.live:
-                return await near.fill(agent_id, lambda: self._read_with_ttl(agent_id))
+                with self.executor.telemetry.operation("get_policy"):
+                    return await near.fill(agent_id, lambda: self._read_with_ttl(agent_id))
         key = self.keys.policy(agent_id)
-        reply = await self.executor.execute("GET", key, key=key, read=True)
-        if reply is None:
-            raise _not_cached(agent_id)
-        return policy_from_json(reply)
+        with self.executor.telemetry.operation("get_policy"):
+            reply = await self.executor.execute("GET", key, key=key, read=True)
+            if reply is None:
+                raise _not_cached(agent_id)
+            return policy_from_json(reply)
 
     async def cache_policy(self, agent_id: AgentId, policy: PolicyDocument, ttl_secs: int) -> None:
         """Cache ``policy`` for ``ttl_secs`` seconds, replacing any cached one; a
@@ -77,7 +79,8 @@ class RedisPolicyStore:
         ttl_secs = check_ttl_secs(ttl_secs)
         keys = self.keys.policy_with_lease(agent_id)
         try:
-            await self.executor.run_script(CACHE_POLICY, keys, [data, ttl_secs], read=False)
+            with self.executor.telemetry.operation("cache_policy"):
+                await self.executor.run_script(CACHE_POLICY, keys, [data, ttl_secs], read=False)
         finally:
             self._written(agent_id)
 
@@ -93,27 +96,29 @@ class RedisPolicyStore:
         agent_id = check_agent_id(agent_id)
         ttl_secs = check_ttl_secs(ttl_secs)
         loader = check_loader(loader)
-        try:
-            return await self.get_policy(agent_id)
-        except NotFoundError:
-            pass
-        # The caller's lease_wait bounds its wait for loads run by others, in this process
-        # as in others: past it, the caller runs the loader itself and caches nothing.
-        until = asyncio.get_running_loop().time() + self.leases.wait
-        return await self.flights.run(
-            agent_id,
-            lambda flight: self.leases.read_through(agent_id, loader, ttl_secs, flight, until),
-            Patience(until, lambda: load(loader, agent_id)),
-        )
+        with self.executor.telemetry.operation("get_or_load"):
+            try:
+                return await self.get_policy(agent_id)
+            except NotFoundError:
+                pass
+            # The caller's lease_wait bounds its wait for loads run by others, in this
+            # process as in others: past it, the caller loads itself and caches nothing.
+            until = asyncio.get_running_loop().time() + self.leases.wait
+            return await self.flights.run(
+                agent_id,
+                lambda flight: self.leases.read_through(agent_id, loader, ttl_secs, flight, until),
+                Patience(until, lambda: self.leases.load(loader, agent_id)),
+            )
 
     async def invalidate(self, agent_id: AgentId) -> None:
         """Drop the cached policy so the next read misses; idempotent. A
         ``get_or_load`` under way, in any process, no longer caches its load."""
         agent_id = check_agent_id(agent_id)
         try:
-            await self.executor.run_script(
-                INVALIDATE, self.keys.policy_with_lease(agent_id), [], read=False
-            )
+            with self.executor.telemetry.operation("invalidate"):
+                await self.executor.run_script(
+                    INVALIDATE, self.keys.policy_with_lease(agent_id), [], read=False
+                )
         finally:
             self._written(agent_id)
 

@@ -37,23 +37,26 @@ class RedisRateLimitCounter:
         key = check_key(key)
         amount = check_amount(amount)
         window_ms = check_window_secs(window_secs) * 1000
-        reply = await self.executor.run_script(
-            INCREMENT, [self.keys.rate_limit(key)], [amount, window_ms], read=False
-        )
-        return _as_total(key, reply)
+        with self.executor.telemetry.operation("increment"):
+            reply = await self.executor.run_script(
+                INCREMENT, [self.keys.rate_limit(key)], [amount, window_ms], read=False
+            )
+            return _as_total(key, reply)
 
     async def current(self, key: str) -> int:
         """The window's total; 0 for an unknown or expired counter."""
         key = check_key(key)
         counter = self.keys.rate_limit(key)
-        reply = await self.executor.execute("GET", counter, key=counter, read=True)
-        return 0 if reply is None else _as_total(key, reply)
+        with self.executor.telemetry.operation("current"):
+            reply = await self.executor.execute("GET", counter, key=counter, read=True)
+            return 0 if reply is None else _as_total(key, reply)
 
     async def reset(self, key: str) -> None:
         """Drop the counter; idempotent."""
         key = check_key(key)
         counter = self.keys.rate_limit(key)
-        await self.executor.execute("DEL", counter, key=counter, read=False)
+        with self.executor.telemetry.operation("reset"):
+            await self.executor.execute("DEL", counter, key=counter, read=False)
 
 
 # What INCRBY itself accepts as a counter (Redis's string2ll): 0, or an optional minus and

@@ -11,8 +11,11 @@ from typing import Any, NamedTuple
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
+from aa_storage_redis.events import FAILOVER, FAILOVER_HOLD, happened
 from aa_storage_redis.failover_events import FailoverWatchers
 from aa_storage_redis.node import Node
+from aa_storage_redis.stats import Counters
+from aa_storage_redis.telemetry import detached, note
 from aa_storage_redis.topology import (
     Address,
     Facts,
@@ -72,8 +75,11 @@ class Sentinel(Observed):
         node_at: NodeFactory,
         open_sentinel: Callable[[Address], AbstractConnection],
         timeout: float,
+        *,
+        counters: Counters | None = None,
     ) -> None:
         super().__init__()
+        self._counters = counters or Counters()
         self._sentinels = tuple(sentinels)
         self._service = service
         self._open_sentinel = open_sentinel
@@ -113,6 +119,7 @@ class Sentinel(Observed):
         self._events.start()
         while True:
             if not self._settled.is_set():
+                note("failover hold")
                 try:
                     async with asyncio.timeout(max(0.0, self._hold_until - loop.time())):
                         await self._settled.wait()
@@ -127,7 +134,7 @@ class Sentinel(Observed):
             if self._primary is not None:
                 return
             if self._discovery is None or self._discovery.done():
-                self._discovery = loop.create_task(self._find_primary())
+                self._discovery = detached(self._find_primary())
             # Ends with a primary, an error, or a hold on a failover under way.
             await asyncio.shield(self._discovery)
 
@@ -232,7 +239,9 @@ class Sentinel(Observed):
         if leading:
             target = await self._failover_target(leading[0])
             if target is not None and await self._is_primary(target):
-                logger.warning("sentinels moved %s to %s:%s", self._service, *target)
+                happened(
+                    FAILOVER, self._counters, "sentinels moved %s to %s:%s", self._service, *target
+                )
                 self._announced = target
                 self._use(target)
                 return
@@ -316,7 +325,12 @@ class Sentinel(Observed):
     def failover_started(self) -> None:
         """Hold calls: the primary is about to be replaced (see the class doc)."""
         if self._settled.is_set():
-            logger.warning("sentinels started a failover of %s; holding calls", self._service)
+            happened(
+                FAILOVER_HOLD,
+                self._counters,
+                "sentinels started a failover of %s; holding calls",
+                self._service,
+            )
             self._hold_until = asyncio.get_running_loop().time() + FAILOVER_HOLD_SECS
             self._settled.clear()
             self._changed()
@@ -326,7 +340,14 @@ class Sentinel(Observed):
         if primary is not None and (
             self._primary is None or self._primary is not self._nodes.get(primary)
         ):
-            logger.warning("sentinels moved %s to %s:%s", self._service, primary[0], primary[1])
+            happened(
+                FAILOVER,
+                self._counters,
+                "sentinels moved %s to %s:%s",
+                self._service,
+                primary[0],
+                primary[1],
+            )
             self._announced = primary
             self._primary = None
             self._changed()

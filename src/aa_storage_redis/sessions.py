@@ -37,39 +37,49 @@ class RedisSessionStore:
     async def save(self, record: SessionRecord) -> None:
         """Write the record and re-arm its TTL in one atomic step."""
         record = check_session_record(record)
-        await self.executor.run_script(
-            SAVE_SESSION,
-            [self.keys.session(record.session_id)],
-            [record.agent_id.bytes, record.started_at_ns, SESSION_TTL_SECS],
-            read=False,
-        )
+        with self.executor.telemetry.operation("save"):
+            await self.executor.run_script(
+                SAVE_SESSION,
+                [self.keys.session(record.session_id)],
+                [record.agent_id.bytes, record.started_at_ns, SESSION_TTL_SECS],
+                read=False,
+            )
 
     async def load(self, session_id: SessionId) -> SessionRecord:
         """The stored record; ``NotFoundError`` when absent, ``SerializationError``
         when the hash is partial or its fields don't decode."""
         session_id = check_session_id(session_id)
         key = self.keys.session(session_id)
-        agent_id, started_at_ns = await self.executor.execute(
-            "HMGET", key, *_FIELDS, key=key, read=True
-        )
-        if agent_id is None and started_at_ns is None:
-            raise NotFoundError(f"no session {session_id.hex}")
-        if agent_id is None or started_at_ns is None:
-            raise SerializationError(f"session hash {key!r} lacks a field of {_FIELDS}")
-        if len(agent_id) != 16:
-            raise SerializationError(
-                f"session hash {key!r}: agent_id holds {len(agent_id)} bytes, not 16"
+        with self.executor.telemetry.operation("load"):
+            agent_id, started_at_ns = await self.executor.execute(
+                "HMGET", key, *_FIELDS, key=key, read=True
             )
-        if not started_at_ns.isdigit() or len(started_at_ns) > 20:
-            raise SerializationError(
-                f"session hash {key!r}: started_at_ns {started_at_ns[:40]!r} is not a u64"
-            )
-        try:
-            return SessionRecord(session_id, AgentId(agent_id), int(started_at_ns))
-        except ValueError as exc:
-            raise SerializationError(f"session hash {key!r}: {exc}") from None
+            return _record(session_id, key, agent_id, started_at_ns)
 
     async def delete(self, session_id: SessionId) -> None:
         """Drop the record; deleting an absent one is not an error."""
         key = self.keys.session(check_session_id(session_id))
-        await self.executor.execute("DEL", key, key=key, read=False)
+        with self.executor.telemetry.operation("delete"):
+            await self.executor.execute("DEL", key, key=key, read=False)
+
+
+def _record(
+    session_id: SessionId, key: bytes, agent_id: bytes | None, started_at_ns: bytes | None
+) -> SessionRecord:
+    """The record that HMGET's reply holds; see :meth:`RedisSessionStore.load`."""
+    if agent_id is None and started_at_ns is None:
+        raise NotFoundError(f"no session {session_id.hex}")
+    if agent_id is None or started_at_ns is None:
+        raise SerializationError(f"session hash {key!r} lacks a field of {_FIELDS}")
+    if len(agent_id) != 16:
+        raise SerializationError(
+            f"session hash {key!r}: agent_id holds {len(agent_id)} bytes, not 16"
+        )
+    if not started_at_ns.isdigit() or len(started_at_ns) > 20:
+        raise SerializationError(
+            f"session hash {key!r}: started_at_ns {started_at_ns[:40]!r} is not a u64"
+        )
+    try:
+        return SessionRecord(session_id, AgentId(agent_id), int(started_at_ns))
+    except ValueError as exc:
+        raise SerializationError(f"session hash {key!r}: {exc}") from None

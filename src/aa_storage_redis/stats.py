@@ -20,6 +20,15 @@ class ExecutorStats:
     ``near_cache_hits`` counts policy reads answered in process (no I/O),
     ``near_cache_misses`` the others, and ``near_cache_flushes`` how often
     the near-cache was emptied (tracking lost, topology changed, FLUSHDB).
+
+    ``connections_open`` is the connections open right now. ``retries``
+    counts commands sent again after a connection error, ``redirects`` the
+    MOVED, ASK and not-ready replies followed. ``lease_waits`` counts
+    ``get_or_load`` calls that waited for another caller's load, and
+    ``loads_run`` the loaders this process ran. The driver's events count
+    their log records (see :mod:`aa_storage_redis.events`):
+    ``connections_lost``, ``failover_holds``, ``failovers``,
+    ``slot_map_changes``, ``tracking_lost`` and ``tracking_restored``.
     """
 
     commands_sent: int
@@ -30,6 +39,17 @@ class ExecutorStats:
     timeouts: int
     pending: int
     peak_pending: int
+    connections_open: int = 0
+    retries: int = 0
+    redirects: int = 0
+    lease_waits: int = 0
+    loads_run: int = 0
+    connections_lost: int = 0
+    failover_holds: int = 0
+    failovers: int = 0
+    slot_map_changes: int = 0
+    tracking_lost: int = 0
+    tracking_restored: int = 0
     near_cache_hits: int = 0
     near_cache_misses: int = 0
     near_cache_flushes: int = 0
@@ -38,6 +58,18 @@ class ExecutorStats:
     def mean_commands_per_write(self) -> float:
         """Commands per socket write; 0.0 before the first write."""
         return self.commands_sent / self.socket_writes if self.socket_writes else 0.0
+
+
+EVENT_COUNTS = (
+    "connections_lost",
+    "failover_holds",
+    "failovers",
+    "slot_map_changes",
+    "tracking_lost",
+    "tracking_restored",
+)
+"""The fields of :class:`ExecutorStats` that count the driver's events, one per kind
+(see :mod:`aa_storage_redis.events`)."""
 
 
 @attrs.define
@@ -55,6 +87,17 @@ class Counters:
     timeouts: int = 0
     pending: int = 0
     peak_pending: int = 0
+    connections_open: int = 0
+    retries: int = 0
+    redirects: int = 0
+    lease_waits: int = 0
+    loads_run: int = 0
+    connections_lost: int = 0
+    failover_holds: int = 0
+    failovers: int = 0
+    slot_map_changes: int = 0
+    tracking_lost: int = 0
+    tracking_restored: int = 0
 
     def wrote(self, commands: int) -> None:
         """One socket write carried ``commands`` commands."""
@@ -72,16 +115,7 @@ class Counters:
             setattr(self, field.name, merged)
 
     def snapshot(self) -> ExecutorStats:
-        return ExecutorStats(
-            commands_sent=self.commands_sent,
-            socket_writes=self.socket_writes,
-            max_commands_per_write=self.max_commands_per_write,
-            connections_opened=self.connections_opened,
-            reconnects=self.reconnects,
-            timeouts=self.timeouts,
-            pending=self.pending,
-            peak_pending=self.peak_pending,
-        )
+        return ExecutorStats(**attrs.asdict(self))
 
 
 def sum_counters(counters: Iterable[Counters]) -> ExecutorStats:

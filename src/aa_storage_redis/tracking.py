@@ -14,8 +14,11 @@ import logging
 from redis import exceptions as redis_errors
 
 from aa_storage_redis.errors import translate
+from aa_storage_redis.events import TRACKING_LOST, TRACKING_RESTORED, happened
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.near_cache import NearCache
+from aa_storage_redis.stats import Counters
+from aa_storage_redis.telemetry import detached
 from aa_storage_redis.topology import Address, Topology
 from aa_storage_redis.tracking_connection import TrackingConnection, TrackingConnector
 
@@ -44,7 +47,9 @@ class Tracker:
         socket_timeout: float,
         server: str,
         secret: str | None,
+        counters: Counters | None = None,
     ) -> None:
+        self._counters = counters or Counters()
         self._near = near
         self._topology = topology
         self._connect = connect
@@ -77,7 +82,7 @@ class Tracker:
     def start(self) -> None:
         """Bring tracking up in the background, unless it is already on its way."""
         if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._supervise())
+            self._task = detached(self._supervise())
 
     async def aclose(self) -> None:
         """Stop tracking and close its connections; bounded by about a second."""
@@ -120,7 +125,9 @@ class Tracker:
             connection.close()
             host, port = connection.address
             self.problem = f"tracking connection to {host}:{port} lost: {why}"
-            logger.warning("near-cache flushed and bypassed: %s", self.problem)
+            happened(
+                TRACKING_LOST, self._counters, "near-cache flushed and bypassed: %s", self.problem
+            )
             self._near.suspend()
             self._dirty.set()
 
@@ -141,7 +148,12 @@ class Tracker:
             except Exception as exc:  # whatever it was, tracking is down: retry
                 problem = self._describe(exc)
                 if self.problem is None:
-                    logger.warning("near-cache bypassed: tracking failed: %s", problem)
+                    happened(
+                        TRACKING_LOST,
+                        self._counters,
+                        "near-cache bypassed: tracking failed: %s",
+                        problem,
+                    )
                 self.problem = problem
                 self._near.suspend()
                 attempt += 1
@@ -150,6 +162,12 @@ class Tracker:
             if self._dirty.is_set():
                 continue  # changed while connecting: look at the primaries again
             attempt = 0
+            if self.problem is not None:
+                happened(
+                    TRACKING_RESTORED,
+                    self._counters,
+                    "near-cache serves again: tracking is back on every primary",
+                )
             self.problem = None
             self._near.resume()
             await self._dirty.wait()

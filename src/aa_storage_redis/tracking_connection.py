@@ -27,6 +27,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.redis_py import close_now
 from aa_storage_redis.replies import StreamReplies
+from aa_storage_redis.telemetry import detached
 from aa_storage_redis.topology import Address
 from aa_storage_redis.wire import pack
 
@@ -86,8 +87,7 @@ class TrackingConnection:
         """Hand the keys of each push to ``invalidated`` from now on (``None``: every
         key); ``lost`` is called once if the connection goes, or a PING waits
         ``patience`` seconds for its reply."""
-        loop = asyncio.get_running_loop()
-        self.task = loop.create_task(self._serve(invalidated, patience, lost))
+        self.task = detached(self._serve(invalidated, patience, lost))
 
     async def _serve(
         self,

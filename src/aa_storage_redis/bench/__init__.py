@@ -4,14 +4,15 @@ Each store operation runs sequentially and with ``concurrency`` callers, once
 through the driver and once as the same command sent with raw redis-py async
 (hiredis), against the server a config names or a throwaway redis-server.
 Then the near-cache, a replica missing, and a stampede: ``get_or_load``
-callers in several processes on one cold key. It prints one table, the lines
-of the later cases, and the driver's stats over the run.
+callers in several processes on one cold key; and what telemetry costs, off,
+on without an SDK and on with one. It prints one table, the lines of the later
+cases, and the driver's stats over the run.
 
 The driver's plugin adds the subcommand with :func:`add_command`. The modules,
 each importing only those listed after it:
 
 - ``measure``: the run, case by case, and what it prints;
-- ``near``, ``missing_replica``, ``stampede``: one kind of case each;
+- ``near``, ``missing_replica``, ``stampede``, ``telemetry_cost``: one kind of case each;
 - ``timing``: the budget of a case, and how its calls are timed;
 - ``operations``: what a case calls, through the driver and raw redis-py;
 - ``report``: the results and their lines; ``server``: the throwaway redis-server.

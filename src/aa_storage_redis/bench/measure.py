@@ -3,7 +3,8 @@
 First each operation of :data:`~aa_storage_redis.bench.operations.OPERATIONS`,
 sequentially and then with ``concurrency`` callers, through the driver and
 through raw redis-py; then the near-cache's cases (``near.py``), reads while a
-replica is missing (``missing_replica.py``) and the stampede (``stampede.py``).
+replica is missing (``missing_replica.py``), the stampede (``stampede.py``) and
+what telemetry costs (``telemetry_cost.py``).
 Every case is timed by ``timing.py``, and ``report.py`` prints the results.
 
 Raw redis-py gets as many connections as the driver's ``pool_size``
@@ -44,6 +45,7 @@ from aa_storage_redis.bench.report import (
     table,
 )
 from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
+from aa_storage_redis.bench.telemetry_cost import telemetry_cost
 from aa_storage_redis.bench.timing import Budget, timed, together
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.stats import ExecutorStats
@@ -74,12 +76,16 @@ def measure(
         progress.stop()
     err.write(f"aa-storage bench: stampede, {CALLERS} callers in {PROCESSES} processes ...\n")
     crowd = stampede(config)
+    err.write("aa-storage bench: what telemetry costs, in a process of its own ...\n")
+    cost = telemetry_cost(config, concurrency, budget)
     tail = (
         *propagation_lines(propagation),
         "",
         *missing.lines(),
         "",
         crowd.line(),
+        "",
+        *cost.lines(),
         "",
         *stats_lines(stats),
     )

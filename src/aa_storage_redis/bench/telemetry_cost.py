@@ -1,0 +1,274 @@
+"""What telemetry costs, for ``aa-storage bench``: ``increment`` with the run's
+callers, on three backends, in one spawned process.
+
+- ``telemetry = false``;
+- on, with no SDK behind the OpenTelemetry API (what every user without one gets);
+- on, with the SDK: metrics read every second and exported, spans recorded but
+  not exported; then spans exported too, by a batch span processor. Both export
+  over OTLP/HTTP to a stand-in collector in a process of its own when
+  ``opentelemetry-exporter-otlp-proto-http`` is installed, else through the
+  console exporters to /dev/null.
+
+The first two alternate for :data:`ROUNDS` rounds, each keeping its best. The
+SDK's comes last: the global providers cannot be unset in a process, which is
+also why all of this runs in a process of its own. Each reports throughput and
+CPU time (user + system, the exporter's threads included) per operation.
+
+Beside them, the cost of the hooks that stay on the hot path with no SDK
+(entering and leaving an unobserved operation, and the executor's check),
+timed alone, as a share of an operation's CPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+
+from aa_storage_redis.backend import RedisBackend
+from aa_storage_redis.bench.timing import Budget, together
+from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.telemetry import LOOK_INTERVAL_SECS
+
+ROUNDS = 5
+HOOK_CALLS = 200_000
+_PATIENCE_SECS = 300.0
+
+
+@attrs.frozen
+class Cost:
+    """One way of running: its throughput and its CPU time per operation."""
+
+    label: str
+    ops_per_sec: float
+    cpu_us: float
+
+
+@attrs.frozen
+class TelemetryCost:
+    """Each way, and the hooks' own cost per operation (µs). With the SDK, spans are
+    first ``recorded`` only, then ``exported`` too; both are None without
+    ``opentelemetry-sdk`` installed."""
+
+    off: Cost
+    no_sdk: Cost
+    recorded: Cost | None
+    exported: Cost | None
+    hooks_us: float
+    callers: int
+
+    def lines(self) -> Iterator[str]:
+        yield (
+            f"telemetry, increment with {self.callers} callers "
+            f"(best of {ROUNDS} rounds; with the SDK, one):"
+        )
+        if self.recorded is None:
+            yield "  with the SDK: not measured, opentelemetry-sdk is not installed"
+        for cost in (self.off, self.no_sdk, self.recorded, self.exported):
+            if cost is None:
+                continue
+            extra = cost.cpu_us / self.off.cpu_us - 1
+            versus = "" if cost is self.off else f"   {extra:+.1%} CPU per operation"
+            yield (
+                f"  {cost.label:<46} {cost.ops_per_sec:>10,.0f} ops/s "
+                f"{cost.cpu_us:>7.1f} us CPU per operation{versus}"
+            )
+        share = self.hooks_us / self.no_sdk.cpu_us
+        yield (
+            f"  the telemetry hooks with no SDK, timed alone: {self.hooks_us:.2f} us per "
+            f"operation, {share:.1%} of its CPU"
+        )
+
+
+def telemetry_cost(config: RedisStorageConfig, callers: int, budget: Budget) -> TelemetryCost:
+    """Measure in a spawned process (see the module doc)."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe(duplex=False)
+    process = context.Process(target=_measure_in_child, args=(config, callers, budget, theirs))
+    process.start()
+    theirs.close()
+    try:
+        if not ours.poll(_PATIENCE_SECS):
+            raise RuntimeError(f"the telemetry case gave no figures in {_PATIENCE_SECS}s")
+        outcome: TelemetryCost | str = ours.recv()
+    finally:
+        process.join(10.0)
+        if process.is_alive():
+            process.kill()
+    if isinstance(outcome, str):
+        raise RuntimeError(f"the telemetry case failed: {outcome}")
+    return outcome
+
+
+def _measure_in_child(
+    config: RedisStorageConfig, callers: int, budget: Budget, pipe: Connection
+) -> None:
+    try:
+        pipe.send(asyncio.run(_measure(config, callers, budget)))
+    except BaseException as exc:
+        pipe.send(f"{type(exc).__name__}: {exc}")
+
+
+async def _measure(config: RedisStorageConfig, callers: int, budget: Budget) -> TelemetryCost:
+    prefix = f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:"
+    off = RedisBackend.connect(attrs.evolve(config, key_prefix=prefix, telemetry=False))
+    on = RedisBackend.connect(attrs.evolve(config, key_prefix=prefix, telemetry=True))
+    names = [f"telemetry-{index}" for index in range(callers)]
+    try:
+        best_off = best_on = None
+        for _ in range(ROUNDS):
+            best_off = _better(best_off, await _run("off (telemetry = false)", off, names, budget))
+            best_on = _better(best_on, await _run("on, no SDK", on, names, budget))
+        assert best_off is not None
+        assert best_on is not None
+        hooks_us = _hooks_us(on)
+        recorded = exported = None
+        if importlib.util.find_spec("opentelemetry.sdk") is not None:
+            sdk = _Sdk()
+            try:
+                await asyncio.sleep(LOOK_INTERVAL_SECS)  # the backend looks for an SDK again
+                recorded = await _run("on, SDK, spans not exported", on, names, budget)
+                sdk.export_spans()
+                exported = await _run(f"on, SDK, {sdk.exporting}", on, names, budget)
+            finally:
+                sdk.close()
+        return TelemetryCost(best_off, best_on, recorded, exported, hooks_us, callers)
+    finally:
+        for name in names:
+            await off.rate_limiter().reset(name)
+        await off.aclose()
+        await on.aclose()
+
+
+async def _run(label: str, backend: RedisBackend, names: list[str], budget: Budget) -> Cost:
+    counter = backend.rate_limiter()
+    for name in names:  # warm: connections open, the script cached
+        await counter.increment(name, 1, 60)
+    allowed = budget.allowance()
+    done = 0
+
+    async def calls(name: str) -> None:
+        nonlocal done
+        while allowed():
+            await counter.increment(name, 1, 60)
+            done += 1
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await together(calls(name) for name in names)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return Cost(label, done / wall, cpu / max(done, 1) * 1e6)
+
+
+def _better(best: Cost | None, new: Cost) -> Cost:
+    return new if best is None or new.cpu_us < best.cpu_us else best
+
+
+def _hooks_us(backend: RedisBackend) -> float:
+    """The µs per operation of what telemetry adds to the hot path with no SDK."""
+    telemetry = backend.pool.telemetry
+    started = time.process_time()
+    for _ in range(HOOK_CALLS):
+        with telemetry.operation("increment"):
+            if telemetry.on:
+                pass
+    hooks = time.process_time() - started
+    started = time.process_time()
+    for _ in range(HOOK_CALLS):
+        pass
+    empty = time.process_time() - started
+    return max(hooks - empty, 0.0) / HOOK_CALLS * 1e6
+
+
+class _Sdk:
+    """The SDK set up as the global providers: metrics exported every second from the
+    start, spans recorded but not exported until :meth:`export_spans`."""
+
+    def __init__(self) -> None:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self._collector: subprocess.Popen[str] | None = None
+        spans, measurements, self.exporting = self._exporters()
+        self._spans = spans
+        self._tracer_provider = TracerProvider()
+        trace.set_tracer_provider(self._tracer_provider)
+        reader = PeriodicExportingMetricReader(measurements, export_interval_millis=1000)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+    def export_spans(self) -> None:
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self._tracer_provider.add_span_processor(BatchSpanProcessor(self._spans))
+
+    def _exporters(self) -> tuple[Any, Any, str]:
+        """OTLP/HTTP to a collector stand-in in a process of its own when
+        ``opentelemetry-exporter-otlp-proto-http`` is installed, else the console
+        exporters writing to /dev/null."""
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+            sink = open(os.devnull, "w")  # noqa: SIM115 - written to until the process ends
+            exporters = ConsoleSpanExporter(out=sink), ConsoleMetricExporter(out=sink)
+            return *exporters, "console exporters to /dev/null"
+        self._collector = subprocess.Popen(
+            [sys.executable, "-c", _COLLECTOR], stdout=subprocess.PIPE, text=True
+        )
+        assert self._collector.stdout is not None
+        url = self._collector.stdout.readline().strip()
+        return (
+            OTLPSpanExporter(endpoint=f"{url}/v1/traces"),
+            OTLPMetricExporter(endpoint=f"{url}/v1/metrics"),
+            "OTLP/HTTP to a local collector",
+        )
+
+    def close(self) -> None:
+        from opentelemetry import metrics
+
+        self._tracer_provider.shutdown()
+        provider = metrics.get_meter_provider()
+        shutdown = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        if self._collector is not None:
+            self._collector.kill()
+            self._collector.wait()
+            assert self._collector.stdout is not None
+            self._collector.stdout.close()
+
+
+# A stand-in for a collector: takes every export on a free loopback port and drops it.
+_COLLECTOR = """
+import http.server
+
+class Drop(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drop)
+print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
+server.serve_forever()
+"""
