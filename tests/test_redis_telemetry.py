@@ -33,11 +33,15 @@ from aa_storage.testing import a_policy, bounded
 from aa_storage_redis import RedisBackend, telemetry
 from aa_storage_redis.events import EVENTS
 from aa_storage_redis.gauges import GAUGES
-from aa_storage_redis.stats import EVENT_COUNTS
+from aa_storage_redis.sentinel import Sentinel
+from aa_storage_redis.stats import EVENT_COUNTS, Counters
+from aa_storage_redis.telemetry import Telemetry
 from cluster import LocalCluster
 from executor_support import OpenBackend
 from faultproxy import FaultProxyFactory
 from servers import RedisServer
+from test_redis_near_cache import kill_tracking, tracking_up
+from test_sentinel_events import OLD, a_node, hear, no_sentinel
 from waiting import eventually
 
 
@@ -447,3 +451,94 @@ def trace_api_meter_provider() -> Any:
     from opentelemetry import metrics
 
     return metrics.NoOpMeterProvider()
+
+
+class TestWaits:
+    @pytest.mark.asyncio
+    async def test_a_caller_waiting_for_anothers_load_has_a_lease_wait_event(
+        self, otel: Otel, redis_url: str, open_backend: OpenBackend
+    ) -> None:
+        """A get_or_load that finds another process's load under way waits for it: a
+        ``lease wait`` event on its span, counted; the loader ran in the other only."""
+        first, second = open_backend(redis_url), open_backend(redis_url)
+        agent = an_agent()
+        release = asyncio.Event()
+
+        async def slow(agent: AgentId) -> Any:
+            await release.wait()
+            return a_policy()
+
+        async def never(agent: AgentId) -> Any:
+            raise AssertionError("the second caller must wait for the first one's load")
+
+        leader = asyncio.ensure_future(first.policies().get_or_load(agent, slow, 60))
+        await eventually(lambda: first.stats().loads_run == 1, "the first caller loads")
+        waiter = asyncio.ensure_future(second.policies().get_or_load(agent, never, 60))
+        await eventually(lambda: second.stats().lease_waits == 1, "the second one waits")
+        release.set()
+        await bounded(asyncio.gather(leader, waiter))
+        pool = second.pool.telemetry.pool_name
+        [span] = [
+            span
+            for span in otel.finished("get_or_load")
+            if span.events and span.events[0].name == "lease wait"
+        ]
+        assert [event.name for event in span.events] == ["lease wait"]
+        assert second.stats().loads_run == 0
+        assert otel.value("aa_storage.redis.lease_waits", second) == 1
+        assert otel.value("aa_storage.redis.loads", first) == 1
+        assert pool != first.pool.telemetry.pool_name
+
+    @pytest.mark.asyncio
+    async def test_a_call_held_by_a_failover_has_the_event_and_the_hold_is_logged(
+        self, otel: Otel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """When the sentinels begin a failover, a record on ``aa_storage_redis.failover``
+        says calls are held, counted once; a call that waits gets a ``failover hold``
+        event on its span."""
+        monkeypatch.setattr("aa_storage_redis.sentinel.FAILOVER_HOLD_SECS", 0.05)
+        counters = Counters()
+        sentinel = Sentinel(
+            [("127.0.0.1", 26379)], "svc", a_node, no_sentinel, timeout=1.0, counters=counters
+        )
+        sentinel._primary = sentinel._nodes.at(OLD)
+        observed = Telemetry(enabled=True, pool_name="held", namespace="0")
+        try:
+            with caplog.at_level(logging.WARNING, logger="aa_storage_redis.failover"):
+                hear(sentinel, "+try-failover", "master svc 127.0.0.1 7001")
+            [record] = caplog.records
+            assert record.aa_storage_event == "failover_holds"  # type: ignore[attr-defined]
+            assert counters.failover_holds == 1
+            with observed.operation("increment"):
+                await sentinel.discover()
+            [span] = otel.finished("increment")
+            assert [event.name for event in span.events] == ["failover hold"]
+        finally:
+            await sentinel.aclose()
+
+
+class TestTracking:
+    @pytest.mark.asyncio
+    async def test_a_lost_tracking_connection_is_logged_and_counted_when_lost_and_back(
+        self,
+        otel: Otel,
+        redis_server: RedisServer,
+        redis_url: str,
+        open_backend: OpenBackend,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Killing the near-cache's tracking connection is one ``tracking_lost`` record;
+        its return, one ``tracking_restored``; the counts agree."""
+        backend = open_backend(redis_url, near_cache=True)
+        await tracking_up(backend)
+        with caplog.at_level(logging.WARNING, logger="aa_storage_redis.tracking"):
+            kill_tracking(redis_server)
+            await eventually(lambda: backend.stats().tracking_lost == 1, "the loss is seen")
+            await tracking_up(backend)
+        events = [record.aa_storage_event for record in caplog.records]  # type: ignore[attr-defined]
+        assert events == ["tracking_lost", "tracking_restored"]
+        assert backend.stats().tracking_restored == 1
+        assert (
+            otel.value("aa_storage.redis.events", backend, **{"aa_storage.event": "tracking_lost"})
+            == 1
+        )
