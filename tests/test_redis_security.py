@@ -263,6 +263,8 @@ class TestCheckUnderTheReadmeRule:
             "  maxmemory_policy: not permitted (INFO is denied to this user)",
             "  scripts: by SHA (EVALSHA)",
             "  near_cache: off",
+            "  telemetry: on, but no SDK is set up behind the OpenTelemetry API: nothing is "
+            "emitted",
         ]
         assert "unknown" not in out
         assert "WARNING" not in out

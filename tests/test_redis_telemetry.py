@@ -447,6 +447,36 @@ class TestOff:
         assert [span.name for span in otel.finished()] == ["increment"]
 
 
+class TestCheck:
+    @pytest.mark.asyncio
+    async def test_describe_says_what_telemetry_does(
+        self, redis_url: str, open_backend: OpenBackend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``check`` (``describe()``) says whether telemetry is off, waits for an SDK, or
+        emits traces and metrics."""
+
+        async def told(**settings: Any) -> str:
+            return dict((await open_backend(redis_url, **settings).describe()).facts)["telemetry"]
+
+        assert await told(telemetry=False) == "off: telemetry = false"
+        monkeypatch.setattr(
+            telemetry,
+            "global_providers",
+            lambda: (trace.NoOpTracerProvider(), trace_api_meter_provider()),
+        )
+        assert await told() == (
+            "on, but no SDK is set up behind the OpenTelemetry API: nothing is emitted"
+        )
+        monkeypatch.setattr(
+            telemetry, "global_providers", lambda: (TracerProvider(), trace_api_meter_provider())
+        )
+        assert await told() == "on: traces"
+        monkeypatch.setattr(telemetry, "API", False)
+        assert await told() == (
+            "off: opentelemetry-api is not installed (pip install 'aa-storage[otel]')"
+        )
+
+
 def trace_api_meter_provider() -> Any:
     from opentelemetry import metrics
 

@@ -131,6 +131,7 @@ class RedisBackend:
             ("maxmemory_policy", policy),
             ("scripts", await self._script_mode()),
             ("near_cache", self.near_cache_state()),
+            ("telemetry", self.executor.telemetry.state()),
             ("traffic", _traffic(self.stats())),
         )
         warnings: tuple[str, ...] = ()

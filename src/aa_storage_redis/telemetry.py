@@ -89,6 +89,22 @@ class Telemetry:
             self._look()
         return self.on
 
+    def state(self) -> str:
+        """What telemetry does, as ``check`` shows it."""
+        if not API:
+            return "off: opentelemetry-api is not installed (pip install 'aa-storage[otel]')"
+        if not self.enabled:
+            return "off: telemetry = false"
+        self._look()
+        kinds = [
+            kind
+            for kind, built in (("traces", self.tracer), ("metrics", self.duration))
+            if built is not None
+        ]
+        if not kinds:
+            return "on, but no SDK is set up behind the OpenTelemetry API: nothing is emitted"
+        return f"on: {' and '.join(kinds)}"
+
     def _look(self) -> None:
         # Imported here: they need the API, and are only needed once an SDK is found.
         from aa_storage_redis import gauges
