@@ -192,7 +192,7 @@ class TestAgainstAConfig:
         out = capsys.readouterr().out
         lines = out.partition(f"\ntelemetry, increment with {CONCURRENCY} callers ")[2]
         lines = lines.split("\n\n")[0].splitlines()
-        assert lines[0] == "(best of 5 rounds; with the SDK, one):"
+        assert lines[0] == "(the median of 10 rounds; with the SDK, one):"
         labels = [
             "off (telemetry = false)",
             "on, no SDK",
@@ -204,11 +204,16 @@ class TestAgainstAConfig:
             pattern = rf"  {re.escape(label)} +{_NUMBER} ops/s +{_NUMBER} us CPU per operation"
             assert re.fullmatch(pattern + compared, line), line
         assert re.fullmatch(
-            rf"  the telemetry hooks with no SDK, timed alone: {_NUMBER} us per operation, "
-            rf"{_NUMBER}% of its CPU",
+            rf"  no SDK against off, round by round: [+-]{_NUMBER}% CPU per operation at the "
+            rf"median, the middle half of 10 rounds between [+-]{_NUMBER}% and [+-]{_NUMBER}%",
             lines[5],
         )
-        assert len(lines) == 6
+        assert re.fullmatch(
+            rf"  the telemetry hooks with no SDK, timed alone: {_NUMBER} us per operation, "
+            rf"{_NUMBER}% of its CPU",
+            lines[6],
+        )
+        assert len(lines) == 7
 
     def test_a_p99_needs_100_samples(self, config: str, capsys: pytest.CaptureFixture[str]) -> None:
         """With 20 calls a case, no p99 is shown, in the table or for the near-cache's

@@ -9,8 +9,9 @@ callers, on three backends, in one spawned process.
   ``opentelemetry-exporter-otlp-proto-http`` is installed, else through the
   console exporters to /dev/null.
 
-The first two alternate for :data:`ROUNDS` rounds, each keeping its best. The
-SDK's comes last: the global providers cannot be unset in a process, which is
+The first two run in :data:`ROUNDS` pairs of short rounds, alternating which
+goes first; each row shows the median round, and a line the paired differences.
+The SDK's comes last: the global providers cannot be unset in a process, which is
 also why all of this runs in a process of its own. Each reports throughput and
 CPU time (user + system, the exporter's threads included) per operation.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -40,7 +42,9 @@ from aa_storage_redis.bench.timing import Budget, together
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.telemetry import LOOK_INTERVAL_SECS
 
-ROUNDS = 5
+ROUNDS = 10
+"""Rounds of the first two ways, each a tenth of the budget, in pairs."""
+OFF, NO_SDK = "off (telemetry = false)", "on, no SDK"
 HOOK_CALLS = 200_000
 _PATIENCE_SECS = 300.0
 
@@ -65,12 +69,15 @@ class TelemetryCost:
     recorded: Cost | None
     exported: Cost | None
     hooks_us: float
+    differences: list[float]
+    """The second way's CPU per operation over the first's, minus 1, round by round,
+    in order."""
     callers: int
 
     def lines(self) -> Iterator[str]:
         yield (
             f"telemetry, increment with {self.callers} callers "
-            f"(best of {ROUNDS} rounds; with the SDK, one):"
+            f"(the median of {ROUNDS} rounds; with the SDK, one):"
         )
         if self.recorded is None:
             yield "  with the SDK: not measured, opentelemetry-sdk is not installed"
@@ -83,6 +90,12 @@ class TelemetryCost:
                 f"  {cost.label:<46} {cost.ops_per_sec:>10,.0f} ops/s "
                 f"{cost.cpu_us:>7.1f} us CPU per operation{versus}"
             )
+        low, high = _quartiles(self.differences)
+        yield (
+            f"  no SDK against off, round by round: {_middle(self.differences):+.1%} CPU per "
+            f"operation at the median, the middle half of {ROUNDS} rounds between "
+            f"{low:+.1%} and {high:+.1%}"
+        )
         share = self.hooks_us / self.no_sdk.cpu_us
         yield (
             f"  the telemetry hooks with no SDK, timed alone: {self.hooks_us:.2f} us per "
@@ -125,12 +138,17 @@ async def _measure(config: RedisStorageConfig, callers: int, budget: Budget) -> 
     on = RedisBackend.connect(attrs.evolve(config, key_prefix=prefix, telemetry=True))
     names = [f"telemetry-{index}" for index in range(callers)]
     try:
-        best_off = best_on = None
-        for _ in range(ROUNDS):
-            best_off = _better(best_off, await _run("off (telemetry = false)", off, names, budget))
-            best_on = _better(best_on, await _run("on, no SDK", on, names, budget))
-        assert best_off is not None
-        assert best_on is not None
+        # Short rounds in pairs, alternating which goes first, so that the machine's
+        # drift (other processes, the server's own work) falls on both alike.
+        share = _share(budget)
+        pairs = []
+        for number in range(ROUNDS):
+            ways = [off, on] if number % 2 == 0 else [on, off]
+            costs = {id(way): await _run("", way, names, share) for way in ways}
+            pairs.append((costs[id(off)], costs[id(on)]))
+        typical_off = _median_of(OFF, [pair[0] for pair in pairs])
+        typical_on = _median_of(NO_SDK, [pair[1] for pair in pairs])
+        ratios = sorted(on_cost.cpu_us / off_cost.cpu_us - 1 for off_cost, on_cost in pairs)
         hooks_us = _hooks_us(on)
         recorded = exported = None
         if importlib.util.find_spec("opentelemetry.sdk") is not None:
@@ -142,7 +160,7 @@ async def _measure(config: RedisStorageConfig, callers: int, budget: Budget) -> 
                 exported = await _run(f"on, SDK, {sdk.exporting}", on, names, budget)
             finally:
                 sdk.close()
-        return TelemetryCost(best_off, best_on, recorded, exported, hooks_us, callers)
+        return TelemetryCost(typical_off, typical_on, recorded, exported, hooks_us, ratios, callers)
     finally:
         for name in names:
             await off.rate_limiter().reset(name)
@@ -169,8 +187,27 @@ async def _run(label: str, backend: RedisBackend, names: list[str], budget: Budg
     return Cost(label, done / wall, cpu / max(done, 1) * 1e6)
 
 
-def _better(best: Cost | None, new: Cost) -> Cost:
-    return new if best is None or new.cpu_us < best.cpu_us else best
+def _share(budget: Budget) -> Budget:
+    """One round's part of ``budget``."""
+    if budget.requests is not None:
+        return Budget(budget.seconds, max(budget.requests // ROUNDS, 1))
+    return Budget(budget.seconds / ROUNDS)
+
+
+def _median_of(label: str, costs: list[Cost]) -> Cost:
+    return Cost(
+        label,
+        _middle(sorted(cost.ops_per_sec for cost in costs)),
+        _middle(sorted(cost.cpu_us for cost in costs)),
+    )
+
+
+def _middle(ordered: list[float]) -> float:
+    return ordered[len(ordered) // 2]
+
+
+def _quartiles(ordered: list[float]) -> tuple[float, float]:
+    return ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
 
 
 def _hooks_us(backend: RedisBackend) -> float:
@@ -199,6 +236,9 @@ class _Sdk:
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         from opentelemetry.sdk.trace import TracerProvider
 
+        # Past its queue (2,048 spans) the batch processor drops spans, as it would in
+        # production, and warns of each drop: the bench prints figures only.
+        logging.getLogger("opentelemetry").setLevel(logging.ERROR)
         self._collector: subprocess.Popen[str] | None = None
         spans, measurements, self.exporting = self._exporters()
         self._spans = spans
