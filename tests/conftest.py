@@ -35,9 +35,26 @@ VALKEY_INSTALL_HINT = (
 )
 
 
-def pytest_report_header() -> list[str]:
-    """The server binaries this run tests against, with their versions."""
-    lines = []
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop the async tests run on (uvloop: the uvloop extra)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-asyncio makes each test's loop from the policy in force.
+    if config.getoption("loop") == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The server binaries this run tests against, with their versions, and the loop."""
+    lines = [f"event loop: {config.getoption('loop')}"]
     for name in ("redis-server", "valkey-server"):
         path = find_binary(name)
         found = "not found" if path is None else f"{server_version(path)} ({path})"

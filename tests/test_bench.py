@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from aa_storage.cli import main
 from aa_storage_redis import RedisBackend
 from aa_storage_redis.bench.operations import OPERATIONS, Caller, Operation, Subject
+from aa_storage_redis.bench.uvloop_cases import uvloop_installed
 from servers import DRIVER_PASSWORD, DRIVER_USER, RedisServer, free_ports
 from test_redis_cli import config_file
 
@@ -27,7 +28,9 @@ MODES = ("sequential", f"{CONCURRENCY} callers")
 # Every operation in both modes on both sides, then the near-cache's hit on both
 # sides and its propagation.
 # Each operation in each mode on two sides, the near-cache's three, a missing replica's two.
-CASES = len(OPERATIONS) * len(MODES) * 2 + 3 + 2
+# With uvloop installed (the dev extra has it), each operation's driver cases run on it too.
+UVLOOP_CASES = len(OPERATIONS) * len(MODES) if uvloop_installed() else 0
+CASES = len(OPERATIONS) * len(MODES) * 2 + 3 + 2 + UVLOOP_CASES
 NEAR_ROW = ("get_policy_near", "sequential")
 TIMEOUTS = {"connect_timeout": "10.0", "socket_timeout": "10.0"}
 # Long enough that a signal sent during the first case finds it still running.
@@ -40,8 +43,9 @@ _NUMBER = r"[\d,]+(?:\.\d+)?"
 _P99 = rf"(?:{_NUMBER}|-)"
 _ROW = re.compile(
     rf"(?P<operation>\w+) +(?P<mode>sequential|\d+ callers) +"
-    rf"(?P<driver>{_NUMBER}) +{_NUMBER} +(?P<driver_p99>{_P99}) +{_NUMBER} +"
-    rf"(?P<raw>{_NUMBER}) +{_NUMBER} +(?P<raw_p99>{_P99}) +(?P<ratio>\d+\.\d\d)x(?P<target>.*)"
+    rf"(?P<driver>{_NUMBER}) +{_NUMBER} +(?P<driver_p99>{_P99}) +(?P<driver_cpu>{_NUMBER}) +"
+    rf"{_NUMBER} +(?P<raw>{_NUMBER}) +{_NUMBER} +(?P<raw_p99>{_P99}) +(?P<raw_cpu>{_NUMBER}) +"
+    rf"(?P<ratio>\d+\.\d\d)x(?P<target>.*)"
 )
 
 
@@ -115,15 +119,23 @@ class TestAgainstAConfig:
         out, err = capsys.readouterr()
         progress = [line for line in err.splitlines() if re.search(r"\[\d+/\d+\]", line)]
         assert len(progress) == CASES
+        near = CASES - UVLOOP_CASES - 2
         for number, line in enumerate(progress, start=1):
-            if number == CASES - 2:
+            if number > CASES - UVLOOP_CASES:
+                assert re.fullmatch(
+                    rf"aa-storage bench: \[{number}/{CASES}\] \w+, [\w ]+, driver on uvloop "
+                    rf"\.\.\. {_NUMBER} ops/s",
+                    line,
+                ), line
+                continue
+            if number == near:
                 assert re.fullmatch(
                     rf"aa-storage bench: \[{number}/{CASES}\] near-cache invalidation from "
                     rf"another process \.\.\. p50 {_NUMBER} us",
                     line,
                 ), line
                 continue
-            if number > CASES - 2:
+            if number > near:
                 assert re.fullmatch(
                     rf"aa-storage bench: \[{number}/{CASES}\] reads, a replica missing, "
                     rf"(no writers|beside 4 writers) \.\.\. {_NUMBER} ops/s",
@@ -181,6 +193,88 @@ class TestAgainstAConfig:
         assert match, out
         assert int(match[1]) == 100
         assert 0 < figure(match[2]) <= figure(match[3])
+
+    def test_shows_cpu_per_call_and_a_gateway_action_beside_one_command(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Each side of each row has its CPU time per call; the gateway action (three
+        calls awaited together) has rows of its own, and a line sets its sequential
+        p50 beside a single get_policy's, as the ratio of the two rows' figures."""
+        assert bench("--config", config, "--requests", "30") == 0
+        out = capsys.readouterr().out
+        found = {(row["operation"], row["mode"]): row for row in rows(out)}
+        assert all(figure(row["driver_cpu"]) > 0 < figure(row["raw_cpu"]) for row in found.values())
+        assert ("gateway_action", "sequential") in found
+        assert ("gateway_action", f"{CONCURRENCY} callers") in found
+        match = re.search(
+            rf"\none gateway action \(get_policy, increment and save awaited together\), "
+            rf"sequential: p50 ({_NUMBER}) us, beside ({_NUMBER}) us for a single get_policy: "
+            rf"({_NUMBER})x; raw redis-py on three connections: {_NUMBER}x\n",
+            out,
+        )
+        assert match, out
+        assert figure(match[3]) == pytest.approx(figure(match[1]) / figure(match[2]), abs=0.06)
+
+    def test_shows_the_driver_on_uvloop_beside_asyncio(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With uvloop installed, a table after the main one has every operation's driver
+        cases on uvloop, each with its CPU time per call beside asyncio's (the main
+        table's) and its throughput over asyncio's."""
+        assert bench("--config", config, "--requests", "30") == 0
+        out = capsys.readouterr().out
+        main_rows = {(row["operation"], row["mode"]): row for row in rows(out)}
+        lines = (
+            out.partition(
+                "\nthe driver on uvloop (the same cases; asyncio's figures are the table's):\n"
+            )[2]
+            .split("\n\n")[0]
+            .splitlines()
+        )
+        assert lines[0].split() == [
+            "operation",
+            "mode",
+            "uvloop",
+            "ops/s",
+            "p50",
+            "us",
+            "cpu",
+            "us",
+            "asyncio",
+            "cpu",
+            "us",
+            "vs",
+            "asyncio",
+        ]
+        cases = [(operation.name, mode) for operation in OPERATIONS for mode in MODES]
+        assert len(lines) == 1 + len(cases)
+        for (name, mode), line in zip(cases, lines[1:], strict=True):
+            match = re.fullmatch(
+                rf"{name} +{mode} +({_NUMBER}) +{_NUMBER} +{_NUMBER} +({_NUMBER}) +"
+                rf"({_NUMBER})x",
+                line,
+            )
+            assert match, line
+            row = main_rows[(name, mode)]
+            assert figure(match[2]) == figure(row["driver_cpu"])
+            assert figure(match[3]) == pytest.approx(
+                figure(match[1]) / figure(row["driver"]), abs=0.02
+            )
+
+    def test_without_uvloop_says_how_to_add_it(
+        self, config: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without uvloop, one line says the driver ran on asyncio only, and how to add it."""
+        # The package's name "measure" is the function: the module is in sys.modules.
+        for module in ("aa_storage_redis.bench.measure", "aa_storage_redis.bench.uvloop_cases"):
+            monkeypatch.setattr(sys.modules[module], "uvloop_installed", lambda: False)
+        assert bench("--config", config, "--requests", "10") == 0
+        out = capsys.readouterr().out
+        assert (
+            "\nuvloop is not installed (pip install 'aa-storage[uvloop]'): the driver ran on "
+            "asyncio only\n"
+        ) in out
+        assert "driver on uvloop" not in out
 
     def test_prints_what_telemetry_costs(
         self, config: str, capsys: pytest.CaptureFixture[str]

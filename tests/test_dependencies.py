@@ -19,14 +19,15 @@ RUNTIME = {
     canonicalize_name(requirement.name): requirement
     for requirement in map(Requirement, PROJECT["dependencies"])
 }
-# The otel extra, and the SDK the telemetry tests read it with: the floor env runs
-# those tests, so their lowest versions are promises too.
-TELEMETRY = {
+# The otel and uvloop extras, and the SDK the telemetry tests read otel with: the floor
+# env runs those tests, so their lowest versions are promises too.
+EXTRAS = {
     canonicalize_name(requirement.name): requirement
     for requirement in map(
         Requirement,
         [
             *PROJECT["optional-dependencies"]["otel"],
+            *PROJECT["optional-dependencies"]["uvloop"],
             *(
                 line
                 for line in PROJECT["optional-dependencies"]["dev"]
@@ -35,7 +36,7 @@ TELEMETRY = {
         ],
     )
 }
-PROMISED = {**RUNTIME, **TELEMETRY}
+PROMISED = {**RUNTIME, **EXTRAS}
 
 
 def pins(name: str) -> dict[str, Version]:
@@ -59,9 +60,10 @@ def lower_bound(specifier: SpecifierSet) -> Version:
 class TestFloor:
     def test_pins_exactly_the_lower_bound_of_every_runtime_dependency(self) -> None:
         """requirements/floor.txt is the lowest version pyproject.toml allows of each
-        runtime dependency, of the otel extra, and of the SDK that tests it."""
+        runtime dependency, of the otel and uvloop extras, and of the SDK that tests
+        otel."""
         floor = pins("floor.txt")
-        assert set(TELEMETRY) == {"opentelemetry-api", "opentelemetry-sdk"}
+        assert set(EXTRAS) == {"opentelemetry-api", "opentelemetry-sdk", "uvloop"}
         assert set(floor) == set(PROMISED)
         for name, requirement in PROMISED.items():
             assert floor[name] == lower_bound(requirement.specifier), name

@@ -38,6 +38,7 @@ from aa_storage_redis.bench.report import (
     Progress,
     Propagation,
     Row,
+    action_lines,
     mode_of,
     p99_note,
     propagation_lines,
@@ -47,6 +48,7 @@ from aa_storage_redis.bench.report import (
 from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
 from aa_storage_redis.bench.telemetry_cost import telemetry_cost
 from aa_storage_redis.bench.timing import Budget, timed, together
+from aa_storage_redis.bench.uvloop_cases import uvloop_cases, uvloop_installed, uvloop_lines
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.stats import ExecutorStats
 
@@ -63,15 +65,18 @@ def measure(
 ) -> int:
     """Run every case against ``config``'s server, saying on ``err`` which one runs,
     then write the table and the figures after it to ``out``. Returns the exit status."""
+    # Then, with uvloop installed, the driver's side of each operation's cases on it.
+    cases = CASES + (len(OPERATIONS) * 2 if uvloop_installed() else 0)
     err.write(
         f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
-        f"pool_size={config.pool_size}; {CASES} cases of {budget} each\n"
+        f"pool_size={config.pool_size}; {cases} cases of {budget} each\n"
     )
-    progress = Progress(err, CASES)
+    progress = Progress(err, cases)
     try:
         rows, stats, propagation, missing = asyncio.run(
             _cases(config, concurrency, budget, progress)
         )
+        on_uvloop = uvloop_cases(config, concurrency, budget, progress)
     finally:
         progress.stop()
     err.write(f"aa-storage bench: stampede, {CALLERS} callers in {PROCESSES} processes ...\n")
@@ -89,7 +94,8 @@ def measure(
         "",
         *stats_lines(stats),
     )
-    for line in (*table(rows), "", *p99_note(rows), *tail):
+    head = (*table(rows), "", *p99_note(rows), *action_lines(rows))
+    for line in (*head, *uvloop_lines(rows, on_uvloop), "", *tail):
         out.write(line + "\n")
     return 0
 
@@ -156,7 +162,12 @@ async def _case(
     after = backend.stats()
     progress.end(driver)
     progress.start(f"{operation.name}, {mode}, raw redis-py")
-    connections = backend.pool.config.pool_size if callers == 1 else callers
+    pool_size = backend.pool.config.pool_size
+    # One connection per command in flight: one caller, or each of many, may send
+    # several at once (a gateway action), which redis-py cannot put on one connection.
+    connections = (
+        max(pool_size, operation.commands) if callers == 1 else callers * operation.commands
+    )
     async with raw_client(backend.pool.config, connections) as raw:
         subject = Subject.over(backend, raw)
         ready = await _ready(operation, operation.raw, subject, callers, made)

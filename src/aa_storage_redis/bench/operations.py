@@ -3,11 +3,13 @@ raw redis-py command that makes the server do the same work.
 
 Raw redis-py sends exactly the driver's command: ``EVALSHA`` of the driver's own
 script for ``increment``, ``save`` and ``cache_policy``, ``GET`` and ``HMGET`` for
-the others, on the keys the driver would use, through :func:`raw_client`.
+the others, on the keys the driver would use, through :func:`raw_client`. The
+gateway action is three of them at once, on either side.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -30,6 +32,7 @@ from aa_storage import (
 )
 from aa_storage.redaction import redact_url
 from aa_storage_redis.backend import RedisBackend
+from aa_storage_redis.bench.report import GATEWAY_ACTION
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.errors import translate
 from aa_storage_redis.keys import KeySpace
@@ -107,6 +110,8 @@ class Operation:
     prepare: Call
     driver: Call
     raw: Call
+    commands: int = 1
+    """Commands one call sends at once: raw redis-py needs a connection for each."""
 
 
 async def _increment(subject: Subject, caller: Caller) -> int:
@@ -139,6 +144,29 @@ async def _raw_save(subject: Subject, caller: Caller) -> Any:
     )
 
 
+async def _prepare_action(subject: Subject, caller: Caller) -> None:
+    await _cache_policy(subject, caller)
+    await _increment(subject, caller)
+    await _save(subject, caller)
+
+
+async def _action(subject: Subject, caller: Caller) -> None:
+    """One gateway action: the policy read, the count and the session save, together."""
+    await asyncio.gather(
+        subject.policies.get_policy(caller.agent),
+        _increment(subject, caller),
+        _save(subject, caller),
+    )
+
+
+async def _raw_action(subject: Subject, caller: Caller) -> None:
+    await asyncio.gather(
+        subject.client.get(subject.keys.policy(caller.agent)),
+        _raw_increment(subject, caller),
+        _raw_save(subject, caller),
+    )
+
+
 OPERATIONS = (
     Operation("increment", prepare=_increment, driver=_increment, raw=_raw_increment),
     Operation(
@@ -168,6 +196,7 @@ OPERATIONS = (
             s.keys.session(c.record.session_id), "agent_id", "started_at_ns"
         ),
     ),
+    Operation(GATEWAY_ACTION, _prepare_action, _action, _raw_action, commands=3),
 )
 
 

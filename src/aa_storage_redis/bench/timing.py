@@ -47,7 +47,9 @@ class Budget:
 
 async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Budget) -> Measurement:
     """Each caller makes ``call`` again and again, all at once, until ``budget`` is spent;
-    their throughput together, and the percentiles of every call's latency."""
+    their throughput together, the percentiles of every call's latency, and the
+    process's CPU time per call (the event loop's work for the calls, the client's
+    parsing included, and anything else the process ran meanwhile)."""
     allowed = budget.allowance()
     latencies: list[float] = []
 
@@ -57,14 +59,15 @@ async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Bud
             await call(subject, caller)
             latencies.append(time.perf_counter() - started)
 
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     await together(calls(caller) for caller in callers)
-    elapsed = time.perf_counter() - started
+    cpu, elapsed = time.process_time() - cpu, time.perf_counter() - started
     latencies.sort()
     return Measurement(
         ops_per_sec=len(latencies) / elapsed,
         p50_us=percentile(latencies, 0.50) * 1e6,
         p99_us=p99_us(latencies),
+        cpu_us=cpu / max(len(latencies), 1) * 1e6,
     )
 
 
