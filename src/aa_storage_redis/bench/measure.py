@@ -44,6 +44,7 @@ from aa_storage_redis.bench.report import (
     stats_lines,
     table,
 )
+from aa_storage_redis.bench.scaling import ScaleOptions, run_scaling
 from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
 from aa_storage_redis.bench.telemetry_cost import telemetry_cost
 from aa_storage_redis.bench.timing import Budget, timed, together
@@ -59,10 +60,16 @@ _DELETE_BATCH = 500
 
 
 def measure(
-    config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+    config: RedisStorageConfig,
+    concurrency: int,
+    budget: Budget,
+    out: TextIO,
+    err: TextIO,
+    scale: ScaleOptions | None = None,
 ) -> int:
     """Run every case against ``config``'s server, saying on ``err`` which one runs,
-    then write the table and the figures after it to ``out``. Returns the exit status."""
+    then write the table and the figures after it to ``out``; with ``scale``, the
+    ``--scale`` part after them (``scaling.py``). Returns the exit status."""
     err.write(
         f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
         f"pool_size={config.pool_size}; {CASES} cases of {budget} each\n"
@@ -91,6 +98,8 @@ def measure(
     )
     for line in (*table(rows), "", *p99_note(rows), *tail):
         out.write(line + "\n")
+    if scale is not None:
+        return run_scaling(config, concurrency, budget, scale, out, err)
     return 0
 
 
