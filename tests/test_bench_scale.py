@@ -18,7 +18,8 @@ import attrs
 import pytest
 
 from aa_storage.cli import main
-from aa_storage_redis.bench.scale import ScalePoint, process_counts, saturation
+from aa_storage_redis.bench import Budget
+from aa_storage_redis.bench.scale import ScalePoint, process_counts, saturation, scale_lines
 from servers import RedisServer
 from test_bench import (
     _HELPER_COMMANDS,
@@ -89,10 +90,10 @@ class TestARun:
         bench's usual output; progress says each step on stderr."""
         assert run.status == 0, run.err
         stats = run.out.index("driver stats over the run:\n")
-        assert stats < run.out.index("\nscale: ")
+        assert stats < run.out.index("\n\nscale: ")
         assert "Traceback" not in run.err
         for step, label in enumerate(
-            ["scale, 1 process(es)", "scale, 2 process(es)", "near-cache memory"], start=1
+            ["scale, 1 process of", "scale, 2 processes of", "near-cache memory"], start=1
         ):
             assert re.search(rf"\[{step}/3\] {re.escape(label)}.* \.\.\. {_NUMBER} ", run.err)
 
@@ -140,7 +141,10 @@ class TestARun:
         totals = [figure(match["total"]) for line in lines if (match := _ROW.fullmatch(line))]
         (said,) = [line for line in lines if line.startswith("  saturation: ")]
         if totals[1] <= totals[0] * 1.05:
-            assert said.startswith("  saturation: at 2 processes, whose total is within 5% of 1")
+            assert said == (
+                "  saturation: at 2 processes, whose total is no more than 5% above that of "
+                "1 process: adding processes stopped adding throughput"
+            )
         else:
             assert said == (
                 "  saturation: not reached up to 2 processes (each step added more than 5%)"
@@ -274,13 +278,33 @@ class TestPureParts:
         assert process_counts(most) == counts
 
     def test_saturation_is_the_first_step_adding_5_percent_or_less(self) -> None:
-        def points(*totals: float) -> list[ScalePoint]:
-            return [
-                ScalePoint(2**index, 1, total, 1.0, None, 2.0, 2.0)
-                for index, total in enumerate(totals)
-            ]
-
         assert saturation(points(100.0)) is None
         assert saturation(points(100.0, 190.0, 300.0)) is None
         assert saturation(points(100.0, 190.0, 199.0, 250.0)) == points(100.0, 190.0, 199.0)[2]
         assert saturation(points(100.0, 90.0)) == points(100.0, 90.0)[1]
+
+    def test_lines_name_the_saturation_or_its_absence(self) -> None:
+        """Both forms of the saturation line, and a - for a p99 of too few calls or
+        server connections the ACL kept from INFO, each with a note saying why."""
+        budget = Budget(seconds=1.0)
+        saturated = list(scale_lines(points(100.0, 104.0), 50, budget))
+        assert saturated[-1] == (
+            "  saturation: at 2 processes, whose total is no more than 5% above that of "
+            "1 process: adding processes stopped adding throughput"
+        )
+        growing = list(scale_lines(points(100.0, 200.0, 400.0), 50, budget))
+        assert growing[-1] == (
+            "  saturation: not reached up to 4 processes (each step added more than 5%)"
+        )
+        unknown = attrs.evolve(points(100.0)[0], server_connections=None)
+        lines = list(scale_lines([unknown], 50, budget))
+        assert re.fullmatch(r" +1 +100 +100 +1 +- +2\.0 +-", lines[2])
+        assert "  (server conns is - where the ACL refuses INFO)" in lines
+        assert "  (p99 us is - below 100 calls)" in lines
+
+
+def points(*totals: float) -> list[ScalePoint]:
+    """Points of 1, 2, 4, … processes with these totals."""
+    return [
+        ScalePoint(2**index, 1, total, 1.0, None, 2.0, 2.0) for index, total in enumerate(totals)
+    ]

@@ -329,13 +329,18 @@ def scale_lines(points: Sequence[ScalePoint], concurrency: int, budget: Budget) 
     saturated = saturation(points)
     if saturated is None:
         yield (
-            f"  saturation: not reached up to {points[-1].processes} processes "
+            f"  saturation: not reached up to {as_processes(points[-1].processes)} "
             f"(each step added more than {SATURATION:.0%})"
         )
     else:
         before = points[points.index(saturated) - 1]
         yield (
-            f"  saturation: at {saturated.processes} processes, whose total is within "
-            f"{SATURATION:.0%} of {before.processes} process(es)': adding processes stopped "
-            "adding throughput"
+            f"  saturation: at {as_processes(saturated.processes)}, whose total is no more than "
+            f"{SATURATION:.0%} above that of {as_processes(before.processes)}: adding processes "
+            "stopped adding throughput"
         )
+
+
+def as_processes(count: int) -> str:
+    """``1 process``, ``2 processes``, …"""
+    return f"{count} process" if count == 1 else f"{count} processes"

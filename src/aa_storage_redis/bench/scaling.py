@@ -18,7 +18,13 @@ import attrs
 from aa_storage_redis.bench.near_memory import POLICIES, NearMemory, near_memory
 from aa_storage_redis.bench.plot import PlotError, write_plot
 from aa_storage_redis.bench.report import Progress
-from aa_storage_redis.bench.scale import ScalePoint, process_counts, scale_lines, scale_point
+from aa_storage_redis.bench.scale import (
+    ScalePoint,
+    as_processes,
+    process_counts,
+    scale_lines,
+    scale_point,
+)
 from aa_storage_redis.bench.timing import Budget
 from aa_storage_redis.config import RedisStorageConfig
 
@@ -47,7 +53,7 @@ def run_scaling(
     could not be written, else 0."""
     out.flush()  # the lines before this part show while it runs
     points, memory = asyncio.run(_measure(config, concurrency, budget, options, err))
-    for line in (*scale_lines(points, concurrency, budget), "", *memory.lines()):
+    for line in ("", *scale_lines(points, concurrency, budget), "", *memory.lines()):
         out.write(line + "\n")
     if options.plot is None:
         return 0
@@ -80,7 +86,7 @@ async def _measure(
     try:
         points = []
         for processes in counts:
-            progress.start(f"scale, {processes} process(es) of {concurrency} callers")
+            progress.start(f"scale, {as_processes(processes)} of {concurrency} callers")
             point = await scale_point(config, processes, concurrency, budget)
             progress.finish(f"{point.total_ops_per_sec:,.0f} ops/s")
             points.append(point)
