@@ -20,7 +20,14 @@ from collections.abc import Iterator
 
 import attrs
 
-from aa_storage import AgentId, NotFoundError, PolicyDecision, PolicyDocument, PolicyRule
+from aa_storage import (
+    AgentId,
+    NotFoundError,
+    PolicyDecision,
+    PolicyDocument,
+    PolicyRule,
+    StorageError,
+)
 from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.bench.near import tracking_up
 from aa_storage_redis.bench.operations import POLICY_TTL_SECS, delete_keys
@@ -89,41 +96,44 @@ async def near_memory(config: RedisStorageConfig, policies: int = POLICIES) -> N
     )
     agents = [AgentId.new() for _ in range(policies)]
     backend = RedisBackend.connect(config)
+    keys = [key for agent in agents for key in backend.keys.policy_with_lease(agent)]
     try:
-        near = await tracking_up(backend)
-        store = backend.policies()
-        for start in range(0, policies, _BATCH):
-            await together(
-                store.cache_policy(agent, _policy(start + index), POLICY_TTL_SECS)
-                for index, agent in enumerate(agents[start : start + _BATCH])
-            )
-        gc.collect()
-        rss_before = _rss()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            await _read_each(backend, agents)
-            gc.collect()
-            traced = tracemalloc.get_traced_memory()[0] - before
-            # Less tracemalloc's own bookkeeping, which the resident set holds too.
-            rss_after = _rss()
-            bookkeeping = tracemalloc.get_tracemalloc_memory()
-        finally:
-            tracemalloc.stop()
-        rss = (
-            None
-            if rss_before is None or rss_after is None
-            else rss_after - bookkeeping - rss_before
-        )
-        return NearMemory(policies, len(RULES), len(near), traced, rss)
+        memory = await _measure(backend, agents)
+    except BaseException:
+        # The failure says more than the deletion's, which it may well cause.
+        with contextlib.suppress(StorageError):
+            await delete_keys(config, keys)
+        raise
+    else:
+        await delete_keys(config, keys)
     finally:
-        try:
-            keys = backend.keys
-            await delete_keys(
-                config, [key for agent in agents for key in keys.policy_with_lease(agent)]
-            )
-        finally:
-            await backend.aclose()
+        await backend.aclose()
+    return memory
+
+
+async def _measure(backend: RedisBackend, agents: list[AgentId]) -> NearMemory:
+    near = await tracking_up(backend)
+    store = backend.policies()
+    for start in range(0, len(agents), _BATCH):
+        await together(
+            store.cache_policy(agent, _policy(start + index), POLICY_TTL_SECS)
+            for index, agent in enumerate(agents[start : start + _BATCH])
+        )
+    gc.collect()
+    rss_before = _rss()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await _read_each(backend, agents)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+        # Less tracemalloc's own bookkeeping, which the resident set holds too.
+        rss_after = _rss()
+        bookkeeping = tracemalloc.get_tracemalloc_memory()
+    finally:
+        tracemalloc.stop()
+    rss = None if rss_before is None or rss_after is None else rss_after - bookkeeping - rss_before
+    return NearMemory(len(agents), len(RULES), len(near), traced, rss)
 
 
 def _policy(index: int) -> PolicyDocument:

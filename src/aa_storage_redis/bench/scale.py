@@ -53,6 +53,8 @@ marks the server's saturation."""
 # Far above what starting the processes and a case take on a loaded machine.
 _PATIENCE_SECS = 120.0
 _POLL_SECS = 0.05
+# How long a failed process may take to say why and end: a message and an exit.
+_ANSWER_SECS = 10.0
 
 
 @attrs.frozen
@@ -120,12 +122,18 @@ async def scale_point(
     server, under ``config.key_prefix``; every key they make is deleted, however this
     ends. A process's failure is raised as a ``StorageError``."""
     groups = [[Caller.new() for _ in range(concurrency)] for _ in range(processes)]
-    keys = KeySpace(config.key_prefix)
+    space = KeySpace(config.key_prefix)
+    keys = [key for group in groups for caller in group for key in caller.keys(space)]
     try:
         async with raw_client(config, 1) as client:
-            return await _run(config, groups, budget, client)
-    finally:
-        await delete_keys(config, [key for group in groups for c in group for key in c.keys(keys)])
+            point = await _run(config, groups, budget, client)
+    except BaseException:
+        # The step's failure says more than the deletion's, which it may well cause.
+        with contextlib.suppress(StorageError):
+            await delete_keys(config, keys)
+        raise
+    await delete_keys(config, keys)
+    return point
 
 
 async def _run(
@@ -162,8 +170,8 @@ async def _run(
         # A process failed before the start and broke the barrier; the others then
         # fail at it too. Once all have ended, the first one's answer says why.
         for worker in workers:
-            await asyncio.to_thread(worker.join, _PATIENCE_SECS)
-        raise StorageError(f"a --scale process failed: {_first_failure(answers)}") from None
+            await asyncio.to_thread(worker.join, _ANSWER_SECS)
+        raise StorageError(f"a --scale step failed: {_first_failure(answers)}") from None
     except BaseException:
         # Interrupted or failed: the other processes' answers no longer matter.
         barrier.abort()  # frees the thread waiting at it, or asyncio.run would wait for it
@@ -203,7 +211,8 @@ def _first_failure(answers: Any) -> str:
                 failures.append(answer)
     caused = threading.BrokenBarrierError.__name__
     first = [failure for failure in failures if not failure.startswith(caused)]
-    return (first or failures or ["it ended before its callers were ready"])[0]
+    fallback = f"the processes were not all ready within {_PATIENCE_SECS:g}s"
+    return (first or failures or [fallback])[0]
 
 
 def _point(shares: list[_Share], baseline: int | None, peak: int | None) -> ScalePoint:
