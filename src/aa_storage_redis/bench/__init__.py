@@ -6,12 +6,15 @@ through the driver and once as the same command sent with raw redis-py async
 Then the near-cache, a replica missing, and a stampede: ``get_or_load``
 callers in several processes on one cold key; and what telemetry costs, off,
 on without an SDK and on with one. It prints one table, the lines of the later
-cases, and the driver's stats over the run.
+cases, and the driver's stats over the run. With ``--scale``, then: throughput as
+processes are added, the near-cache's memory per 10,000 policies, and a plot.
 
 The driver's plugin adds the subcommand with :func:`add_command`. The modules,
 each importing only those listed after it:
 
 - ``measure``: the run, case by case, and what it prints;
+- ``scaling``: the ``--scale`` part: ``scale`` (processes added), ``near_memory`` and
+  ``plot``, which alone imports matplotlib, and only when a plot is asked for;
 - ``near``, ``missing_replica``, ``stampede``, ``telemetry_cost``: one kind of case each;
 - ``timing``: the budget of a case, and how its calls are timed;
 - ``operations``: what a case calls, through the driver and raw redis-py;
@@ -31,11 +34,13 @@ from typing import Any, TextIO
 from aa_storage import ConfigError, load_config
 from aa_storage.commands import Commands
 from aa_storage_redis.bench.measure import measure
+from aa_storage_redis.bench.plot import plot_problem
+from aa_storage_redis.bench.scaling import MAX_PROCESSES, ScaleOptions
 from aa_storage_redis.bench.server import BINARY, throwaway_server
 from aa_storage_redis.bench.timing import Budget
 from aa_storage_redis.config import DRIVER_NAME, RedisStorageConfig
 
-__all__ = ["Budget", "add_command", "command"]
+__all__ = ["Budget", "ScaleOptions", "add_command", "command"]
 
 
 def add_command(commands: Commands) -> None:
@@ -80,11 +85,39 @@ def add_command(commands: Commands) -> None:
         type=_at_least(1, int),
         help="calls per case, instead of --seconds",
     )
+    bench.add_argument(
+        "--scale",
+        action="store_true",
+        help=(
+            "then: aggregate throughput of 1, 2, 4, ... processes of C callers each "
+            "(increment and get_policy, the budget per process), the point where the "
+            "server saturates, and the near-cache's memory per 10,000 policies"
+        ),
+    )
+    bench.add_argument(
+        "--max-processes",
+        metavar="N",
+        type=_at_least(1, int),
+        default=MAX_PROCESSES,
+        help=f"the most processes --scale runs (default {MAX_PROCESSES})",
+    )
+    bench.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="with --scale: write a PNG of total and per-process ops/s (needs matplotlib)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     budget = Budget(seconds=args.seconds, requests=args.requests)
-    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr)
+    scale = ScaleOptions(args.max_processes, args.plot) if args.scale else None
+    # Refused before any measuring, so that a run of minutes is not wasted.
+    if args.plot is not None:
+        problem = "--plot needs --scale" if scale is None else plot_problem(args.plot)
+        if problem is not None:
+            sys.stderr.write(f"aa-storage bench: {problem}\n")
+            return 2
+    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr, scale)
 
 
 def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -103,10 +136,16 @@ def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def command(
-    config_path: str | None, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+    config_path: str | None,
+    concurrency: int,
+    budget: Budget,
+    out: TextIO,
+    err: TextIO,
+    scale: ScaleOptions | None = None,
 ) -> int:
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
-    the table goes to ``out``, progress to ``err``. Returns the exit status.
+    the table goes to ``out``, progress to ``err``; with ``scale``, the ``--scale``
+    part follows. Returns the exit status.
 
     Ctrl-C (SIGINT) stops the run however it was started, in the background too,
     and so does SIGTERM; either way the exit status is 130.
@@ -123,7 +162,7 @@ def command(
     # server's start, the stampede); during them, measure.py cancels its task.
     terminate = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _measure_somewhere(config_path, concurrency, budget, out, err)
+        return _measure_somewhere(config_path, concurrency, budget, out, err, scale)
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Ctrl-C or SIGTERM: the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
@@ -139,16 +178,22 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _measure_somewhere(
-    config_path: str | None, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+    config_path: str | None,
+    concurrency: int,
+    budget: Budget,
+    out: TextIO,
+    err: TextIO,
+    scale: ScaleOptions | None,
 ) -> int:
     if config_path is not None:
-        return measure(config_from_file(config_path), concurrency, budget, out, err)
+        return measure(config_from_file(config_path), concurrency, budget, out, err, scale)
     with throwaway_server() as server:
         err.write(
             f"aa-storage bench: started {BINARY} (pid {server.pid}) at {server.url}, "
             "stopped when the run ends\n"
         )
-        return measure(RedisStorageConfig(url=server.url), concurrency, budget, out, err)
+        config = RedisStorageConfig(url=server.url)
+        return measure(config, concurrency, budget, out, err, scale)
 
 
 def config_from_file(path: str) -> RedisStorageConfig:

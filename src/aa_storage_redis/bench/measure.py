@@ -45,6 +45,7 @@ from aa_storage_redis.bench.report import (
     stats_lines,
     table,
 )
+from aa_storage_redis.bench.scaling import ScaleOptions, run_scaling
 from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
 from aa_storage_redis.bench.telemetry_cost import telemetry_cost
 from aa_storage_redis.bench.timing import Budget, timed, together
@@ -61,10 +62,16 @@ _DELETE_BATCH = 500
 
 
 def measure(
-    config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+    config: RedisStorageConfig,
+    concurrency: int,
+    budget: Budget,
+    out: TextIO,
+    err: TextIO,
+    scale: ScaleOptions | None = None,
 ) -> int:
     """Run every case against ``config``'s server, saying on ``err`` which one runs,
-    then write the table and the figures after it to ``out``. Returns the exit status."""
+    then write the table and the figures after it to ``out``; with ``scale``, the
+    ``--scale`` part after them (``scaling.py``). Returns the exit status."""
     # Then, with uvloop installed, the driver's side of each operation's cases on it.
     cases = CASES + (len(OPERATIONS) * 2 if uvloop_installed() else 0)
     err.write(
@@ -97,6 +104,8 @@ def measure(
     head = (*table(rows), "", *p99_note(rows), *action_lines(rows))
     for line in (*head, *uvloop_lines(rows, on_uvloop), "", *tail):
         out.write(line + "\n")
+    if scale is not None:
+        return run_scaling(config, concurrency, budget, scale, out, err)
     return 0
 
 

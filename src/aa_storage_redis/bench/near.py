@@ -44,7 +44,7 @@ async def near_cache_cases(
     ``CLIENT TRACKING``)."""
     backend = RedisBackend.connect(attrs.evolve(config, near_cache=True))
     try:
-        near = await _tracking_up(backend)
+        near = await tracking_up(backend)
         row = await _hit_row(backend, budget, made, progress)
         propagation = await _propagation(backend, near, budget, made, progress)
         return row, propagation, backend.stats()
@@ -52,7 +52,9 @@ async def near_cache_cases(
         await backend.aclose()
 
 
-async def _tracking_up(backend: RedisBackend) -> NearCache:
+async def tracking_up(backend: RedisBackend) -> NearCache:
+    """``backend``'s near-cache once its tracking is up; ``BackendError`` if it does not
+    come up within ``_TRACKING_PATIENCE_SECS``."""
     near = backend.near_cache
     assert near is not None
     near.wake()

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -228,3 +228,14 @@ async def raw_client(config: RedisStorageConfig, connections: int) -> AsyncItera
         ) from None
     finally:
         await client.aclose()
+
+
+# Keys per DEL: a few kilobytes of command, far below any server's limit.
+_DELETE_BATCH = 500
+
+
+async def delete_keys(config: RedisStorageConfig, keys: Sequence[bytes]) -> None:
+    """Delete ``keys`` (those missing are no error), in batches over one raw connection."""
+    async with raw_client(config, 1) as client:
+        for start in range(0, len(keys), _DELETE_BATCH):
+            await client.delete(*keys[start : start + _DELETE_BATCH])
