@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from aa_storage.cli import main
 from aa_storage_redis import RedisBackend
 from aa_storage_redis.bench.operations import OPERATIONS, Caller, Operation, Subject
+from aa_storage_redis.bench.profile import LAYERS, OTHER
 from aa_storage_redis.bench.uvloop_cases import uvloop_installed
 from servers import DRIVER_PASSWORD, DRIVER_USER, RedisServer, free_ports
 from test_redis_cli import config_file
@@ -275,6 +276,30 @@ class TestAgainstAConfig:
             "asyncio only\n"
         ) in out
         assert "driver on uvloop" not in out
+
+    def test_profile_says_where_a_calls_cpu_time_goes(
+        self, config: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With --profile, increment with the run's callers runs under cProfile, and its
+        own time is shared out over the layers (adding up to all of it) and shown for
+        the costliest functions."""
+        assert bench("--config", config, "--requests", "300", "--profile") == 0
+        out = capsys.readouterr().out
+        profile = out.partition("\nprofile of increment with ")[2].splitlines()
+        assert re.fullmatch(
+            rf"{CONCURRENCY} callers, {_NUMBER} calls under cProfile \(read the shares, not "
+            r"the times: cProfile slows every Python call\):",
+            profile[0],
+        )
+        layers = [re.fullmatch(rf" +({_NUMBER})%  (.+)", line) for line in profile[1:8]]
+        assert all(layers), profile
+        assert {match[2] for match in layers if match} == {
+            *(name for name, _ in LAYERS),
+            OTHER,
+        }
+        assert sum(figure(match[1]) for match in layers if match) == pytest.approx(100, abs=0.5)
+        assert profile[8] == "  the 12 functions with the most own time:"
+        assert all(re.fullmatch(rf" +{_NUMBER}%  .+ \(.+:\d+\)", line) for line in profile[9:21])
 
     def test_prints_what_telemetry_costs(
         self, config: str, capsys: pytest.CaptureFixture[str]

@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # The exact type first: it is what callers pass, and the cheapest test.
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def check_instance(value: object, expected: type[T], name: str) -> T:

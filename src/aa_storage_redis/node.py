@@ -75,10 +75,12 @@ class Node:
             raise Overloaded()
         connections = self._connections
         chosen = connections[0]
-        if chosen.pending:
+        least = chosen.pending
+        if least:
             for connection in connections:
-                if connection.pending < chosen.pending:
-                    chosen = connection
+                pending = connection.pending
+                if pending < least:
+                    chosen, least = connection, pending
         return chosen.submit(packed)
 
     def submit_together(self, *packed: bytes) -> list[asyncio.Future[Any]]:

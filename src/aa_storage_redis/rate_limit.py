@@ -64,9 +64,14 @@ class RedisRateLimitCounter:
 # " 7", "1_000", "+5", "0005" and "-0", which INCRBY refuses.
 _INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 _I64 = range(-(2**63), 2**63)
+_ZERO = ord("0")
 
 
 def _as_total(key: str, reply: bytes) -> int:
+    # The common case first, without the regex: a positive total of at most 18 digits
+    # and no leading zero is always a valid counter within 64 bits.
+    if reply.isdigit() and len(reply) < 19 and reply[0] != _ZERO:
+        return int(reply)
     if not _INTEGER.fullmatch(reply) or int(reply) not in _I64:
         raise SerializationError(f"counter {key!r} holds {reply[:40]!r}, not an integer")
     return int(reply)

@@ -86,6 +86,14 @@ def add_command(commands: Commands) -> None:
         help="calls per case, instead of --seconds",
     )
     bench.add_argument(
+        "--profile",
+        action="store_true",
+        help=(
+            "then: increment with C callers under cProfile, its CPU time by layer (store, "
+            "telemetry, executor, connections, parsing, event loop) and costliest functions"
+        ),
+    )
+    bench.add_argument(
         "--scale",
         action="store_true",
         help=(
@@ -117,7 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         if problem is not None:
             sys.stderr.write(f"aa-storage bench: {problem}\n")
             return 2
-    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr, scale)
+    return command(
+        args.config, args.concurrency, budget, sys.stdout, sys.stderr, scale, args.profile
+    )
 
 
 def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -142,10 +152,11 @@ def command(
     out: TextIO,
     err: TextIO,
     scale: ScaleOptions | None = None,
+    profiled: bool = False,
 ) -> int:
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
-    the table goes to ``out``, progress to ``err``; with ``scale``, the ``--scale``
-    part follows. Returns the exit status.
+    the table goes to ``out``, progress to ``err``; with ``profiled``, the profile
+    follows, and with ``scale``, the ``--scale`` part. Returns the exit status.
 
     Ctrl-C (SIGINT) stops the run however it was started, in the background too,
     and so does SIGTERM; either way the exit status is 130.
@@ -162,7 +173,7 @@ def command(
     # server's start, the stampede); during them, measure.py cancels its task.
     terminate = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _measure_somewhere(config_path, concurrency, budget, out, err, scale)
+        return _measure_somewhere(config_path, concurrency, budget, out, err, scale, profiled)
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Ctrl-C or SIGTERM: the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
@@ -184,16 +195,19 @@ def _measure_somewhere(
     out: TextIO,
     err: TextIO,
     scale: ScaleOptions | None,
+    profiled: bool,
 ) -> int:
     if config_path is not None:
-        return measure(config_from_file(config_path), concurrency, budget, out, err, scale)
+        return measure(
+            config_from_file(config_path), concurrency, budget, out, err, scale, profiled
+        )
     with throwaway_server() as server:
         err.write(
             f"aa-storage bench: started {BINARY} (pid {server.pid}) at {server.url}, "
             "stopped when the run ends\n"
         )
         config = RedisStorageConfig(url=server.url)
-        return measure(config, concurrency, budget, out, err, scale)
+        return measure(config, concurrency, budget, out, err, scale, profiled)
 
 
 def config_from_file(path: str) -> RedisStorageConfig:

@@ -34,6 +34,7 @@ from aa_storage_redis.bench.operations import (
     Subject,
     raw_client,
 )
+from aa_storage_redis.bench.profile import profile
 from aa_storage_redis.bench.report import (
     Progress,
     Propagation,
@@ -68,10 +69,12 @@ def measure(
     out: TextIO,
     err: TextIO,
     scale: ScaleOptions | None = None,
+    profiled: bool = False,
 ) -> int:
     """Run every case against ``config``'s server, saying on ``err`` which one runs,
     then write the table and the figures after it to ``out``; with ``scale``, the
-    ``--scale`` part after them (``scaling.py``). Returns the exit status."""
+    ``--scale`` part after them (``scaling.py``); with ``profiled``, first where a
+    call's CPU time goes (``profile.py``). Returns the exit status."""
     # Then, with uvloop installed, the driver's side of each operation's cases on it.
     cases = CASES + (len(OPERATIONS) * 2 if uvloop_installed() else 0)
     err.write(
@@ -104,6 +107,9 @@ def measure(
     head = (*table(rows), "", *p99_note(rows), *action_lines(rows))
     for line in (*head, *uvloop_lines(rows, on_uvloop), "", *tail):
         out.write(line + "\n")
+    if profiled:
+        err.write("aa-storage bench: increment under cProfile ...\n")
+        out.write("\n".join(["", *profile(config, concurrency, budget).lines(concurrency)]) + "\n")
     if scale is not None:
         return run_scaling(config, concurrency, budget, scale, out, err)
     return 0
