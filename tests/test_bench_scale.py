@@ -63,6 +63,7 @@ def run(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
     folder = tmp_path_factory.mktemp("scale")
     config = config_file(folder, redis_server.url, **TIMEOUTS)
     png = folder / "scale.png"
+    redis_server.flushall()  # the server is the session's: other tests' keys go first
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(
@@ -237,7 +238,7 @@ def test_stopping_a_scale_step_deletes_its_keys_and_ends_its_processes(
         "import sys\n"
         "import aa_storage_redis.bench as bench\n"
         "from aa_storage_redis.bench.scaling import ScaleOptions, run_scaling\n"
-        "bench.measure = lambda config, c, budget, out, err, scale: "
+        "bench.measure = lambda config, c, budget, out, err, scale, profiled: "
         "run_scaling(config, c, budget, scale, out, err)\n"
         f"sys.exit(bench.command({config!r}, {CONCURRENCY}, bench.Budget({PATIENCE_SECS}), "
         "sys.stdout, sys.stderr, ScaleOptions(2)))\n"
