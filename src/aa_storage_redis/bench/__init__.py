@@ -6,12 +6,15 @@ through the driver and once as the same command sent with raw redis-py async
 Then the near-cache, a replica missing, and a stampede: ``get_or_load``
 callers in several processes on one cold key; and what telemetry costs, off,
 on without an SDK and on with one. It prints one table, the lines of the later
-cases, and the driver's stats over the run.
+cases, and the driver's stats over the run. With ``--peers``, then a second table:
+the driver beside every installed peer (redis-py, coredis, valkey-glide and
+``redis-benchmark``) on the same workloads (``peers.py``).
 
 The driver's plugin adds the subcommand with :func:`add_command`. The modules,
 each importing only those listed after it:
 
 - ``measure``: the run, case by case, and what it prints;
+- ``peers``: with ``--peers``, the driver beside its peers (its own modules: ``peer_*``);
 - ``near``, ``missing_replica``, ``stampede``, ``telemetry_cost``: one kind of case each;
 - ``timing``: the budget of a case, and how its calls are timed;
 - ``operations``: what a case calls, through the driver and raw redis-py;
@@ -80,11 +83,22 @@ def add_command(commands: Commands) -> None:
         type=_at_least(1, int),
         help="calls per case, instead of --seconds",
     )
+    bench.add_argument(
+        "--peers",
+        action="store_true",
+        help=(
+            "then measure increment, get_policy, save and load through the driver and "
+            "through every installed peer on the same server, and print a second table: "
+            "redis-py, coredis and valkey-glide (a client not installed is named as such) "
+            "and redis-benchmark, the C limit; each runs two rounds of half the budget, "
+            "taking turns with the driver, and keeps its best"
+        ),
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     budget = Budget(seconds=args.seconds, requests=args.requests)
-    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr)
+    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr, peers=args.peers)
 
 
 def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -103,10 +117,17 @@ def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def command(
-    config_path: str | None, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+    config_path: str | None,
+    concurrency: int,
+    budget: Budget,
+    out: TextIO,
+    err: TextIO,
+    *,
+    peers: bool = False,
 ) -> int:
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
-    the table goes to ``out``, progress to ``err``. Returns the exit status.
+    the table goes to ``out``, progress to ``err``. With ``peers``, then the driver
+    beside every installed peer, in a second table. Returns the exit status.
 
     Ctrl-C (SIGINT) stops the run however it was started, in the background too,
     and so does SIGTERM; either way the exit status is 130.
@@ -123,7 +144,7 @@ def command(
     # server's start, the stampede); during them, measure.py cancels its task.
     terminate = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _measure_somewhere(config_path, concurrency, budget, out, err)
+        return _measure_somewhere(config_path, concurrency, budget, out, err, peers)
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Ctrl-C or SIGTERM: the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
@@ -139,16 +160,23 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _measure_somewhere(
-    config_path: str | None, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+    config_path: str | None,
+    concurrency: int,
+    budget: Budget,
+    out: TextIO,
+    err: TextIO,
+    peers: bool,
 ) -> int:
     if config_path is not None:
-        return measure(config_from_file(config_path), concurrency, budget, out, err)
+        config = config_from_file(config_path)
+        return measure(config, concurrency, budget, out, err, peers=peers)
     with throwaway_server() as server:
         err.write(
             f"aa-storage bench: started {BINARY} (pid {server.pid}) at {server.url}, "
             "stopped when the run ends\n"
         )
-        return measure(RedisStorageConfig(url=server.url), concurrency, budget, out, err)
+        config = RedisStorageConfig(url=server.url)
+        return measure(config, concurrency, budget, out, err, peers=peers)
 
 
 def config_from_file(path: str) -> RedisStorageConfig:

@@ -34,6 +34,7 @@ from aa_storage_redis.bench.operations import (
     Subject,
     raw_client,
 )
+from aa_storage_redis.bench.peers import compare_peers
 from aa_storage_redis.bench.report import (
     Progress,
     Propagation,
@@ -59,10 +60,17 @@ _DELETE_BATCH = 500
 
 
 def measure(
-    config: RedisStorageConfig, concurrency: int, budget: Budget, out: TextIO, err: TextIO
+    config: RedisStorageConfig,
+    concurrency: int,
+    budget: Budget,
+    out: TextIO,
+    err: TextIO,
+    *,
+    peers: bool = False,
 ) -> int:
     """Run every case against ``config``'s server, saying on ``err`` which one runs,
-    then write the table and the figures after it to ``out``. Returns the exit status."""
+    then write the table and the figures after it to ``out``; with ``peers``, then the
+    driver beside every installed peer (``peers.py``). Returns the exit status."""
     err.write(
         f"aa-storage bench: redis at {redact_url(config.effective_url)}, "
         f"pool_size={config.pool_size}; {CASES} cases of {budget} each\n"
@@ -91,6 +99,8 @@ def measure(
     )
     for line in (*table(rows), "", *p99_note(rows), *tail):
         out.write(line + "\n")
+    if peers:
+        compare_peers(config, concurrency, budget, out, err)
     return 0
 
 
