@@ -6,8 +6,8 @@ case and ``-c C`` for C callers. Its throughput is read from its ``--csv`` outpu
 from __future__ import annotations
 
 import asyncio
-import csv
 import math
+import re
 import shutil
 import subprocess
 
@@ -20,6 +20,11 @@ INSTALL_HINT = "apt-get install redis-tools"
 # With --seconds, the first run of a case is this many requests, to learn the rate
 # that sizes -n to the budget.
 PROBE_REQUESTS = 2_000
+# The last line of --csv output: the test's name, then rps and six latencies.
+_RESULT = re.compile(r'"([^",]*)"(?:,"[^",]*"){6}\Z')
+# It times a run in whole milliseconds: a run of fewer requests than this can take
+# 0 ms (an infinite rate) or 1 ms where it took 1.4, so -n is never below it.
+MIN_REQUESTS = 1_000
 _PATIENCE_SECS = 30.0
 
 
@@ -52,16 +57,18 @@ async def case_rate(
     rates: dict[str, float],
     case: str,
 ) -> float:
-    """redis-benchmark's requests per second for ``command`` from ``clients`` clients,
+    """redis-benchmark's requests per second for ``command`` from ``clients`` clients:
     ``budget.requests`` of them, or as many as fill ``budget.seconds`` at the case's
-    last rate, ``rates[case]``, which a short probe run finds the first time; ``rates``
-    gets the new rate. Raises :class:`BenchmarkFailed`."""
+    last rate, ``rates[case]``, which a short probe run finds the first time; never
+    fewer than :data:`MIN_REQUESTS`. ``rates`` gets the new rate.
+    Raises :class:`BenchmarkFailed`."""
     if budget.requests is not None:
         requests = budget.requests
     else:
         if case not in rates:
             rates[case] = await requests_per_sec(path, config, command, clients, PROBE_REQUESTS)
-        requests = max(math.ceil(budget.seconds * rates[case]), clients)
+        requests = math.ceil(budget.seconds * rates[case])
+    requests = max(requests, MIN_REQUESTS, clients)
     rates[case] = await requests_per_sec(path, config, command, clients, requests)
     return rates[case]
 
@@ -116,12 +123,20 @@ async def requests_per_sec(
 
 def _rate(out: str) -> float:
     """The ``rps`` of the one test in ``--csv`` output."""
-    rows = list(csv.DictReader(line for line in out.splitlines() if line.startswith('"')))
+    # Read from the end: the test's name is the command, whose raw bytes may hold a
+    # quote or a line break.
+    found = _RESULT.search(out.rstrip())
     try:
-        (row,) = rows
-        return float(row["rps"])
-    except (ValueError, KeyError, TypeError):
-        raise BenchmarkFailed(f"no requests per second in its output: {_last_line(out)}") from None
+        rate = float(found[1]) if found else math.nan
+    except ValueError:
+        rate = math.nan
+    if math.isnan(rate):
+        raise BenchmarkFailed(f"no requests per second in its output: {_last_line(out)}")
+    if not 0 < rate < math.inf:
+        raise BenchmarkFailed(
+            f"its rate is {found[1] if found else rate}: too few requests to time"
+        )
+    return rate
 
 
 def _scrubbed(text: str, secret: str | None) -> str:

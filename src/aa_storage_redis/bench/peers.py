@@ -102,7 +102,7 @@ def _peer_lines(
     else:
         how = (
             f"-P 1, -c 1 sequentially and -c {concurrency} with {concurrency} callers, "
-            "-n sized to the round's budget"
+            f"-n sized to the round's budget, at least {peer_benchmark.MIN_REQUESTS:,}"
         )
         name = f"{C_COLUMN} {peer_benchmark.version(benchmark)}"
         lines.append(_peer_line(name, how, reasons.get(C_COLUMN)))
