@@ -6,8 +6,11 @@ through the driver and once as the same command sent with raw redis-py async
 Then the near-cache, a replica missing, and a stampede: ``get_or_load``
 callers in several processes on one cold key; and what telemetry costs, off,
 on without an SDK and on with one. It prints one table, the lines of the later
-cases, and the driver's stats over the run. With ``--scale``, then: throughput as
-processes are added, the near-cache's memory per 10,000 policies, and a plot.
+cases, and the driver's stats over the run. With ``--peers``, then a second table:
+the driver beside every installed peer (redis-py, coredis, valkey-glide and
+``redis-benchmark``) on the same workloads (``peers.py``); with ``--profile``, where
+a call's CPU time goes; with ``--scale``, throughput as processes are added, the
+near-cache's memory per 10,000 policies, and a plot.
 
 The driver's plugin adds the subcommand with :func:`add_command`. The modules,
 each importing only those listed after it:
@@ -15,6 +18,7 @@ each importing only those listed after it:
 - ``measure``: the run, case by case, and what it prints;
 - ``scaling``: the ``--scale`` part: ``scale`` (processes added), ``near_memory`` and
   ``plot``, which alone imports matplotlib, and only when a plot is asked for;
+- ``peers``: with ``--peers``, the driver beside its peers (its own modules: ``peer_*``);
 - ``near``, ``missing_replica``, ``stampede``, ``telemetry_cost``: one kind of case each;
 - ``timing``: the budget of a case, and how its calls are timed;
 - ``operations``: what a case calls, through the driver and raw redis-py;
@@ -86,6 +90,18 @@ def add_command(commands: Commands) -> None:
         help="calls per case, instead of --seconds",
     )
     bench.add_argument(
+        "--peers",
+        action="store_true",
+        help=(
+            "then measure increment, get_policy, save and load through the driver and "
+            "through every installed peer on the same server, and print a second table: "
+            "redis-py, coredis and valkey-glide (a client not installed is named as such) "
+            "and redis-benchmark, the C limit; each runs two rounds of half the budget "
+            "(one of all of it below 0.5 s or 40 calls), taking turns with the driver, and "
+            "keeps its best"
+        ),
+    )
+    bench.add_argument(
         "--profile",
         action="store_true",
         help=(
@@ -126,7 +142,14 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"aa-storage bench: {problem}\n")
             return 2
     return command(
-        args.config, args.concurrency, budget, sys.stdout, sys.stderr, scale, args.profile
+        args.config,
+        args.concurrency,
+        budget,
+        sys.stdout,
+        sys.stderr,
+        scale,
+        args.profile,
+        peers=args.peers,
     )
 
 
@@ -153,10 +176,13 @@ def command(
     err: TextIO,
     scale: ScaleOptions | None = None,
     profiled: bool = False,
+    *,
+    peers: bool = False,
 ) -> int:
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
-    the table goes to ``out``, progress to ``err``; with ``profiled``, the profile
-    follows, and with ``scale``, the ``--scale`` part. Returns the exit status.
+    the table goes to ``out``, progress to ``err``. With ``peers``, then the driver
+    beside every installed peer, in a second table; with ``profiled``, the profile;
+    with ``scale``, the ``--scale`` part. Returns the exit status.
 
     Ctrl-C (SIGINT) stops the run however it was started, in the background too,
     and so does SIGTERM; either way the exit status is 130.
@@ -173,7 +199,9 @@ def command(
     # server's start, the stampede); during them, measure.py cancels its task.
     terminate = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _measure_somewhere(config_path, concurrency, budget, out, err, scale, profiled)
+        return _measure_somewhere(
+            config_path, concurrency, budget, out, err, scale, profiled, peers
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Ctrl-C or SIGTERM: the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
@@ -196,18 +224,18 @@ def _measure_somewhere(
     err: TextIO,
     scale: ScaleOptions | None,
     profiled: bool,
+    peers: bool,
 ) -> int:
     if config_path is not None:
-        return measure(
-            config_from_file(config_path), concurrency, budget, out, err, scale, profiled
-        )
+        config = config_from_file(config_path)
+        return measure(config, concurrency, budget, out, err, scale, profiled, peers=peers)
     with throwaway_server() as server:
         err.write(
             f"aa-storage bench: started {BINARY} (pid {server.pid}) at {server.url}, "
             "stopped when the run ends\n"
         )
         config = RedisStorageConfig(url=server.url)
-        return measure(config, concurrency, budget, out, err, scale, profiled)
+        return measure(config, concurrency, budget, out, err, scale, profiled, peers=peers)
 
 
 def config_from_file(path: str) -> RedisStorageConfig:

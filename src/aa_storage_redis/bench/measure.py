@@ -35,6 +35,7 @@ from aa_storage_redis.bench.operations import (
     raw_client,
 )
 from aa_storage_redis.bench.profile import profile
+from aa_storage_redis.bench.peers import compare_peers
 from aa_storage_redis.bench.report import (
     Progress,
     Propagation,
@@ -70,11 +71,14 @@ def measure(
     err: TextIO,
     scale: ScaleOptions | None = None,
     profiled: bool = False,
+    *,
+    peers: bool = False,
 ) -> int:
     """Run every case against ``config``'s server, saying on ``err`` which one runs,
-    then write the table and the figures after it to ``out``; with ``scale``, the
-    ``--scale`` part after them (``scaling.py``); with ``profiled``, first where a
-    call's CPU time goes (``profile.py``). Returns the exit status."""
+    then write the table and the figures after it to ``out``; with ``peers``, then the
+    driver beside every installed peer (``peers.py``); with ``profiled``, where a
+    call's CPU time goes (``profile.py``); with ``scale``, the ``--scale`` part
+    (``scaling.py``). Returns the exit status."""
     # Then, with uvloop installed, the driver's side of each operation's cases on it.
     cases = CASES + (len(OPERATIONS) * 2 if uvloop_installed() else 0)
     err.write(
@@ -107,6 +111,8 @@ def measure(
     head = (*table(rows), "", *p99_note(rows), *action_lines(rows))
     for line in (*head, *uvloop_lines(rows, on_uvloop), "", *tail):
         out.write(line + "\n")
+    if peers:
+        compare_peers(config, concurrency, budget, out, err)
     if profiled:
         err.write("aa-storage bench: increment under cProfile ...\n")
         out.write("\n".join(["", *profile(config, concurrency, budget).lines(concurrency)]) + "\n")
