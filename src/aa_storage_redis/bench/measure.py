@@ -34,8 +34,8 @@ from aa_storage_redis.bench.operations import (
     Subject,
     raw_client,
 )
-from aa_storage_redis.bench.profile import profile
 from aa_storage_redis.bench.peers import compare_peers
+from aa_storage_redis.bench.profile import profile
 from aa_storage_redis.bench.report import (
     Progress,
     Propagation,
