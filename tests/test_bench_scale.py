@@ -238,10 +238,10 @@ def test_stopping_a_scale_step_deletes_its_keys_and_ends_its_processes(
         "import sys\n"
         "import aa_storage_redis.bench as bench\n"
         "from aa_storage_redis.bench.scaling import ScaleOptions, run_scaling\n"
-        "bench.measure = lambda config, c, budget, out, err, scale, profiled, **_: "
-        "run_scaling(config, c, budget, scale, out, err)\n"
+        "bench.measure = lambda config, c, budget, out, err, extras: "
+        "run_scaling(config, c, budget, extras.scale, out, err)\n"
         f"sys.exit(bench.command({config!r}, {CONCURRENCY}, bench.Budget({PATIENCE_SECS}), "
-        "sys.stdout, sys.stderr, ScaleOptions(2)))\n"
+        "sys.stdout, sys.stderr, bench.Extras(scale=ScaleOptions(2))))\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script],

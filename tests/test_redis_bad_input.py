@@ -266,7 +266,8 @@ class TestCorruptValues:
         assert raw.get(b"aa:ratelimit:k") == stored
 
     @pytest.mark.parametrize(
-        "stored", [b"0", b"7", b"-5", b"9223372036854775807", b"-9223372036854775808"]
+        "stored",
+        [b"0", b"7", b"-5", b"999999999999999999", b"9223372036854775807", b"-9223372036854775808"],
     )
     async def test_counter_written_elsewhere_reads_as_increment_counts_it(
         self, redis_backend: RedisBackend, raw: redis.Redis, stored: bytes

@@ -13,12 +13,13 @@ from typing import Any
 
 import attrs
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
 from aa_storage import (
@@ -31,10 +32,11 @@ from aa_storage import (
 )
 from aa_storage.testing import a_policy, bounded
 from aa_storage_redis import RedisBackend, telemetry
+from aa_storage_redis.errors import status_code
 from aa_storage_redis.events import EVENTS
 from aa_storage_redis.gauges import GAUGES
 from aa_storage_redis.sentinel import Sentinel
-from aa_storage_redis.stats import EVENT_COUNTS, Counters
+from aa_storage_redis.stats import EVENT_COUNTS, Counters, ExecutorStats
 from aa_storage_redis.telemetry import Telemetry
 from cluster import LocalCluster
 from executor_support import OpenBackend
@@ -250,6 +252,53 @@ class TestSpans:
         [span] = otel.finished("reset")
         assert (span.attributes or {})["db.operation.batch.size"] == 2
 
+    @pytest.mark.asyncio
+    async def test_a_cancelled_call_ends_its_span_as_cancelled(
+        self,
+        otel: Otel,
+        redis_server: RedisServer,
+        open_backend: OpenBackend,
+        fault_proxy: FaultProxyFactory,
+    ) -> None:
+        """A call cancelled while its command awaits the reply ends its span in error,
+        with ``error.type`` ``cancelled``."""
+        proxy = fault_proxy(redis_server.port)
+        backend = open_backend(proxy.url, socket_timeout=1.0)
+        await backend.rate_limiter().current("open a connection")
+        otel.spans.clear()
+        proxy.blackhole()
+        call = asyncio.ensure_future(backend.rate_limiter().current("t"))
+        await eventually(lambda: backend.stats().pending == 1, "the command is sent")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        [span] = otel.finished("current")
+        assert (span.attributes or {})["error.type"] == "cancelled"
+        assert span.status.status_code is trace.StatusCode.ERROR
+
+
+@pytest.mark.parametrize(
+    ("error", "prefix"),
+    [
+        (redis_errors.ResponseError("WRONGTYPE Operation against a key"), "WRONGTYPE"),
+        (redis_errors.ResponseError("unknown command 'FOO'"), "ERR"),
+        (redis_errors.NoPermissionError("this user has no permissions"), "NOPERM"),
+        (redis_errors.NoScriptError("No matching script"), "NOSCRIPT"),
+        (redis_errors.ReadOnlyError("You can't write against a read only replica."), "READONLY"),
+        (redis_errors.OutOfMemoryError("command not allowed when used memory"), "OOM"),
+        (redis_errors.BusyLoadingError("Redis is loading"), "LOADING"),
+        (redis_errors.ConnectionError("Connection reset by peer"), None),
+        (redis_errors.TimeoutError("Timeout reading from socket"), None),
+    ],
+)
+def test_the_status_code_is_the_error_replys_prefix(
+    error: redis_errors.RedisError, prefix: str | None
+) -> None:
+    """``db.response.status_code`` is the prefix of the server's error reply, the one
+    redis-py strips too ("ERR" for its plain errors), and none for a failure that was
+    no reply."""
+    assert status_code(error) == prefix
+
 
 class TestCluster:
     @pytest.mark.asyncio
@@ -381,6 +430,15 @@ class TestEvents:
         assert backend.stats().connections_open == 1
 
 
+def test_every_counter_is_in_the_snapshot() -> None:
+    """The snapshot has a field for each of the executor's counters, and beside them
+    only the near-cache's, which the backend adds: a count kept but never shown, or
+    shown but never kept, fails here."""
+    kept = [field.name for field in attrs.fields(Counters)]
+    shown = [field.name for field in attrs.fields(ExecutorStats)]
+    assert shown == [*kept, "near_cache_hits", "near_cache_misses", "near_cache_flushes"]
+
+
 def test_every_event_has_its_count() -> None:
     """Each kind of event is counted by a field of its own, and each such field is an event's."""
     assert sorted(event.name for event in EVENTS) == sorted(EVENT_COUNTS)
@@ -406,11 +464,7 @@ class TestOff:
     ) -> None:
         """Behind the API's own providers (no SDK), operations are not observed: no
         operation is under way while a store call runs."""
-        monkeypatch.setattr(
-            telemetry,
-            "global_providers",
-            lambda: (trace.NoOpTracerProvider(), trace_api_meter_provider()),
-        )
+        behind_the_api_alone(monkeypatch)
         backend = open_backend(redis_url)
         seen = []
 
@@ -433,11 +487,7 @@ class TestOff:
         """A backend used before the SDK was set up emits once it is (the look for one
         is repeated every LOOK_INTERVAL_SECS; here at once)."""
         chosen = telemetry.global_providers
-        monkeypatch.setattr(
-            telemetry,
-            "global_providers",
-            lambda: (trace.NoOpTracerProvider(), trace_api_meter_provider()),
-        )
+        behind_the_api_alone(monkeypatch)
         monkeypatch.setattr(telemetry, "LOOK_INTERVAL_SECS", 0.0)
         backend = open_backend(redis_url)
         await backend.rate_limiter().increment(f"t:{uuid.uuid4()}", 1, 60)
@@ -459,16 +509,12 @@ class TestCheck:
             return dict((await open_backend(redis_url, **settings).describe()).facts)["telemetry"]
 
         assert await told(telemetry=False) == "off: telemetry = false"
-        monkeypatch.setattr(
-            telemetry,
-            "global_providers",
-            lambda: (trace.NoOpTracerProvider(), trace_api_meter_provider()),
-        )
+        behind_the_api_alone(monkeypatch)
         assert await told() == (
             "on, but no SDK is set up behind the OpenTelemetry API: nothing is emitted"
         )
         monkeypatch.setattr(
-            telemetry, "global_providers", lambda: (TracerProvider(), trace_api_meter_provider())
+            telemetry, "global_providers", lambda: (TracerProvider(), metrics.NoOpMeterProvider())
         )
         assert await told() == "on: traces"
         monkeypatch.setattr(telemetry, "API", False)
@@ -477,10 +523,13 @@ class TestCheck:
         )
 
 
-def trace_api_meter_provider() -> Any:
-    from opentelemetry import metrics
-
-    return metrics.NoOpMeterProvider()
+def behind_the_api_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the global providers the API's own no-op ones: no SDK is set up."""
+    monkeypatch.setattr(
+        telemetry,
+        "global_providers",
+        lambda: (trace.NoOpTracerProvider(), metrics.NoOpMeterProvider()),
+    )
 
 
 class TestWaits:

@@ -37,14 +37,14 @@ from typing import Any, TextIO
 
 from aa_storage import ConfigError, load_config
 from aa_storage.commands import Commands
-from aa_storage_redis.bench.measure import measure
+from aa_storage_redis.bench.measure import NO_EXTRAS, Extras, measure
 from aa_storage_redis.bench.plot import plot_problem
 from aa_storage_redis.bench.scaling import MAX_PROCESSES, ScaleOptions
 from aa_storage_redis.bench.server import BINARY, throwaway_server
 from aa_storage_redis.bench.timing import Budget
 from aa_storage_redis.config import DRIVER_NAME, RedisStorageConfig
 
-__all__ = ["Budget", "ScaleOptions", "add_command", "command"]
+__all__ = ["Budget", "Extras", "ScaleOptions", "add_command", "command"]
 
 
 def add_command(commands: Commands) -> None:
@@ -141,16 +141,8 @@ def _run(args: argparse.Namespace) -> int:
         if problem is not None:
             sys.stderr.write(f"aa-storage bench: {problem}\n")
             return 2
-    return command(
-        args.config,
-        args.concurrency,
-        budget,
-        sys.stdout,
-        sys.stderr,
-        scale,
-        args.profile,
-        peers=args.peers,
-    )
+    extras = Extras(peers=args.peers, profiled=args.profile, scale=scale)
+    return command(args.config, args.concurrency, budget, sys.stdout, sys.stderr, extras)
 
 
 def _at_least(low: float, number: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -174,15 +166,11 @@ def command(
     budget: Budget,
     out: TextIO,
     err: TextIO,
-    scale: ScaleOptions | None = None,
-    profiled: bool = False,
-    *,
-    peers: bool = False,
+    extras: Extras = NO_EXTRAS,
 ) -> int:
     """Run the benchmark against ``config_path``'s Redis, else a throwaway server;
-    the table goes to ``out``, progress to ``err``. With ``peers``, then the driver
-    beside every installed peer, in a second table; with ``profiled``, the profile;
-    with ``scale``, the ``--scale`` part. Returns the exit status.
+    the table goes to ``out``, progress to ``err``, then what ``extras`` asks for
+    (the peers' table, the profile, the ``--scale`` part). Returns the exit status.
 
     Ctrl-C (SIGINT) stops the run however it was started, in the background too,
     and so does SIGTERM; either way the exit status is 130.
@@ -199,9 +187,7 @@ def command(
     # server's start, the stampede); during them, measure.py cancels its task.
     terminate = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _measure_somewhere(
-            config_path, concurrency, budget, out, err, scale, profiled, peers
-        )
+        return _measure_somewhere(config_path, concurrency, budget, out, err, extras)
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Ctrl-C or SIGTERM: the keys are deleted, the server stopped.
         err.write("aa-storage bench: interrupted\n")
@@ -222,20 +208,18 @@ def _measure_somewhere(
     budget: Budget,
     out: TextIO,
     err: TextIO,
-    scale: ScaleOptions | None,
-    profiled: bool,
-    peers: bool,
+    extras: Extras,
 ) -> int:
     if config_path is not None:
         config = config_from_file(config_path)
-        return measure(config, concurrency, budget, out, err, scale, profiled, peers=peers)
+        return measure(config, concurrency, budget, out, err, extras)
     with throwaway_server() as server:
         err.write(
             f"aa-storage bench: started {BINARY} (pid {server.pid}) at {server.url}, "
             "stopped when the run ends\n"
         )
         config = RedisStorageConfig(url=server.url)
-        return measure(config, concurrency, budget, out, err, scale, profiled, peers=peers)
+        return measure(config, concurrency, budget, out, err, extras)
 
 
 def config_from_file(path: str) -> RedisStorageConfig:

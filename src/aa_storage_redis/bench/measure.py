@@ -16,7 +16,6 @@ deleted at the end, also after Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 from typing import TextIO
 
@@ -28,10 +27,10 @@ from aa_storage_redis.bench.missing_replica import MissingReplica, missing_repli
 from aa_storage_redis.bench.near import near_cache_cases
 from aa_storage_redis.bench.operations import (
     OPERATIONS,
-    Call,
     Caller,
     Operation,
     Subject,
+    delete_made,
     raw_client,
 )
 from aa_storage_redis.bench.peers import compare_peers
@@ -49,18 +48,29 @@ from aa_storage_redis.bench.report import (
 )
 from aa_storage_redis.bench.scaling import ScaleOptions, run_scaling
 from aa_storage_redis.bench.stampede import CALLERS, PROCESSES, stampede
+from aa_storage_redis.bench.stopping import sigterm_cancels_this_task
 from aa_storage_redis.bench.telemetry_cost import telemetry_cost
-from aa_storage_redis.bench.timing import Budget, timed, together
+from aa_storage_redis.bench.timing import Budget, ready, timed
 from aa_storage_redis.bench.uvloop_cases import uvloop_cases, uvloop_installed, uvloop_lines
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.stats import ExecutorStats
 
-# Untimed calls per caller before a case is timed: connections open, scripts cached.
-WARM_UP_CALLS = 2
 # Each operation in two modes on two sides, then the near-cache's hit on two sides
 # and its propagation, then reads with a replica missing, with and without writers.
 CASES = len(OPERATIONS) * 2 * 2 + 3 + 2
-_DELETE_BATCH = 500
+
+
+@attrs.frozen
+class Extras:
+    """What the run does after its cases, as its flags ask: ``peers`` (``--peers``),
+    ``profiled`` (``--profile``), ``scale`` (``--scale``, with its options)."""
+
+    peers: bool = False
+    profiled: bool = False
+    scale: ScaleOptions | None = None
+
+
+NO_EXTRAS = Extras()
 
 
 def measure(
@@ -69,16 +79,13 @@ def measure(
     budget: Budget,
     out: TextIO,
     err: TextIO,
-    scale: ScaleOptions | None = None,
-    profiled: bool = False,
-    *,
-    peers: bool = False,
+    extras: Extras = NO_EXTRAS,
 ) -> int:
     """Run every case against ``config``'s server, saying on ``err`` which one runs,
-    then write the table and the figures after it to ``out``; with ``peers``, then the
-    driver beside every installed peer (``peers.py``); with ``profiled``, where a
-    call's CPU time goes (``profile.py``); with ``scale``, the ``--scale`` part
-    (``scaling.py``). Returns the exit status."""
+    then write the table and the figures after it to ``out``; then what ``extras``
+    asks for: the driver beside every installed peer (``peers.py``), where a call's
+    CPU time goes (``profile.py``), the ``--scale`` part (``scaling.py``). Returns
+    the exit status."""
     # Then, with uvloop installed, the driver's side of each operation's cases on it.
     cases = CASES + (len(OPERATIONS) * 2 if uvloop_installed() else 0)
     err.write(
@@ -111,13 +118,13 @@ def measure(
     head = (*table(rows), "", *p99_note(rows), *action_lines(rows))
     for line in (*head, *uvloop_lines(rows, on_uvloop), "", *tail):
         out.write(line + "\n")
-    if peers:
+    if extras.peers:
         compare_peers(config, concurrency, budget, out, err)
-    if profiled:
+    if extras.profiled:
         err.write("aa-storage bench: increment under cProfile ...\n")
         out.write("\n".join(["", *profile(config, concurrency, budget).lines(concurrency)]) + "\n")
-    if scale is not None:
-        return run_scaling(config, concurrency, budget, scale, out, err)
+    if extras.scale is not None:
+        return run_scaling(config, concurrency, budget, extras.scale, out, err)
     return 0
 
 
@@ -131,39 +138,41 @@ async def _cases(
     config = attrs.evolve(config, key_prefix=f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:")
     backend = RedisBackend.connect(config)
     made: list[Caller] = []
-    loop = asyncio.get_running_loop()
-    this_run = asyncio.current_task()
-    assert this_run is not None, "a coroutine awaited by asyncio.run runs in a task"
-    # SIGTERM stops the run as Ctrl-C does: this task is cancelled, and the
-    # cleanup below still runs.
-    outside = signal.getsignal(signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGTERM, this_run.cancel)
-    try:
-        rows = [
-            await _case(backend, operation, callers, budget, made, progress)
-            for operation in OPERATIONS
-            for callers in (1, concurrency)
-        ]
-        stats = backend.stats()
-        near_hit, propagation, near = await near_cache_cases(config, budget, made, progress)
-        # The near-cache ran on a backend of its own: its counters join the run's.
-        stats = attrs.evolve(
-            stats,
-            near_cache_hits=near.near_cache_hits,
-            near_cache_misses=near.near_cache_misses,
-            near_cache_flushes=near.near_cache_flushes,
-        )
-        missing = await missing_replica_case(config, concurrency, budget, progress)
-        return [*rows, near_hit], stats, propagation, missing
-    finally:
+    with sigterm_cancels_this_task():
         try:
-            await _delete_keys(backend, made)
+            return await _all_cases(config, backend, concurrency, budget, made, progress)
         finally:
-            await backend.aclose()
-            loop.remove_signal_handler(signal.SIGTERM)
-            # That left SIGTERM at its default, which ends the process with no cleanup.
-            if outside is not None:
-                signal.signal(signal.SIGTERM, outside)
+            try:
+                await delete_made(backend, made)
+            finally:
+                await backend.aclose()
+
+
+async def _all_cases(
+    config: RedisStorageConfig,
+    backend: RedisBackend,
+    concurrency: int,
+    budget: Budget,
+    made: list[Caller],
+    progress: Progress,
+) -> tuple[list[Row], ExecutorStats, Propagation, MissingReplica]:
+    """The cases of :func:`_cases`, each caller it makes added to ``made``."""
+    rows = [
+        await _case(backend, operation, callers, budget, made, progress)
+        for operation in OPERATIONS
+        for callers in (1, concurrency)
+    ]
+    stats = backend.stats()
+    near_hit, propagation, near = await near_cache_cases(config, budget, made, progress)
+    # The near-cache ran on a backend of its own: its counters join the run's.
+    stats = attrs.evolve(
+        stats,
+        near_cache_hits=near.near_cache_hits,
+        near_cache_misses=near.near_cache_misses,
+        near_cache_flushes=near.near_cache_flushes,
+    )
+    missing = await missing_replica_case(config, concurrency, budget, progress)
+    return [*rows, near_hit], stats, propagation, missing
 
 
 async def _case(
@@ -177,9 +186,9 @@ async def _case(
     mode = mode_of(callers)
     progress.start(f"{operation.name}, {mode}, driver")
     subject = Subject.over(backend)
-    ready = await _ready(operation, operation.driver, subject, callers, made)
+    callers_ready = await ready(operation, operation.driver, subject, callers, made)
     before = backend.stats()
-    driver = await timed(operation.driver, subject, ready, budget)
+    driver = await timed(operation.driver, subject, callers_ready, budget)
     after = backend.stats()
     progress.end(driver)
     progress.start(f"{operation.name}, {mode}, raw redis-py")
@@ -191,33 +200,9 @@ async def _case(
     )
     async with raw_client(backend.pool.config, connections) as raw:
         subject = Subject.over(backend, raw)
-        ready = await _ready(operation, operation.raw, subject, callers, made)
-        measured = await timed(operation.raw, subject, ready, budget)
+        callers_ready = await ready(operation, operation.raw, subject, callers, made)
+        measured = await timed(operation.raw, subject, callers_ready, budget)
     progress.end(measured)
     writes = after.socket_writes - before.socket_writes
     sent = after.commands_sent - before.commands_sent
     return Row(operation.name, callers, driver, measured, sent / max(writes, 1))
-
-
-async def _ready(
-    operation: Operation, call: Call, subject: Subject, callers: int, made: list[Caller]
-) -> list[Caller]:
-    """New callers, their data written and ``call`` warmed up."""
-    ready = [Caller.new() for _ in range(callers)]
-    made.extend(ready)
-
-    async def prepare(caller: Caller) -> None:
-        await operation.prepare(subject, caller)
-        for _ in range(WARM_UP_CALLS):
-            await call(subject, caller)
-
-    await together(prepare(caller) for caller in ready)
-    return ready
-
-
-async def _delete_keys(backend: RedisBackend, callers: list[Caller]) -> None:
-    """Delete every key the callers' calls may have created."""
-    keys = [key for caller in callers for key in caller.keys(backend.keys)]
-    async with raw_client(backend.pool.config, 1) as client:
-        for start in range(0, len(keys), _DELETE_BATCH):
-            await client.delete(*keys[start : start + _DELETE_BATCH])

@@ -234,6 +234,17 @@ async def raw_client(config: RedisStorageConfig, connections: int) -> AsyncItera
 _DELETE_BATCH = 500
 
 
+async def delete_made(backend: RedisBackend, callers: Sequence[Caller]) -> None:
+    """Delete every key the callers' calls through ``backend`` may have created."""
+    keys = [key for caller in callers for key in caller.keys(backend.keys)]
+    await delete_keys(backend.pool.config, keys)
+
+
+def operation_named(name: str) -> Operation:
+    """The operation of :data:`OPERATIONS` called ``name``."""
+    return next(operation for operation in OPERATIONS if operation.name == name)
+
+
 async def delete_keys(config: RedisStorageConfig, keys: Sequence[bytes]) -> None:
     """Delete ``keys`` (those missing are no error), in batches over one raw connection."""
     async with raw_client(config, 1) as client:

@@ -10,8 +10,6 @@ password hidden; the driver's is raised. Keys are made under
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import uuid
 from collections.abc import Callable
 
@@ -21,23 +19,21 @@ from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.bench import peer_benchmark
 from aa_storage_redis.bench.operations import (
     OPERATIONS,
-    Call,
     Caller,
     Operation,
     Subject,
+    delete_made,
     raw_client,
 )
 from aa_storage_redis.bench.peer_clients import COMMANDS, PythonPeer
 from aa_storage_redis.bench.peer_report import C_COLUMN, PeerRow
 from aa_storage_redis.bench.report import Progress, mode_of
-from aa_storage_redis.bench.timing import Budget, timed, together
+from aa_storage_redis.bench.stopping import sigterm_cancels_this_task
+from aa_storage_redis.bench.timing import Budget, timed, together, warm
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.scripts import INCREMENT, SAVE_SESSION
 
 PEER_OPERATIONS = tuple(operation for operation in OPERATIONS if operation.name in COMMANDS)
-# Untimed calls per caller before a case is timed: connections open, scripts cached.
-WARM_UP_CALLS = 2
-_DELETE_BATCH = 500
 _REASON_CHARS = 200
 
 
@@ -61,38 +57,29 @@ async def run_rounds(
     }
     sides = _Sides(backend, subject, installed, benchmark, rates={}, reasons={})
     made: list[Caller] = []
-    loop = asyncio.get_running_loop()
-    this_run = asyncio.current_task()
-    assert this_run is not None, "a coroutine awaited by asyncio.run runs in a task"
-    # SIGTERM stops the run as Ctrl-C does: this task is cancelled, the keys deleted.
-    outside = signal.getsignal(signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGTERM, this_run.cancel)
-    try:
-        async with raw_client(config, 1) as raw:
-            for script in (INCREMENT, SAVE_SESSION):
-                await raw.script_load(script.body)
-        for number in range(1, rounds + 1):
-            for operation in PEER_OPERATIONS:
-                for callers in (1, concurrency):
-                    await _case(
-                        rows[operation.name, callers],
-                        sides,
-                        operation,
-                        share,
-                        made,
-                        progress,
-                        f"peers round {number}, {operation.name}, {mode_of(callers)}",
-                    )
-        return list(rows.values()), sides.reasons
-    finally:
+    with sigterm_cancels_this_task():
         try:
-            await _delete_keys(backend, made)
+            async with raw_client(config, 1) as raw:
+                for script in (INCREMENT, SAVE_SESSION):
+                    await raw.script_load(script.body)
+            for number in range(1, rounds + 1):
+                for operation in PEER_OPERATIONS:
+                    for callers in (1, concurrency):
+                        await _case(
+                            rows[operation.name, callers],
+                            sides,
+                            operation,
+                            share,
+                            made,
+                            progress,
+                            f"peers round {number}, {operation.name}, {mode_of(callers)}",
+                        )
+            return list(rows.values()), sides.reasons
         finally:
-            await backend.aclose()
-            loop.remove_signal_handler(signal.SIGTERM)
-            # That left SIGTERM at its default, which ends the process with no cleanup.
-            if outside is not None:
-                signal.signal(signal.SIGTERM, outside)
+            try:
+                await delete_made(backend, made)
+            finally:
+                await backend.aclose()
 
 
 @attrs.frozen
@@ -121,7 +108,7 @@ async def _case(
     subject, callers = sides.subject, row.callers
     progress.start(f"{label}, driver")
     ready = await _prepared(operation, subject, callers, made)
-    await _warm(operation.driver, subject, ready)
+    await warm(operation.driver, subject, ready)
     measured = await timed(operation.driver, subject, ready, share)
     row.driver = max(row.driver, measured.ops_per_sec)
     progress.end(measured)
@@ -135,7 +122,7 @@ async def _case(
         try:
             async with peer.connect(sides.backend, callers) as calls:
                 call = calls(operation)
-                await _warm(call, subject, ready)
+                await warm(call, subject, ready)
                 measured = await timed(call, subject, ready, share)
         except Exception as exc:  # the peer's own errors, whatever their kind
             _failed(row, peer.name, exc, sides, progress)
@@ -196,14 +183,6 @@ def _new_caller(fit: Callable[[Caller], bool]) -> Caller:
     return caller
 
 
-async def _warm(call: Call, subject: Subject, callers: list[Caller]) -> None:
-    async def warm(caller: Caller) -> None:
-        for _ in range(WARM_UP_CALLS):
-            await call(subject, caller)
-
-    await together(warm(caller) for caller in callers)
-
-
 def _failed(row: PeerRow, column: str, exc: Exception, sides: _Sides, progress: Progress) -> None:
     """Mark ``column`` failed in ``row``, keeping its first reason, the password hidden."""
     row.fail(column)
@@ -215,11 +194,3 @@ def _failed(row: PeerRow, column: str, exc: Exception, sides: _Sides, progress: 
     reason = reason[:_REASON_CHARS]
     sides.reasons.setdefault(column, reason)
     progress.finish(f"failed: {reason}")
-
-
-async def _delete_keys(backend: RedisBackend, callers: list[Caller]) -> None:
-    """Delete every key the callers' calls may have created."""
-    keys = [key for caller in callers for key in caller.keys(backend.keys)]
-    async with raw_client(backend.pool.config, 1) as client:
-        for start in range(0, len(keys), _DELETE_BATCH):
-            await client.delete(*keys[start : start + _DELETE_BATCH])

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import attrs
 
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.bench.timing import Budget, together
+from aa_storage_redis.bench.operations import Caller, Subject, delete_made, operation_named
+from aa_storage_redis.bench.timing import Budget, timed, warm
 from aa_storage_redis.config import RedisStorageConfig
 
 # The layers, by where the function is defined; the first that matches wins.
@@ -31,6 +32,7 @@ LAYERS = (
     ("packing and parsing replies", ("aa_storage_redis/replies.py", "hiredis", "wire.py")),
     ("event loop and futures", ("asyncio", "select", "_asyncio", "socket")),
 )
+INCREMENT = operation_named("increment")
 OTHER = "the rest (the bench's callers, the interpreter)"
 TOP = 12
 
@@ -64,28 +66,17 @@ def profile(config: RedisStorageConfig, callers: int, budget: Budget) -> Profile
 async def _profile(config: RedisStorageConfig, callers: int, budget: Budget) -> Profile:
     prefix = f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:"
     backend = RedisBackend.connect(attrs.evolve(config, key_prefix=prefix))
-    counter = backend.rate_limiter()
-    names = [f"profile-{index}" for index in range(callers)]
+    callers_made = [Caller.new() for _ in range(callers)]
+    subject = Subject.over(backend)
     try:
-        for name in names:  # warm: connections open, the script cached
-            await counter.increment(name, 1, 60)
-        allowed = budget.allowance()
-        done = 0
-
-        async def calls(name: str) -> None:
-            nonlocal done
-            while allowed():
-                await counter.increment(name, 1, 60)
-                done += 1
-
+        await warm(INCREMENT.driver, subject, callers_made)
         profiler = cProfile.Profile()
         profiler.enable()
-        await together(calls(name) for name in names)
+        measured = await timed(INCREMENT.driver, subject, callers_made, budget)
         profiler.disable()
-        return _summary(pstats.Stats(profiler), done)
+        return _summary(pstats.Stats(profiler), measured.calls)
     finally:
-        for name in names:
-            await counter.reset(name)
+        await delete_made(backend, callers_made)
         await backend.aclose()
 
 

@@ -47,6 +47,7 @@ class Measurement:
     p50_us: float
     p99_us: float | None
     cpu_us: float
+    calls: int
 
 
 @attrs.frozen

@@ -9,7 +9,6 @@ end, also after Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 from typing import TextIO
 
@@ -25,6 +24,7 @@ from aa_storage_redis.bench.scale import (
     scale_lines,
     scale_point,
 )
+from aa_storage_redis.bench.stopping import sigterm_cancels_this_task
 from aa_storage_redis.bench.timing import Budget
 from aa_storage_redis.config import RedisStorageConfig
 
@@ -74,29 +74,19 @@ async def _measure(
     err: TextIO,
 ) -> tuple[list[ScalePoint], NearMemory]:
     config = attrs.evolve(config, key_prefix=f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:")
-    loop = asyncio.get_running_loop()
-    this_run = asyncio.current_task()
-    assert this_run is not None, "a coroutine awaited by asyncio.run runs in a task"
-    # SIGTERM stops the run as Ctrl-C does: this task is cancelled, and the steps'
-    # cleanup (their processes stopped, their keys deleted) still runs.
-    outside = signal.getsignal(signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGTERM, this_run.cancel)
     counts = process_counts(options.max_processes)
     progress = Progress(err, len(counts) + 1)
-    try:
-        points = []
-        for processes in counts:
-            progress.start(f"scale, {as_processes(processes)} of {concurrency} callers")
-            point = await scale_point(config, processes, concurrency, budget)
-            progress.finish(f"{point.total_ops_per_sec:,.0f} ops/s")
-            points.append(point)
-        progress.start(f"near-cache memory, {POLICIES:,} policies")
-        memory = await near_memory(config)
-        progress.finish(f"{memory.bytes_per_policy:,.0f} bytes per policy")
-        return points, memory
-    finally:
-        progress.stop()
-        loop.remove_signal_handler(signal.SIGTERM)
-        # That left SIGTERM at its default, which ends the process with no cleanup.
-        if outside is not None:
-            signal.signal(signal.SIGTERM, outside)
+    with sigterm_cancels_this_task():
+        try:
+            points = []
+            for processes in counts:
+                progress.start(f"scale, {as_processes(processes)} of {concurrency} callers")
+                point = await scale_point(config, processes, concurrency, budget)
+                progress.finish(f"{point.total_ops_per_sec:,.0f} ops/s")
+                points.append(point)
+            progress.start(f"near-cache memory, {POLICIES:,} policies")
+            memory = await near_memory(config)
+            progress.finish(f"{memory.bytes_per_policy:,.0f} bytes per policy")
+            return points, memory
+        finally:
+            progress.stop()

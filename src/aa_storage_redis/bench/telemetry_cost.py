@@ -37,11 +37,14 @@ from typing import Any
 
 import attrs
 
+from aa_storage import StorageError
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.bench.timing import Budget, together
+from aa_storage_redis.bench.operations import Caller, Subject, delete_made, operation_named
+from aa_storage_redis.bench.timing import Budget, timed, warm
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.telemetry import LOOK_INTERVAL_SECS
 
+INCREMENT = operation_named("increment")
 ROUNDS = 10
 """Rounds of the first two ways, each a tenth of the budget, in pairs."""
 OFF, NO_SDK = "off (telemetry = false)", "on, no SDK"
@@ -112,14 +115,14 @@ def telemetry_cost(config: RedisStorageConfig, callers: int, budget: Budget) -> 
     theirs.close()
     try:
         if not ours.poll(_PATIENCE_SECS):
-            raise RuntimeError(f"the telemetry case gave no figures in {_PATIENCE_SECS}s")
+            raise StorageError(f"the telemetry case gave no figures in {_PATIENCE_SECS}s")
         outcome: TelemetryCost | str = ours.recv()
     finally:
         process.join(10.0)
         if process.is_alive():
             process.kill()
     if isinstance(outcome, str):
-        raise RuntimeError(f"the telemetry case failed: {outcome}")
+        raise StorageError(f"the telemetry case failed: {outcome}")
     return outcome
 
 
@@ -136,7 +139,7 @@ async def _measure(config: RedisStorageConfig, callers: int, budget: Budget) -> 
     prefix = f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:"
     off = RedisBackend.connect(attrs.evolve(config, key_prefix=prefix, telemetry=False))
     on = RedisBackend.connect(attrs.evolve(config, key_prefix=prefix, telemetry=True))
-    names = [f"telemetry-{index}" for index in range(callers)]
+    counting = [Caller.new() for _ in range(callers)]
     try:
         # Short rounds in pairs, alternating which goes first, so that the machine's
         # drift (other processes, the server's own work) falls on both alike.
@@ -144,7 +147,7 @@ async def _measure(config: RedisStorageConfig, callers: int, budget: Budget) -> 
         pairs = []
         for number in range(ROUNDS):
             ways = [off, on] if number % 2 == 0 else [on, off]
-            costs = {id(way): await _run("", way, names, share) for way in ways}
+            costs = {id(way): await _run("", way, counting, share) for way in ways}
             pairs.append((costs[id(off)], costs[id(on)]))
         typical_off = _median_of(OFF, [pair[0] for pair in pairs])
         typical_on = _median_of(NO_SDK, [pair[1] for pair in pairs])
@@ -155,36 +158,24 @@ async def _measure(config: RedisStorageConfig, callers: int, budget: Budget) -> 
             sdk = _Sdk()
             try:
                 await asyncio.sleep(LOOK_INTERVAL_SECS)  # the backend looks for an SDK again
-                recorded = await _run("on, SDK, spans not exported", on, names, budget)
+                recorded = await _run("on, SDK, spans not exported", on, counting, budget)
                 sdk.export_spans()
-                exported = await _run(f"on, SDK, {sdk.exporting}", on, names, budget)
+                exported = await _run(f"on, SDK, {sdk.exporting}", on, counting, budget)
             finally:
                 sdk.close()
         return TelemetryCost(typical_off, typical_on, recorded, exported, hooks_us, ratios, callers)
     finally:
-        for name in names:
-            await off.rate_limiter().reset(name)
+        await delete_made(off, counting)
         await off.aclose()
         await on.aclose()
 
 
-async def _run(label: str, backend: RedisBackend, names: list[str], budget: Budget) -> Cost:
-    counter = backend.rate_limiter()
-    for name in names:  # warm: connections open, the script cached
-        await counter.increment(name, 1, 60)
-    allowed = budget.allowance()
-    done = 0
-
-    async def calls(name: str) -> None:
-        nonlocal done
-        while allowed():
-            await counter.increment(name, 1, 60)
-            done += 1
-
-    cpu, wall = time.process_time(), time.perf_counter()
-    await together(calls(name) for name in names)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return Cost(label, done / wall, cpu / max(done, 1) * 1e6)
+async def _run(label: str, backend: RedisBackend, callers: list[Caller], budget: Budget) -> Cost:
+    """``increment`` by every caller through ``backend``, warmed up, then timed."""
+    subject = Subject.over(backend)
+    await warm(INCREMENT.driver, subject, callers)
+    measured = await timed(INCREMENT.driver, subject, callers, budget)
+    return Cost(label, measured.ops_per_sec, measured.cpu_us)
 
 
 def _share(budget: Budget) -> Budget:
@@ -254,30 +245,37 @@ class _Sdk:
 
     def _exporters(self) -> tuple[Any, Any, str]:
         """OTLP/HTTP to a collector stand-in in a process of its own when
-        ``opentelemetry-exporter-otlp-proto-http`` is installed, else the console
-        exporters writing to /dev/null."""
+        ``opentelemetry-exporter-otlp-proto-http`` is installed and the stand-in
+        starts, else the console exporters writing to /dev/null."""
         try:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                 OTLPMetricExporter,
             )
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:
-            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-            sink = open(os.devnull, "w")  # noqa: SIM115 - written to until the process ends
-            exporters = ConsoleSpanExporter(out=sink), ConsoleMetricExporter(out=sink)
-            return *exporters, "console exporters to /dev/null"
+            return self._console("console exporters to /dev/null")
         self._collector = subprocess.Popen(
             [sys.executable, "-c", _COLLECTOR], stdout=subprocess.PIPE, text=True
         )
         assert self._collector.stdout is not None
+        # Its first line is its URL; a stand-in that failed to start closes its
+        # output instead, and the line is empty.
         url = self._collector.stdout.readline().strip()
+        if not url.startswith("http://"):
+            return self._console("console exporters to /dev/null (the collector did not start)")
         return (
             OTLPSpanExporter(endpoint=f"{url}/v1/traces"),
             OTLPMetricExporter(endpoint=f"{url}/v1/metrics"),
             "OTLP/HTTP to a local collector",
         )
+
+    @staticmethod
+    def _console(label: str) -> tuple[Any, Any, str]:
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        sink = open(os.devnull, "w")  # noqa: SIM115 - written to until the process ends
+        return ConsoleSpanExporter(out=sink), ConsoleMetricExporter(out=sink), label
 
     def close(self) -> None:
         from opentelemetry import metrics

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from aa_storage_redis.bench.operations import Call, Caller, Subject
+from aa_storage_redis.bench.operations import Call, Caller, Operation, Subject
 from aa_storage_redis.bench.report import MIN_P99_SAMPLES, Measurement
 
 
@@ -45,6 +45,36 @@ class Budget:
         return f"{self.requests} calls" if self.requests is not None else f"{self.seconds:g} s"
 
 
+WARM_UP_CALLS = 2
+"""Untimed calls per caller before a case is timed: connections open, scripts cached."""
+
+
+async def warm(call: Call, subject: Subject, callers: list[Caller]) -> None:
+    """Each caller makes ``call`` :data:`WARM_UP_CALLS` times, all at once."""
+
+    async def warm_one(caller: Caller) -> None:
+        for _ in range(WARM_UP_CALLS):
+            await call(subject, caller)
+
+    await together(warm_one(caller) for caller in callers)
+
+
+async def ready(
+    operation: Operation, call: Call, subject: Subject, callers: int, made: list[Caller]
+) -> list[Caller]:
+    """``callers`` new callers (added to ``made``), each with what ``call`` reads
+    written by ``operation.prepare``, and ``call`` warmed up."""
+    new = [Caller.new() for _ in range(callers)]
+    made.extend(new)
+
+    async def prepare(caller: Caller) -> None:
+        await operation.prepare(subject, caller)
+
+    await together(prepare(caller) for caller in new)
+    await warm(call, subject, new)
+    return new
+
+
 async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Budget) -> Measurement:
     """Each caller makes ``call`` again and again, all at once, until ``budget`` is spent;
     their throughput together, the percentiles of every call's latency, and the
@@ -68,6 +98,7 @@ async def timed(call: Call, subject: Subject, callers: list[Caller], budget: Bud
         p50_us=percentile(latencies, 0.50) * 1e6,
         p99_us=p99_us(latencies),
         cpu_us=cpu / max(len(latencies), 1) * 1e6,
+        calls=len(latencies),
     )
 
 

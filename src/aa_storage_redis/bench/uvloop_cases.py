@@ -15,19 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 import attrs
 
 from aa_storage_redis.backend import RedisBackend
-from aa_storage_redis.bench.operations import (
-    OPERATIONS,
-    Caller,
-    Operation,
-    Subject,
-    raw_client,
-)
+from aa_storage_redis.bench.operations import OPERATIONS, Caller, Subject, delete_made
 from aa_storage_redis.bench.report import Measurement, Progress, Row, mode_of
-from aa_storage_redis.bench.timing import Budget, timed, together
+from aa_storage_redis.bench.timing import Budget, ready, timed
 from aa_storage_redis.config import RedisStorageConfig
-
-WARM_UP_CALLS = 2
-_DELETE_BATCH = 500
 
 
 def uvloop_installed() -> bool:
@@ -68,28 +59,16 @@ async def _cases(
         for operation in OPERATIONS:
             for callers in (1, concurrency):
                 progress.start(f"{operation.name}, {mode_of(callers)}, driver on uvloop")
-                ready = [Caller.new() for _ in range(callers)]
-                made.extend(ready)
-                await together(_warm(operation, subject, caller) for caller in ready)
-                measured = await timed(operation.driver, subject, ready, budget)
+                new = await ready(operation, operation.driver, subject, callers, made)
+                measured = await timed(operation.driver, subject, new, budget)
                 progress.end(measured)
                 found.append(LoopRow(operation.name, callers, measured))
         return found
     finally:
         try:
-            keys = [key for caller in made for key in caller.keys(backend.keys)]
-            async with raw_client(backend.pool.config, 1) as client:
-                for start in range(0, len(keys), _DELETE_BATCH):
-                    await client.delete(*keys[start : start + _DELETE_BATCH])
+            await delete_made(backend, made)
         finally:
             await backend.aclose()
-
-
-async def _warm(operation: Operation, subject: Subject, caller: Caller) -> None:
-    """Write what the caller reads, then call: connections open, scripts cached."""
-    await operation.prepare(subject, caller)
-    for _ in range(WARM_UP_CALLS):
-        await operation.driver(subject, caller)
 
 
 def uvloop_lines(rows: Sequence[Row], on_uvloop: Sequence[LoopRow]) -> Iterator[str]:
