@@ -14,6 +14,10 @@ from redis.asyncio.connection import AbstractConnection
 
 from aa_storage_redis.redis_py import error_reply, stream_of
 
+READ_BUFFER_BYTES = 64 * 1024
+"""The most one read of a multiplexed connection's socket takes; a longer reply
+takes several reads."""
+
 
 def _parser() -> hiredis.Reader:
     # Error replies become redis-py's exception classes, as in redis-py itself.
@@ -30,18 +34,29 @@ class ReplyOwner(Protocol):
         """The socket failed or was closed."""
 
 
-class ReplyReader(asyncio.Protocol):
-    """The transport's protocol once a connection is open: parses replies as bytes arrive."""
+class ReplyReader(asyncio.BufferedProtocol):
+    """The transport's protocol once a connection is open: parses replies as bytes arrive.
+
+    Buffered: the transport reads into one buffer this reader keeps, which hiredis
+    copies from. A plain protocol would be handed a new ``bytes`` per read, and
+    asyncio's selector loop allocates each at its largest read size (256 KiB), so
+    every reply would cost an allocation the size of a ``mmap`` and its release.
+    """
 
     def __init__(self, owner: ReplyOwner, closed: asyncio.Future[None]) -> None:
         self._owner = owner
         self._reader = _parser()
+        self._buffer = bytearray(READ_BUFFER_BYTES)
         self.closed = closed
         """Resolved once the transport is closed."""
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         reader = self._reader
-        reader.feed(data)
+        # hiredis' stub types the buffer as bytes; it takes any buffer, and copies it.
+        reader.feed(self._buffer, 0, nbytes)  # type: ignore[arg-type]
         try:
             while (reply := reader.gets()) is not False:
                 self._owner.deliver(self, reply)
