@@ -69,28 +69,35 @@ class TestBatching:
         assert proxy.chunks_to_server - chunks_before < commands / 4
         assert proxy.connections_accepted == 1
 
+    @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
     async def test_replies_longer_than_the_read_buffer_reach_their_callers(
-        self, raw: redis.Redis, open_backend: OpenBackend, redis_url: str
+        self, tls: bool, tls_redis_server: RedisServer
     ) -> None:
         """A reply several times the connection's read buffer, split across reads and
         pipelined between small ones, reaches its own caller whole, and the ones after
-        it stay matched."""
-        backend = open_backend(redis_url, pool_size=1, retries=0)  # no retry hides a loss
-        executor = backend.pool
-        sizes = [0, 1, READ_BUFFER_BYTES - 1, READ_BUFFER_BYTES, 3 * READ_BUFFER_BYTES + 7]
-        values = {f"big{i}".encode(): bytes([65 + i]) * size for i, size in enumerate(sizes)}
-        for key, value in values.items():
-            raw.set(key, value)
-        await executor.execute("PING", key=None, read=True)  # the connection is open
+        it stay matched: over TCP, and over TLS, whose transport fills the buffer in
+        pieces."""
+        server = tls_redis_server
+        server.flushall()
+        # One connection, and no retry that could hide a lost one.
+        backend = RedisBackend.connect(server.backend_config(tls=tls, pool_size=1, retries=0))
+        try:
+            executor = backend.pool
+            sizes = [0, 1, READ_BUFFER_BYTES - 1, READ_BUFFER_BYTES, 3 * READ_BUFFER_BYTES + 7]
+            values = {f"big{i}".encode(): bytes([65 + i]) * n for i, n in enumerate(sizes)}
+            raw = server.client()
+            for key, value in values.items():
+                raw.set(key, value)
+            await executor.execute("PING", key=None, read=True)  # the connection is open
 
-        keys = [key for key in values for _ in range(3)]
-        replies = await bounded(
-            asyncio.gather(*(executor.execute("GET", key, key=key, read=True) for key in keys))
-        )
-        assert replies == [values[key] for key in keys]
-        stats = backend.stats()
-        assert stats.max_commands_per_write > 1  # they did share socket writes
-        assert (stats.connections_opened, stats.connections_lost) == (1, 0)
+            keys = [key for key in values for _ in range(3)]
+            calls = (executor.execute("GET", key, key=key, read=True) for key in keys)
+            assert await bounded(asyncio.gather(*calls)) == [values[key] for key in keys]
+            stats = backend.stats()
+            assert stats.max_commands_per_write > 1  # they did share socket writes
+            assert (stats.connections_opened, stats.connections_lost) == (1, 0)
+        finally:
+            await backend.aclose()
 
     async def test_a_lone_command_is_written_at_once(self, proxied_backend: ProxiedBackend) -> None:
         """On an idle connection a call is written in the caller's own step, one write for one

@@ -47,11 +47,14 @@ class ReplyReader(asyncio.BufferedProtocol):
         self._owner = owner
         self._reader = _parser()
         self._buffer = bytearray(READ_BUFFER_BYTES)
+        # Handed out as a view: asyncio's TLS transport fills the buffer past its first
+        # read through buf[offset:], which of a bytearray would be a copy, losing the bytes.
+        self._view = memoryview(self._buffer)
         self.closed = closed
         """Resolved once the transport is closed."""
 
-    def get_buffer(self, sizehint: int) -> bytearray:
-        return self._buffer
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
         reader = self._reader
