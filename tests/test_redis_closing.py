@@ -228,6 +228,28 @@ class TestAnotherEventLoop:
         with pytest.raises(StorageError, match="backend is closed"):
             self.run(every_call(backend)["current"])
 
+    def test_every_call_from_a_loop_beside_the_running_one_says_so(self, redis_url: str) -> None:
+        """While the backend's loop runs in another thread, a call from this thread's loop
+        is refused before anything is sent; the backend's own loop goes on using it."""
+        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+        other = asyncio.new_event_loop()
+        thread = threading.Thread(target=other.run_forever)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(plant(backend), other).result(10)
+            sent = backend.stats().commands_sent
+            for name, call in every_call(backend).items():
+                with pytest.raises(StorageError, match="another event loop"):
+                    self.run(call)
+                assert backend.stats().commands_sent == sent, name
+            still_open = backend.rate_limiter().current(SLOT.counter)
+            assert asyncio.run_coroutine_threadsafe(still_open, other).result(10) == SLOT.total
+            asyncio.run_coroutine_threadsafe(backend.aclose(), other).result(10)
+        finally:
+            other.call_soon_threadsafe(other.stop)
+            thread.join(10)
+            other.close()
+
     def test_aclose_from_a_loop_that_still_runs_elsewhere_says_so(self, redis_url: str) -> None:
         backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
         other = asyncio.new_event_loop()

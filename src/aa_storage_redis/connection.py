@@ -68,6 +68,7 @@ class MultiplexedConnection:
         self._socket_timeout = socket_timeout
         self._counters = counters
         self._state = _IDLE
+        self._loop: asyncio.AbstractEventLoop | None = None  # the callers' loop, once known
         self._pending: deque[_Request] = deque()
         self._outbox: list[bytes] = []
         self._unwritten = 0  # the last this-many pending requests are still in the outbox
@@ -94,7 +95,10 @@ class MultiplexedConnection:
         :class:`NotSent`, :class:`ReplyLost` or :class:`Closed`."""
         if self._state is _CLOSED:
             raise Closed()
-        loop = asyncio.get_running_loop()
+        # Every caller is in one loop (the executor sees to it), so it is asked for once:
+        # on Python 3.11 asking costs a system call.
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
         future: asyncio.Future[Any] = loop.create_future()
         idle = not self._pending
         self._pending.append(_Request(future, loop.time()))

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from threading import get_ident
 from typing import Any
 
 import attrs
+import hiredis
 from redis import exceptions as redis_errors
 from redis.backoff import EqualJitterBackoff
 
@@ -73,6 +76,7 @@ class Executor:
     _wait: bytes | None = attrs.field(init=False, repr=False)
     _closed: bool = attrs.field(default=False, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False, repr=False)
+    _thread: int = attrs.field(default=0, init=False, repr=False)
     evalsha_refused: bool = attrs.field(default=False, init=False)
     """True once the server refused ``EVALSHA`` (renamed, disabled or denied by
     ACL) while running scripts; from then on every script is sent in full."""
@@ -103,11 +107,18 @@ class Executor:
     def check_loop(self) -> None:
         """Bind the executor to the running event loop on first use; afterwards raise
         ``StorageError`` when called from another one."""
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:
+        # On Python 3.11, asking asyncio for the running loop costs a getpid() system call,
+        # on every command. A thread runs one loop at a time, so while the executor's loop
+        # runs, a caller on the thread it was last seen running on is in that loop.
+        loop = self._loop
+        if loop is not None and self._thread == get_ident() and loop.is_running():
+            return
+        running = asyncio.get_running_loop()
+        if loop is None:
+            self._loop = running
+        elif running is not loop:
             raise self._other_loop_error()
+        self._thread = get_ident()
 
     async def execute(
         self,
@@ -127,8 +138,12 @@ class Executor:
         LOADING) is tried again with backoff until ``connect_timeout +
         socket_timeout`` from the call's first such wait (or its first wait for the
         topology); neither counts as a retry, as each means the command did not run.
+        An ``EVALSHA`` of ``script`` that the node answers with NOSCRIPT, or that the
+        server refuses, is sent again as ``EVAL`` (see :meth:`run_script`): not a retry
+        either, as the script did not run.
         """
-        packed = pack(*args)
+        # hiredis' stub types the argument as a 1-tuple; it takes any length.
+        packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
         if len(packed) > MAX_ARGUMENT_BYTES:
             _refuse_oversized(args)
         deadline = 0.0  # set when the call first waits for the topology: no cost before
@@ -151,15 +166,27 @@ class Executor:
                     node = await self._route(key, deadline)
                 if self.telemetry.on and (operation := current()) is not None:
                     operation.sent(node.address, _command(args[0], script))
-                return await self._send(node, packed, read=read, asking=asking)
+                if asking or (self._wait is not None and not read):
+                    reply = await self._send_with(node, packed, read=read, asking=asking)
+                else:
+                    reply = await node.submit(packed)
+                if script is not None and args[0] == "EVAL":
+                    self._loaded_scripts.add(script.sha)
+                return reply
             except (NotSent, _Undiscovered) as failure:
                 error = failure.cause
                 retry = not isinstance(error, _FINAL)
             except ReplyLost as failure:
                 error = failure.cause
                 retry = read and not isinstance(error, _FINAL)
-            except redis_errors.NoScriptError:
-                raise _NoScript() from None
+            except redis_errors.NoScriptError as exc:
+                if script is None or args[0] != "EVALSHA":
+                    error, retry = exc, False  # not an EVALSHA of a script: reported as is
+                else:
+                    # This node lost the script or never had it: EVAL loads it there.
+                    args = _eval_of(args, script)
+                    packed = pack(*args)
+                    continue
             except _Unconfirmed as exc:
                 raise BackendError(str(exc)) from None
             except _WaitRefused as exc:
@@ -193,8 +220,11 @@ class Executor:
                         await asyncio.sleep(pause)
                         continue
                     redirect = None
-                elif args[0] == "EVALSHA" and _refuses_evalsha(exc):
-                    raise _EvalShaRefused() from None
+                elif script is not None and args[0] == "EVALSHA" and _refuses_evalsha(exc):
+                    self._refuse_evalsha()
+                    args = _eval_of(args, script)
+                    packed = pack(*args)
+                    continue
                 error = exc
                 retry = False
             if node is not None and _lost(error):
@@ -215,12 +245,10 @@ class Executor:
             await asyncio.sleep(_BACKOFF.compute(attempt))
             attempt += 1
 
-    async def _send(self, node: Node, packed: bytes, *, read: bool, asking: bool) -> Any:
-        """The reply to ``packed`` on ``node``: after ``ASKING`` when ``asking``, and,
-        for a write when ``wait_replicas`` is set, once enough replicas have it."""
-        confirm = self._wait is not None and not read
-        if not asking and not confirm:
-            return await node.submit(packed)
+    async def _send_with(self, node: Node, packed: bytes, *, read: bool, asking: bool) -> Any:
+        """The reply to ``packed`` on ``node`` after ``ASKING`` when ``asking``, and, for
+        a write when ``wait_replicas`` is set, once enough replicas have it. A command
+        with neither goes to ``node.submit`` directly."""
         # ASKING holds for the next command on its connection only, and WAIT counts
         # the writes made on its own connection: neither may be parted from its command.
         commands = [_ASKING, packed] if asking else [packed]
@@ -289,40 +317,30 @@ class Executor:
             )
         return reply
 
-    async def run_script(
+    def run_script(
         self, script: Script, keys: list[bytes], args: list[bytes | str | int], *, read: bool
-    ) -> Any:
-        """Run ``script`` by SHA. The body is sent instead the first time, after the
-        server lost its script cache (NOSCRIPT), and for good once the server
-        refuses EVALSHA itself; each of those replies means the script did not run.
-        Every key of a script shares one slot, so the first routes it."""
+    ) -> Coroutine[Any, Any, Any]:
+        """Run ``script`` by SHA; await the result for its reply. The body is sent
+        instead the first time, after a node lost its script cache (NOSCRIPT), and for
+        good once the server refuses EVALSHA itself; each of those replies means the
+        script did not run. Every key of a script shares one slot, so the first routes
+        it. Not a coroutine itself: it hands back :meth:`execute`'s, one layer fewer."""
         key = keys[0] if keys else None
         if script.sha in self._loaded_scripts and not self.evalsha_refused:
-            try:
-                return await self.execute(
-                    "EVALSHA",
-                    script.sha,
-                    len(keys),
-                    *keys,
-                    *args,
-                    key=key,
-                    read=read,
-                    script=script,
-                )
-            except _NoScript:
-                pass  # this node lost or never had it: EVAL loads it there
-            except _EvalShaRefused:
-                self.evalsha_refused = True
-                logger.warning(
-                    "redis at %s refuses EVALSHA; every script call now sends the script "
-                    "in full with EVAL",
-                    self.server,
-                )
-        reply = await self.execute(
-            "EVAL", script.body, len(keys), *keys, *args, key=key, read=read, script=script
-        )
-        self._loaded_scripts.add(script.sha)
-        return reply
+            head: tuple[str, str | bytes] = ("EVALSHA", script.sha)
+        else:
+            head = ("EVAL", script.body)
+        return self.execute(*head, len(keys), *keys, *args, key=key, read=read, script=script)
+
+    def _refuse_evalsha(self) -> None:
+        """The server refused EVALSHA itself: send every script in full from now on."""
+        if not self.evalsha_refused:
+            self.evalsha_refused = True
+            logger.warning(
+                "redis at %s refuses EVALSHA; every script call now sends the script "
+                "in full with EVAL",
+                self.server,
+            )
 
     async def describe_topology(self) -> tuple[Facts, tuple[str, ...]]:
         """The deployment's shape as ``check`` shows it; failures are core errors."""
@@ -395,12 +413,11 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 _ASKING = pack("ASKING")
 
 
-class _NoScript(Exception):
-    """The server does not have the script cached; it did not run."""
-
-
-class _EvalShaRefused(Exception):
-    """The server refused the EVALSHA command itself; the script did not run."""
+def _eval_of(
+    evalsha: tuple[bytes | str | int, ...], script: Script
+) -> tuple[bytes | str | int, ...]:
+    """The ``EVAL`` of the script an ``EVALSHA`` runs, with the same keys and arguments."""
+    return ("EVAL", script.body, *evalsha[2:])
 
 
 def _refuses_evalsha(exc: redis_errors.RedisError) -> bool:
