@@ -22,13 +22,14 @@ from aa_storage_redis.bench import peer_benchmark, peers
 from aa_storage_redis.bench.operations import Caller, Operation, Subject
 from aa_storage_redis.bench.peer_cases import PEER_OPERATIONS
 from aa_storage_redis.bench.peer_clients import COMMANDS, PYTHON_PEERS, Calls
+from aa_storage_redis.bench.peer_floor import FLOOR
 from aa_storage_redis.bench.timing import Budget
 from servers import RedisServer
 from test_bench import _HELPER_COMMANDS, MODES, TIMEOUTS, bench, figure
 from test_redis_cli import config_file
 
 OPERATION_NAMES = ("increment", "get_policy", "save", "load")
-PEERS = ("redis-py", "coredis", "valkey-glide", "redis-benchmark")
+PEERS = ("redis-py", "coredis", "valkey-glide", "redis-benchmark", "asyncio floor")
 HEADER = [
     "operation",
     "mode",
@@ -36,15 +37,17 @@ HEADER = [
     *PEERS,
     "driver/best peer",
     "driver/C",
+    "driver/floor",
 ]
 _NUMBER = r"[\d,]+"
 _CELL = rf"(?:{_NUMBER}|-|failed)"
 _RATIO = r"(?:\d+\.\d\dx|-)"
 _ROW = re.compile(
     rf"(?P<operation>\w+) +(?P<mode>sequential|\d+ callers) +(?P<driver>{_NUMBER})"
-    rf" +(?P<peers>{_CELL} +{_CELL} +{_CELL} +{_CELL})"
-    rf" +(?P<best>{_RATIO}) +(?P<c>{_RATIO})"
+    rf" +(?P<peers>{_CELL} +{_CELL} +{_CELL} +{_CELL} +{_CELL})"
+    rf" +(?P<best>{_RATIO}) +(?P<c>{_RATIO}) +(?P<floor>{_RATIO})"
 )
+_PEER_LINE = re.compile(r"  (redis-py|coredis|valkey-glide|redis-benchmark|asyncio floor)\b.*")
 _TITLE = re.compile(
     r"peers on the same server and workloads, in ops/s \(the best of (\d) round\(s\) of "
     r"(\d+) calls a case, driver and peers taking turns\):"
@@ -67,14 +70,15 @@ class Run:
         return lines[start:]
 
     def rows(self) -> list[dict[str, str]]:
-        """The table's rows: operation, mode, driver, each peer's cell, the two ratios."""
+        """The table's rows: operation, mode, driver, each peer's cell, the three ratios."""
         found = []
         for line in self.section[2:]:
             if not line:
                 break
             match = _ROW.fullmatch(line)
             assert match is not None, f"not a full row: {line!r}"
-            row = {name: match[name] for name in ("operation", "mode", "driver", "best", "c")}
+            names = ("operation", "mode", "driver", "best", "c", "floor")
+            row = {name: match[name] for name in names}
             row.update(zip(PEERS, match["peers"].split(), strict=True))
             found.append(row)
         return found
@@ -96,6 +100,8 @@ def run_bench(server: RedisServer, tmp_path: Path, requests: int) -> Run:
 
 
 def installed(peer: str) -> bool:
+    if peer == "asyncio floor":
+        return True  # it needs hiredis only, as the driver does
     if peer == "redis-benchmark":
         return shutil.which(peer) is not None
     (module,) = [each.module for each in PYTHON_PEERS if each.name == peer]
@@ -139,7 +145,8 @@ class TestWithEveryPeer:
                     assert row[peer] == "-", (row, peer)
 
     def test_ratios_are_the_driver_over_the_figures_as_printed(self, every_peer: Run) -> None:
-        """driver/best peer divides by the fastest Python client, driver/C by redis-benchmark."""
+        """driver/best peer divides by the fastest Python client (the floor is none),
+        driver/C by redis-benchmark, driver/floor by the asyncio floor."""
         for row in every_peer.rows():
             driver = figure(row["driver"])
             python = [figure(row[peer]) for peer in PEERS[:3] if row[peer] not in ("-", "failed")]
@@ -153,13 +160,18 @@ class TestWithEveryPeer:
             else:
                 c = figure(row["c"].removesuffix("x"))
                 assert c == pytest.approx(driver / figure(row["redis-benchmark"]), 0.02, 0.01)
+            floor = figure(row["floor"].removesuffix("x"))
+            assert floor == pytest.approx(driver / figure(row["asyncio floor"]), 0.02, 0.01)
 
     def test_a_line_per_peer_says_how_it_ran(self, every_peer: Run) -> None:
         lines = every_peer.peer_lines()
-        assert [line.split()[0].rstrip(":") for line in lines] == list(PEERS)
-        for line in lines:
+        names = [match[1] for line in lines if (match := _PEER_LINE.fullmatch(line))]
+        assert names == list(PEERS)
+        for name, line in zip(names, lines, strict=True):
             assert "failed" not in line, line
-            if installed(line.split()[0].rstrip(":")):
+            if name == "asyncio floor":
+                assert line.startswith("  asyncio floor: one socket shared by every caller")
+            elif installed(name):
                 assert re.fullmatch(r"  [\w-]+ \d[\w.]*: .+", line), line
 
     def test_progress_names_every_case_of_both_rounds(self, every_peer: Run) -> None:
@@ -262,7 +274,7 @@ async def test_each_peer_sends_the_drivers_command(
     await operation.driver(subject, caller)  # scripts cached
     expected = await sent(operation.driver(subject, caller))
     assert expected
-    for peer in PYTHON_PEERS:
+    for peer in (*PYTHON_PEERS, FLOOR):
         if not installed(peer.name):
             continue
         async with peer.connect(redis_backend, 1) as calls:

@@ -58,26 +58,8 @@ def build_parts(config: RedisStorageConfig, *, near_cache: bool = True) -> Parts
     """
     verify_redis_py()
     deployment = config.deployment
-    options: dict[str, Any] = {
-        "username": deployment.username,
-        "password": deployment.password,
-        "db": deployment.database,
-        "socket_connect_timeout": config.connect_timeout,
-        "socket_timeout": config.socket_timeout,
-        # Retries are the executor's job: redis-py's own would repeat writes.
-        "retry": Retry(NoBackoff(), 0),
-        # No CLIENT SETINFO in the handshake: two more commands per connection,
-        # and a grant more for every ACL user.
-        "driver_info": None,
-        "protocol": 2,
-    }
-    connection_class: type[Connection] = Connection
-    if deployment.tls:
-        connection_class = SSLConnection
-        options.update(
-            ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
-        )
-    elif not all(_is_loopback(host) for host, _ in deployment.addresses):
+    connection_class, options = connection_options(config)
+    if not deployment.tls and not all(_is_loopback(host) for host, _ in deployment.addresses):
         logger.warning(
             "connecting to %s without TLS: traffic and the password travel in the clear",
             redact_url(config.effective_url),
@@ -140,6 +122,32 @@ def build_parts(config: RedisStorageConfig, *, near_cache: bool = True) -> Parts
         counters=counters,
     )
     return Parts(executor, keys, near, tracker)
+
+
+def connection_options(config: RedisStorageConfig) -> tuple[type[Connection], dict[str, Any]]:
+    """The redis-py connection class and keyword arguments (all but ``host`` and
+    ``port``) that open, and log in on, a connection to a node of ``config``'s
+    deployment."""
+    deployment = config.deployment
+    options: dict[str, Any] = {
+        "username": deployment.username,
+        "password": deployment.password,
+        "db": deployment.database,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_timeout": config.socket_timeout,
+        # Retries are the executor's job: redis-py's own would repeat writes.
+        "retry": Retry(NoBackoff(), 0),
+        # No CLIENT SETINFO in the handshake: two more commands per connection,
+        # and a grant more for every ACL user.
+        "driver_info": None,
+        "protocol": 2,
+    }
+    if not deployment.tls:
+        return Connection, options
+    options.update(
+        ssl_ca_certs=config.ca_file, ssl_certfile=config.cert_file, ssl_keyfile=config.key_file
+    )
+    return SSLConnection, options
 
 
 def _is_loopback(host: str) -> bool:

@@ -95,8 +95,9 @@ def add_command(commands: Commands) -> None:
         help=(
             "then measure increment, get_policy, save and load through the driver and "
             "through every installed peer on the same server, and print a second table: "
-            "redis-py, coredis and valkey-glide (a client not installed is named as such) "
-            "and redis-benchmark, the C limit; each runs two rounds of half the budget "
+            "redis-py, coredis and valkey-glide (a client not installed is named as such), "
+            "redis-benchmark, the C limit, and the asyncio floor, the least any asyncio "
+            "client does for the same command; each runs two rounds of half the budget "
             "(one of all of it below 0.5 s or 40 calls), taking turns with the driver, and "
             "keeps its best"
         ),

@@ -147,7 +147,7 @@ async def _coredis(backend: RedisBackend, callers: int) -> AsyncIterator[Calls]:
         return await client.hmget(command.key, command.args)
 
     async with client:
-        yield _calls_of(send)
+        yield calls_of(send)
 
 
 @contextlib.asynccontextmanager
@@ -196,12 +196,15 @@ async def _glide(backend: RedisBackend, callers: int) -> AsyncIterator[Calls]:
         return await client.hmget(command.key, list(command.args))
 
     try:
-        yield _calls_of(send)
+        yield calls_of(send)
     finally:
         await client.close()
 
 
-def _calls_of(send: Callable[[Command], Any]) -> Calls:
+def calls_of(send: Callable[[Command], Any]) -> Calls:
+    """The calls of a client whose ``send`` takes a :class:`Command` and returns an
+    awaitable of its reply."""
+
     def calls(operation: Operation) -> Call:
         build = COMMANDS[operation.name]
         return lambda subject, caller: send(build(subject.keys, caller))

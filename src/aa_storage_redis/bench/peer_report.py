@@ -11,7 +11,8 @@ from aa_storage_redis.bench.report import mode_of
 
 PYTHON_COLUMNS = ("redis-py", "coredis", "valkey-glide")
 C_COLUMN = "redis-benchmark"
-COLUMNS = (*PYTHON_COLUMNS, C_COLUMN)
+FLOOR_COLUMN = "asyncio floor"
+COLUMNS = (*PYTHON_COLUMNS, C_COLUMN, FLOOR_COLUMN)
 
 NOT_MEASURED = "-"
 FAILED = "failed"
@@ -65,7 +66,7 @@ class Comparison:
 _HEADER = (
     f"{'operation':<12}{'mode':<12}{'driver ops/s':>13}"
     f"{'redis-py':>11}{'coredis':>11}{'valkey-glide':>14}{'redis-benchmark':>17}"
-    f"{'driver/best peer':>18}{'driver/C':>10}"
+    f"{'asyncio floor':>15}{'driver/best peer':>18}{'driver/C':>10}{'driver/floor':>14}"
 )
 
 
@@ -81,8 +82,10 @@ def comparison_lines(comparison: Comparison) -> Iterator[str]:
             f"{row.operation:<12}{mode_of(row.callers):<12}{row.driver:>13,.0f}"
             f"{row.cell('redis-py'):>11}{row.cell('coredis'):>11}"
             f"{row.cell('valkey-glide'):>14}{row.cell(C_COLUMN):>17}"
+            f"{row.cell(FLOOR_COLUMN):>15}"
             f"{_ratio(row.driver, row.best_python_peer):>18}"
             f"{_ratio(row.driver, row.peers.get(C_COLUMN)):>10}"
+            f"{_ratio(row.driver, row.peers.get(FLOOR_COLUMN)):>14}"
         )
     yield ""
     yield from comparison.peer_lines

@@ -2,13 +2,15 @@
 same server and the same workloads, in one run.
 
 The peers are the Python clients of ``peer_clients.py`` (redis-py, coredis,
-valkey-glide), each sending exactly the driver's command, and the C limit,
-``redis-benchmark`` (``peer_benchmark.py``). ``peer_cases.py`` runs the cases:
-each operation of :data:`PEER_OPERATIONS`, sequentially and with ``concurrency``
-callers, the driver first and then each peer in turn. The whole sweep runs in two
-rounds of half the budget each (one round of all of it when half would be too
-little to measure), and each side keeps its best round, so that the drift of a
-shared machine falls on every side alike. ``peer_report.py`` makes the lines.
+valkey-glide), each sending exactly the driver's command; the C limit,
+``redis-benchmark`` (``peer_benchmark.py``); and the asyncio floor
+(``peer_floor.py``), the least any asyncio client does for the same command.
+``peer_cases.py`` runs the cases: each operation of :data:`PEER_OPERATIONS`,
+sequentially and with ``concurrency`` callers, the driver first and then each peer
+in turn. The whole sweep runs in two rounds of half the budget each (one round of
+all of it when half would be too little to measure), and each side keeps its best
+round, so that the drift of a shared machine falls on every side alike.
+``peer_report.py`` makes the lines.
 
 A peer that is not installed, or that fails, costs the run nothing: its cells
 say so, and a line under the table says why. Failures of the driver itself are
@@ -17,7 +19,7 @@ raised, as in the rest of the bench. Keys are made under
 run's) and deleted at the end, also after Ctrl-C or SIGTERM.
 
 The modules, each importing only those listed after it: ``peers``,
-``peer_cases``, ``peer_benchmark``, ``peer_clients``, ``peer_report``.
+``peer_cases``, ``peer_floor``, ``peer_benchmark``, ``peer_clients``, ``peer_report``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TextIO
 from aa_storage_redis.bench import peer_benchmark
 from aa_storage_redis.bench.peer_cases import PEER_OPERATIONS, run_rounds
 from aa_storage_redis.bench.peer_clients import PYTHON_PEERS, PythonPeer
+from aa_storage_redis.bench.peer_floor import FLOOR
 from aa_storage_redis.bench.peer_report import C_COLUMN, Comparison, comparison_lines
 from aa_storage_redis.bench.report import Progress
 from aa_storage_redis.bench.timing import Budget
@@ -64,6 +67,7 @@ def compare_peers(
         out.write(f"\npeers: measured against a standalone server only; this one is {topology}\n")
         return
     installed = [(peer, version) for peer in PYTHON_PEERS if (version := peer.version())]
+    installed.append((FLOOR, FLOOR.version() or ""))  # hiredis, which the driver needs too
     benchmark = peer_benchmark.find()
     rounds, share = rounds_of(budget)
     sides = 1 + len(installed) + (benchmark is not None)
@@ -106,6 +110,7 @@ def _peer_lines(
         )
         name = f"{C_COLUMN} {peer_benchmark.version(benchmark)}"
         lines.append(_peer_line(name, how, reasons.get(C_COLUMN)))
+    lines.append(_peer_line(FLOOR.name, FLOOR.how, reasons.get(FLOOR.name)))
     return lines
 
 
