@@ -16,7 +16,6 @@ from aa_storage import (
     PolicyDocument,
     PolicyRule,
     SerializationError,
-    _policy_json,
     policy_from_json,
     policy_to_json,
 )
@@ -406,45 +405,3 @@ class TestRoundTrip:
         assert encoded == b'{"version":1,"name":"' + name.encode() + b'","rules":[],' + (
             b'"enforcement_mode":"enforce"}'
         )
-
-
-class TestMemo:
-    """Decoded documents are kept by their bytes: the same bytes may give the same object,
-    other bytes never give a kept one, and failures and long documents are not kept."""
-
-    def test_the_same_bytes_give_the_same_document(self) -> None:
-        data = _document(name="memo-same")
-        first = policy_from_json(data)
-        assert policy_from_json(bytes(data)) is first
-        assert first == PolicyDocument(1, "memo-same", [PolicyRule("tool:*", PolicyDecision.ALLOW)])
-
-    def test_changed_bytes_give_the_changed_document(self) -> None:
-        """A policy rewritten from Allow to Deny decodes as Deny at once: the memo's key is
-        the whole encoding, so a revocation can never be answered from it."""
-        allow = _document(name="memo-revoked")
-        deny = allow.replace(b'"Allow"', b'"Deny"')
-        assert policy_from_json(allow).rules[0].decision is PolicyDecision.ALLOW
-        assert policy_from_json(deny).rules[0].decision is PolicyDecision.DENY
-        assert policy_from_json(allow).rules[0].decision is PolicyDecision.ALLOW
-
-    def test_a_bad_document_fails_every_time(self) -> None:
-        bad = _document(version="1")
-        for _ in range(2):
-            with pytest.raises(SerializationError, match=INVALID_AT):
-                policy_from_json(bad)
-
-    def test_only_bytes_up_to_the_limit_are_kept(self) -> None:
-        short = _document(name="s" * 10)
-        long = _document(name="l" * _policy_json.MEMO_MAX_BYTES)
-        assert len(long) > _policy_json.MEMO_MAX_BYTES
-        assert policy_from_json(short) is policy_from_json(short)
-        assert policy_from_json(long) == policy_from_json(long)
-        assert policy_from_json(long) is not policy_from_json(long)
-        text = short.decode()
-        assert policy_from_json(text) == policy_from_json(short)
-        assert policy_from_json(text) is not policy_from_json(text)
-
-    def test_it_holds_at_most_its_entries(self) -> None:
-        for number in range(_policy_json.MEMO_ENTRIES + 10):
-            policy_from_json(_document(name=f"memo-{number}"))
-        assert _policy_json._decode_memo.cache_info().currsize == _policy_json.MEMO_ENTRIES

@@ -12,7 +12,6 @@ are not a version.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from types import MappingProxyType
@@ -89,29 +88,11 @@ def policy_to_json(policy: PolicyDocument) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-MEMO_ENTRIES = 256
-"""How many decoded policies :func:`policy_from_json` keeps, the most recently used."""
-MEMO_MAX_BYTES = 4096
-"""The longest encoding it keeps a decoded policy for: the memo holds at most
-``MEMO_ENTRIES`` times this many bytes, and their documents."""
-
-
 def policy_from_json(data: bytes | str) -> PolicyDocument:
     """Decode a stored policy as serde_json would; anything else is a ``SerializationError``.
 
     A ``str`` is read as its UTF-8 encoding (one holding a lone surrogate has none).
-
-    The same bytes may give the same document object back: a document is immutable,
-    and a gateway reads the same few policies over and over, so the last
-    ``MEMO_ENTRIES`` decoded from ``bytes`` of at most ``MEMO_MAX_BYTES`` are kept,
-    keyed by those bytes. Nothing in it can be stale: other bytes are another key.
     """
-    if type(data) is bytes and len(data) <= MEMO_MAX_BYTES:
-        return _decode_memo(data)
-    return _decode(data)
-
-
-def _decode(data: bytes | str) -> PolicyDocument:
     if isinstance(data, str):
         try:
             data = data.encode()
@@ -126,7 +107,3 @@ def _decode(data: bytes | str) -> PolicyDocument:
     version, name, rules, mode = reader.struct(_DOCUMENT_FIELDS, required=3)
     reader.end()
     return PolicyDocument(version, name, rules, mode or EnforcementMode.ENFORCE)
-
-
-# A failure is not kept: lru_cache keeps only what returns.
-_decode_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_decode)

@@ -10,6 +10,7 @@ from aa_storage import BackendError, BackendInfo
 from aa_storage.readthrough import SingleFlight
 from aa_storage_redis.builder import build_parts
 from aa_storage_redis.config import RedisStorageConfig
+from aa_storage_redis.decoded import DecodedPolicies
 from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.leases import Leases
@@ -40,6 +41,7 @@ class RedisBackend:
     _tracker: Tracker | None = attrs.field(default=None, repr=False)
     _flights: SingleFlight = attrs.field(factory=SingleFlight, init=False, repr=False)
     _leases: Leases = attrs.field(init=False, repr=False)
+    _decoded: DecodedPolicies = attrs.field(factory=DecodedPolicies, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # The metrics observe what stats() says, near-cache included.
@@ -73,7 +75,7 @@ class RedisBackend:
 
     def policies(self) -> RedisPolicyStore:
         return RedisPolicyStore(
-            self.executor, self._flights, self.keys, self.near_cache, self._leases
+            self.executor, self._flights, self.keys, self.near_cache, self._leases, self._decoded
         )
 
     def stats(self) -> ExecutorStats:

@@ -10,6 +10,7 @@ from aa_storage import AgentId, NotFoundError, PolicyDocument, policy_from_json,
 from aa_storage.contracts import DEFAULT_POLICY_CACHE_TTL_SECS, PolicyLoader
 from aa_storage.readthrough import Patience, SingleFlight
 from aa_storage.validation import check_agent_id, check_loader, check_policy, check_ttl_secs
+from aa_storage_redis.decoded import DecodedPolicies
 from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.leases import Leases
@@ -29,8 +30,9 @@ class RedisPolicyStore:
     process is seen by its next read; one made elsewhere, once the server's
     invalidation arrives (see the README). ``flights`` coalesces concurrent
     misses in this process, and ``near_cache`` (when on) holds policies in it;
-    the stores of one backend share both, and its ``leases``. Built over an
-    executor alone, a store has its own, and no near-cache.
+    the stores of one backend share both, its ``leases``, and the documents it
+    last ``decoded``. Built over an executor alone, a store has its own, and no
+    near-cache.
     """
 
     executor: Executor
@@ -51,6 +53,8 @@ class RedisPolicyStore:
         ),
         repr=False,
     )
+    decoded: DecodedPolicies = attrs.field(factory=DecodedPolicies, repr=False)
+    """The policies last decoded (``decoded.py``), which the stores of a backend share."""
 
     async def get_policy(self, agent_id: AgentId) -> PolicyDocument:
         """The cached policy; ``NotFoundError`` on a miss, ``SerializationError``
@@ -69,7 +73,7 @@ class RedisPolicyStore:
             reply = await self.executor.execute("GET", key, key=key, read=True)
             if reply is None:
                 raise _not_cached(agent_id)
-            return policy_from_json(reply)
+            return self.decoded.policy(reply)
 
     async def cache_policy(self, agent_id: AgentId, policy: PolicyDocument, ttl_secs: int) -> None:
         """Cache ``policy`` for ``ttl_secs`` seconds, replacing any cached one; a
