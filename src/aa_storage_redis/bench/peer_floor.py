@@ -1,18 +1,21 @@
 """The asyncio floor of ``aa-storage bench --peers``: the least that any asyncio client
 does for a command, measured beside the driver on the same workloads.
 
-:func:`connect` opens one socket, logs in with redis-py as the driver does, and then
-shares it among every caller the way the driver's connections do: a command on an
-idle socket is written at once, those that come while others await their replies
+:func:`connect` opens as many sockets as the driver's ``pool_size``, logs in with
+redis-py as the driver does, and then shares them among every caller the way the
+driver does: a command goes to the socket with the fewest awaiting a reply; on an
+idle socket it is written at once, those that come while others await their replies
 go out together on the next turn of the event loop, and hiredis reads the replies
-into one buffer and hands them out in order. It does nothing else: no argument
-checks, no keys to build, no retries, counters or telemetry. Only so that the bench
-cannot hang, a lost socket fails what waits on it, and so does a reply that does not
-come within ``socket_timeout`` (checked by one timer, armed when the socket turns busy).
+into one buffer and hands them out in order. Each call builds its command as every
+peer's does (``peer_clients.COMMANDS``). It does nothing else: no argument checks,
+no retries, counters, telemetry or decoding. Only so that the bench cannot hang, a
+lost socket fails what waits on it, and so does a reply that does not come within
+``socket_timeout`` (checked by one timer, armed when the socket turns busy).
 
-So the driver's figure over the floor's is what the driver's own work costs, and the
-floor's over ``redis-benchmark``'s is what asyncio and the interpreter cost: no
-asyncio client can go past the floor.
+So the driver's figure over the floor's shows what the driver's own work costs, and
+the floor's over ``redis-benchmark``'s what asyncio and the interpreter cost: an
+asyncio client that sends the same commands can pass the floor only by the run's
+noise.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ READ_BUFFER_BYTES = 64 * 1024
 
 
 class FloorClient(asyncio.BufferedProtocol):
-    """One socket that every caller shares; :meth:`send` is all it does."""
+    """One socket that callers share; :meth:`send` is all it does."""
 
     def __init__(self, writer: asyncio.StreamWriter, timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -50,6 +53,11 @@ class FloorClient(asyncio.BufferedProtocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._watched: asyncio.Future[Any] | None = None
         self._lost: ConnectionError | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Requests awaiting their reply."""
+        return len(self._waiting)
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """The reply to ``packed``; an error reply is raised as ``hiredis.ReplyError``."""
@@ -112,26 +120,39 @@ class FloorClient(asyncio.BufferedProtocol):
 
 @contextlib.asynccontextmanager
 async def connect(backend: RedisBackend, callers: int) -> AsyncIterator[Calls]:
-    """A floor client on the server of ``backend``'s standalone deployment, logged in as
-    the driver logs in; every caller shares it."""
+    """``pool_size`` floor clients on the server of ``backend``'s standalone deployment,
+    logged in as the driver logs in; every caller shares them."""
     config = backend.pool.config
     ((host, port),) = config.deployment.addresses
     connection_class, options = connection_options(config)
-    connection = connection_class(host=host, port=port, **options)
-    await connection.connect()  # type: ignore[no-untyped-call]
-    writer = take_stream(connection)
-    client = FloorClient(writer, config.socket_timeout)
-    writer.transport.set_protocol(client)
+    clients: list[FloorClient] = []
     try:
+        for _ in range(config.pool_size):
+            connection = connection_class(host=host, port=port, **options)
+            await connection.connect()  # type: ignore[no-untyped-call]
+            writer = take_stream(connection)
+            clients.append(FloorClient(writer, config.socket_timeout))
+            writer.transport.set_protocol(clients[-1])
+        first = clients[0]
+
+        def least_busy() -> FloorClient:
+            # The driver's rule: the first socket unless it is busy, then the least busy.
+            return min(clients, key=_waiting) if first.waiting else first
 
         async def send(command: Command) -> Any:
             # A coroutine, as a client's call is: nothing is sent before it is awaited.
             # hiredis' stub types the argument as a 1-tuple; it takes any length.
-            return await client.send(hiredis.pack_command(tuple(command.argv())))  # type: ignore[arg-type]
+            packed = hiredis.pack_command(tuple(command.argv()))  # type: ignore[arg-type]
+            return await least_busy().send(packed)
 
         yield calls_of(send)
     finally:
-        client.close()
+        for client in clients:
+            client.close()
+
+
+def _waiting(client: FloorClient) -> int:
+    return client.waiting
 
 
 FLOOR = PythonPeer(
@@ -139,7 +160,7 @@ FLOOR = PythonPeer(
     "hiredis",
     "hiredis",
     connect,
-    "one socket shared by every caller and pipelined as the driver's are, replies read by "
-    "hiredis, and nothing else: no checks, retries, timeouts, counters or telemetry",
+    "pool_size sockets shared by every caller and pipelined as the driver's are, replies "
+    "read by hiredis, and nothing else: no checks, retries, timeouts, counters or telemetry",
 )
 """The floor, run as a peer; its column is not a Python client's, so no "best peer"."""
