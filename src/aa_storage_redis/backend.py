@@ -6,11 +6,11 @@ import logging
 
 import attrs
 
-from aa_storage import BackendError, BackendInfo
+from aa_storage import BackendError, BackendInfo, PolicyDocument, SessionRecord
 from aa_storage.readthrough import SingleFlight
 from aa_storage_redis.builder import build_parts
 from aa_storage_redis.config import RedisStorageConfig
-from aa_storage_redis.decoded import DecodedPolicies
+from aa_storage_redis.decoded import Decoded
 from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.leases import Leases
@@ -18,7 +18,7 @@ from aa_storage_redis.near_cache import NearCache
 from aa_storage_redis.policies import RedisPolicyStore
 from aa_storage_redis.rate_limit import RedisRateLimitCounter
 from aa_storage_redis.scripts import PROBE
-from aa_storage_redis.sessions import RedisSessionStore
+from aa_storage_redis.sessions import RedisSessionStore, SessionReply
 from aa_storage_redis.stats import ExecutorStats
 from aa_storage_redis.tracking import Tracker
 from aa_storage_redis.urls import CLUSTER, SENTINEL, Deployment, default_port_of
@@ -41,7 +41,12 @@ class RedisBackend:
     _tracker: Tracker | None = attrs.field(default=None, repr=False)
     _flights: SingleFlight = attrs.field(factory=SingleFlight, init=False, repr=False)
     _leases: Leases = attrs.field(init=False, repr=False)
-    _decoded: DecodedPolicies = attrs.field(factory=DecodedPolicies, init=False, repr=False)
+    _decoded_policies: Decoded[bytes, PolicyDocument] = attrs.field(
+        factory=Decoded, init=False, repr=False
+    )
+    _decoded_sessions: Decoded[SessionReply, SessionRecord] = attrs.field(
+        factory=Decoded, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         # The metrics observe what stats() says, near-cache included.
@@ -68,14 +73,19 @@ class RedisBackend:
         return self.executor
 
     def sessions(self) -> RedisSessionStore:
-        return RedisSessionStore(self.executor, self.keys)
+        return RedisSessionStore(self.executor, self.keys, self._decoded_sessions)
 
     def rate_limiter(self) -> RedisRateLimitCounter:
         return RedisRateLimitCounter(self.executor, self.keys)
 
     def policies(self) -> RedisPolicyStore:
         return RedisPolicyStore(
-            self.executor, self._flights, self.keys, self.near_cache, self._leases, self._decoded
+            self.executor,
+            self._flights,
+            self.keys,
+            self.near_cache,
+            self._leases,
+            self._decoded_policies,
         )
 
     def stats(self) -> ExecutorStats:

@@ -1,46 +1,44 @@
-"""Policies decoded from the bytes the server sent, kept by those bytes.
+"""Values decoded from the bytes the server sent, kept by those bytes.
 
-A gateway reads the same few policies over and over, and decoding one costs
-more than the rest of a ``get_policy``. A document is immutable, so the same
-bytes can give the same document object back; other bytes are another key, so a
-changed or revoked policy is never answered from what is kept.
+A gateway reads the same few policies and sessions over and over, and decoding
+one costs a good part of the read. What is decoded is immutable, so the same
+bytes can give the same object back; other bytes are another key, so a changed
+or revoked value is never answered from what is kept. A backend keeps one
+:class:`Decoded` per kind of value, which all its stores share.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
-import attrs
-
-from aa_storage import PolicyDocument, policy_from_json
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 ENTRIES = 256
-"""How many decoded policies are kept, the most recently used."""
-MAX_BYTES = 4096
-"""The longest encoding whose policy is kept: at most ``ENTRIES`` times this many
-bytes are kept, with their documents."""
+"""How many decoded values of a kind a backend keeps; the oldest goes first."""
+MAX_POLICY_BYTES = 4096
+"""The longest policy encoding whose document is kept: a kind keeps at most
+``ENTRIES`` of its keys, with their values."""
 
 
-@attrs.define
-class DecodedPolicies:
-    """The last :data:`ENTRIES` policies decoded from at most :data:`MAX_BYTES` bytes;
-    the stores of one backend share one."""
+class Decoded(Generic[K, V]):
+    """The last :data:`ENTRIES` values decoded, by the bytes they were decoded from."""
 
-    _memo: Callable[[bytes], PolicyDocument] = attrs.field(
-        # Only what returns is kept: a stored value that is no policy fails every time.
-        factory=lambda: functools.lru_cache(maxsize=ENTRIES)(policy_from_json),
-        init=False,
-        repr=False,
-    )
+    def __init__(self) -> None:
+        self._values: dict[K, V] = {}
 
-    def policy(self, data: bytes) -> PolicyDocument:
-        """``policy_from_json(data)``, or the document it gave for the same bytes."""
-        if len(data) <= MAX_BYTES:
-            return self._memo(data)
-        return policy_from_json(data)
+    def get(self, key: K, decode: Callable[[], V]) -> V:
+        """The value kept for ``key``, else ``decode()``'s, kept. What ``decode``
+        raises is raised, and nothing is kept."""
+        value = self._values.get(key)
+        if value is None:
+            value = decode()
+            values = self._values
+            if len(values) >= ENTRIES:
+                del values[next(iter(values))]  # the oldest: dicts keep insertion order
+            values[key] = value
+        return value
 
-    def kept(self) -> int:
-        """How many documents are kept now."""
-        cache_info = getattr(self._memo, "cache_info")  # noqa: B009  # lru_cache's, untyped here
-        return int(cache_info().currsize)
+    def __len__(self) -> int:
+        return len(self._values)

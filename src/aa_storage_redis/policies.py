@@ -10,7 +10,7 @@ from aa_storage import AgentId, NotFoundError, PolicyDocument, policy_from_json,
 from aa_storage.contracts import DEFAULT_POLICY_CACHE_TTL_SECS, PolicyLoader
 from aa_storage.readthrough import Patience, SingleFlight
 from aa_storage.validation import check_agent_id, check_loader, check_policy, check_ttl_secs
-from aa_storage_redis.decoded import DecodedPolicies
+from aa_storage_redis.decoded import MAX_POLICY_BYTES, Decoded
 from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.leases import Leases
@@ -53,7 +53,7 @@ class RedisPolicyStore:
         ),
         repr=False,
     )
-    decoded: DecodedPolicies = attrs.field(factory=DecodedPolicies, repr=False)
+    decoded: Decoded[bytes, PolicyDocument] = attrs.field(factory=Decoded, repr=False)
     """The policies last decoded (``decoded.py``), which the stores of a backend share."""
 
     async def get_policy(self, agent_id: AgentId) -> PolicyDocument:
@@ -73,7 +73,12 @@ class RedisPolicyStore:
             reply = await self.executor.execute("GET", key, key=key, read=True)
             if reply is None:
                 raise _not_cached(agent_id)
-            return self.decoded.policy(reply)
+            return self._decode(reply)
+
+    def _decode(self, data: bytes) -> PolicyDocument:
+        if len(data) > MAX_POLICY_BYTES:
+            return policy_from_json(data)
+        return self.decoded.get(data, lambda: policy_from_json(data))
 
     async def cache_policy(self, agent_id: AgentId, policy: PolicyDocument, ttl_secs: int) -> None:
         """Cache ``policy`` for ``ttl_secs`` seconds, replacing any cached one; a

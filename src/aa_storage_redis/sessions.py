@@ -13,11 +13,14 @@ from aa_storage import (
     SessionRecord,
 )
 from aa_storage.validation import check_session_id, check_session_record
+from aa_storage_redis.decoded import Decoded
 from aa_storage_redis.executor import Executor
 from aa_storage_redis.keys import KeySpace
 from aa_storage_redis.scripts import SAVE_SESSION
 
 _FIELDS = (b"agent_id", b"started_at_ns")
+SessionReply = tuple[bytes, bytes | None, bytes | None]
+"""A session's key, and the two fields HMGET read of it: what a record is decoded from."""
 
 
 @attrs.frozen
@@ -33,6 +36,8 @@ class RedisSessionStore:
         default=attrs.Factory(lambda self: KeySpace(self.executor.config.key_prefix), True)
     )
     """The key space; by default the one the executor's config names."""
+    decoded: Decoded[SessionReply, SessionRecord] = attrs.field(factory=Decoded, repr=False)
+    """The records last read (``decoded.py``), which the stores of a backend share."""
 
     async def save(self, record: SessionRecord) -> None:
         """Write the record and re-arm its TTL in one atomic step."""
@@ -54,7 +59,10 @@ class RedisSessionStore:
             agent_id, started_at_ns = await self.executor.execute(
                 "HMGET", key, *_FIELDS, key=key, read=True
             )
-            return _record(session_id, key, agent_id, started_at_ns)
+            return self.decoded.get(
+                (key, agent_id, started_at_ns),
+                lambda: _record(session_id, key, agent_id, started_at_ns),
+            )
 
     async def delete(self, session_id: SessionId) -> None:
         """Drop the record; deleting an absent one is not an error."""
