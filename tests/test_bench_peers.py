@@ -71,20 +71,30 @@ class Run:
 
     def rows(self) -> list[dict[str, str]]:
         """The table's rows: operation, mode, driver, each peer's cell, the three ratios."""
-        found = []
-        for line in self.section[2:]:
-            if not line:
-                break
-            match = _ROW.fullmatch(line)
-            assert match is not None, f"not a full row: {line!r}"
-            names = ("operation", "mode", "driver", "best", "c", "floor")
-            row = {name: match[name] for name in names}
-            row.update(zip(PEERS, match["peers"].split(), strict=True))
-            found.append(row)
-        return found
+        return rows_of(self.section)
 
     def peer_lines(self) -> list[str]:
-        return self.section[self.section.index("", 2) + 1 :]
+        return peer_lines_of(self.section)
+
+
+def rows_of(section: list[str]) -> list[dict[str, str]]:
+    """The rows of a peers table whose title is ``section[0]``."""
+    found = []
+    for line in section[2:]:
+        if not line:
+            break
+        match = _ROW.fullmatch(line)
+        assert match is not None, f"not a full row: {line!r}"
+        names = ("operation", "mode", "driver", "best", "c", "floor")
+        row = {name: match[name] for name in names}
+        row.update(zip(PEERS, match["peers"].split(), strict=True))
+        found.append(row)
+    return found
+
+
+def peer_lines_of(section: list[str]) -> list[str]:
+    """The lines under a peers table whose title is ``section[0]``."""
+    return section[section.index("", 2) + 1 :]
 
 
 def run_bench(server: RedisServer, tmp_path: Path, requests: int) -> Run:
@@ -170,7 +180,7 @@ class TestWithEveryPeer:
         for name, line in zip(names, lines, strict=True):
             assert "failed" not in line, line
             if name == "asyncio floor":
-                assert line.startswith("  asyncio floor: one socket shared by every caller")
+                assert line.startswith("  asyncio floor: pool_size sockets shared by every caller")
             elif installed(name):
                 assert re.fullmatch(r"  [\w-]+ \d[\w.]*: .+", line), line
 
@@ -291,3 +301,32 @@ async def test_each_peer_sends_the_drivers_command(
         # It asks for the server's settings first.
         ran.pop("config|get", None)
         assert ran == {name: requests * count for name, count in expected.items()}
+
+
+def test_the_readmes_peer_table_is_one_the_bench_prints() -> None:
+    """The README quotes a --peers table: its title, header and rows are in the bench's
+    format, its ratios are its figures' as printed, and a line per peer follows."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    lines = readme.splitlines()
+    (start,) = [number for number, line in enumerate(lines) if line.startswith("peers on the same")]
+    end = lines.index("```", start)
+    section = lines[start:end]
+    assert re.fullmatch(
+        r"peers on the same server and workloads, in ops/s \(the best of 2 round\(s\) of "
+        r"[\d.]+ s a case, driver and peers taking turns\):",
+        section[0],
+    )
+    assert re.split(r"  +", section[1]) == HEADER
+    rows = rows_of(section)
+    assert [(row["operation"], row["mode"]) for row in rows] == [
+        (operation, mode) for operation in OPERATION_NAMES for mode in ("sequential", "50 callers")
+    ]
+    for row in rows:
+        driver = figure(row["driver"])
+        best = max(figure(row[peer]) for peer in PEERS[:3])
+        assert figure(row["best"].removesuffix("x")) == pytest.approx(driver / best, abs=0.006)
+        for column, ratio in (("redis-benchmark", "c"), ("asyncio floor", "floor")):
+            expected = driver / figure(row[column])
+            assert figure(row[ratio].removesuffix("x")) == pytest.approx(expected, abs=0.006)
+    names = [match[1] for line in peer_lines_of(section) if (match := _PEER_LINE.fullmatch(line))]
+    assert names == list(PEERS)
