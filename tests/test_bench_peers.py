@@ -24,6 +24,7 @@ from aa_storage_redis.bench.peer_cases import PEER_OPERATIONS
 from aa_storage_redis.bench.peer_clients import COMMANDS, PYTHON_PEERS, Calls
 from aa_storage_redis.bench.peer_floor import FLOOR
 from aa_storage_redis.bench.timing import Budget
+from aa_storage_redis.bench.uvloop_cases import uvloop_installed
 from servers import RedisServer
 from test_bench import _HELPER_COMMANDS, MODES, TIMEOUTS, bench, figure
 from test_redis_cli import config_file
@@ -93,8 +94,67 @@ def rows_of(section: list[str]) -> list[dict[str, str]]:
 
 
 def peer_lines_of(section: list[str]) -> list[str]:
-    """The lines under a peers table whose title is ``section[0]``."""
-    return section[section.index("", 2) + 1 :]
+    """The lines under a peers table whose title is ``section[0]``, up to the next blank."""
+    start = section.index("", 2) + 1
+    end = section.index("", start) if "" in section[start:] else len(section)
+    return section[start:end]
+
+
+_UVLOOP_TITLE = re.compile(
+    r"the driver and the asyncio floor on uvloop \(the best of (\d) round\(s\) of "
+    r"(.+) a case; redis-benchmark's figures are the table's above\):"
+)
+_UVLOOP_ROW = re.compile(
+    rf"(?P<operation>\w+) +(?P<mode>sequential|\d+ callers) +(?P<driver>{_NUMBER})"
+    rf" +(?P<floor_figure>{_CELL}) +(?P<c>{_RATIO}) +(?P<floor_c>{_RATIO}) +(?P<floor>{_RATIO})"
+)
+
+
+def uvloop_rows_of(section: list[str]) -> list[dict[str, str]]:
+    """The rows of the uvloop table after the peers' lines; [] when there is none."""
+    titles = [number for number, line in enumerate(section) if _UVLOOP_TITLE.fullmatch(line)]
+    if not titles:
+        return []
+    (title,) = titles
+    assert re.split(r"  +", section[title + 1]) == [
+        "operation",
+        "mode",
+        "driver ops/s",
+        "asyncio floor",
+        "driver/C",
+        "floor/C",
+        "driver/floor",
+    ]
+    found = []
+    for line in section[title + 2 :]:
+        if not line:
+            break
+        match = _UVLOOP_ROW.fullmatch(line)
+        assert match is not None, f"not a full row: {line!r}"
+        found.append(match.groupdict())
+    return found
+
+
+def check_uvloop_rows(section: list[str], modes: tuple[str, ...]) -> None:
+    """The uvloop table has every case, and its ratios are its figures' over the C
+    limit's in the main table, as printed."""
+    limits = {(row["operation"], row["mode"]): row["redis-benchmark"] for row in rows_of(section)}
+    rows = uvloop_rows_of(section)
+    assert [(row["operation"], row["mode"]) for row in rows] == [
+        (operation, mode) for operation in OPERATION_NAMES for mode in modes
+    ]
+    for row in rows:
+        driver, floor = figure(row["driver"]), figure(row["floor_figure"])
+        limit = limits[row["operation"], row["mode"]]
+        assert driver > 0, row
+        assert floor > 0, row
+        assert figure(row["floor"].removesuffix("x")) == pytest.approx(driver / floor, abs=0.006)
+        if limit in ("-", "failed"):
+            assert row["c"] == row["floor_c"] == "-"
+            continue
+        for name, value in (("c", driver), ("floor_c", floor)):
+            ratio = figure(row[name].removesuffix("x"))
+            assert ratio == pytest.approx(value / figure(limit), abs=0.006), (row, name)
 
 
 def run_bench(server: RedisServer, tmp_path: Path, requests: int) -> Run:
@@ -185,15 +245,25 @@ class TestWithEveryPeer:
                 assert re.fullmatch(r"  [\w-]+ \d[\w.]*: .+", line), line
 
     def test_progress_names_every_case_of_both_rounds(self, every_peer: Run) -> None:
-        sides = 1 + sum(installed(peer) for peer in PEERS)
+        # On uvloop, the driver and the floor run the cases again.
+        sides = 1 + sum(installed(peer) for peer in PEERS) + 2 * uvloop_installed()
         total = 2 * len(OPERATION_NAMES) * len(MODES) * sides
         assert f"aa-storage bench: peers, 2 round(s) of {total // 2} cases of 25 calls each\n" in (
             every_peer.err
         )
-        progress = re.findall(rf"\[\d+/{total}\] peers round (\d), .* \.\.\. (.*)", every_peer.err)
+        progress = re.findall(
+            rf"\[\d+/{total}\] peers round (\d)(?: on uvloop)?, .* \.\.\. (.*)", every_peer.err
+        )
         assert len(progress) == total
         assert {number for number, _ in progress} == {"1", "2"}
         assert all(re.fullmatch(rf"{_NUMBER} ops/s", outcome) for _, outcome in progress)
+
+    def test_the_driver_and_the_floor_run_again_on_uvloop(self, every_peer: Run) -> None:
+        if not uvloop_installed():
+            assert uvloop_rows_of(every_peer.section) == []
+            return
+        assert len(re.findall(r"peers round \d on uvloop, .*, driver \.\.\.", every_peer.err)) == 16
+        check_uvloop_rows(every_peer.section, MODES)
 
     def test_deletes_every_key_it_made(self, every_peer: Run) -> None:
         """The peers wrote and read (scripts, GET, HMGET), and no key is left."""
@@ -330,3 +400,4 @@ def test_the_readmes_peer_table_is_one_the_bench_prints() -> None:
             assert figure(row[ratio].removesuffix("x")) == pytest.approx(expected, abs=0.006)
     names = [match[1] for line in peer_lines_of(section) if (match := _PEER_LINE.fullmatch(line))]
     assert names == list(PEERS)
+    check_uvloop_rows(section, ("sequential", "50 callers"))

@@ -99,7 +99,7 @@ def add_command(commands: Commands) -> None:
             "redis-benchmark, the C limit, and the asyncio floor, the least any asyncio "
             "client does for the same command; each runs two rounds of half the budget "
             "(one of all of it below 0.5 s or 40 calls), taking turns with the driver, and "
-            "keeps its best"
+            "keeps its best; with uvloop installed, the driver and the floor run again on it"
         ),
     )
     bench.add_argument(

@@ -45,8 +45,10 @@ async def run_rounds(
     installed: list[tuple[PythonPeer, str]],
     benchmark: str | None,
     progress: Progress,
+    loop: str = "",
 ) -> tuple[list[PeerRow], dict[str, str]]:
-    """Every round of every case; the rows, and each failed peer's first reason."""
+    """Every round of every case; the rows, and each failed peer's first reason.
+    ``loop`` names the event loop in the progress lines when it is not asyncio's."""
     config = attrs.evolve(config, key_prefix=f"{config.key_prefix}bench-{uuid.uuid4().hex[:12]}:")
     backend = RedisBackend.connect(config)
     subject = Subject.over(backend)
@@ -72,7 +74,8 @@ async def run_rounds(
                             share,
                             made,
                             progress,
-                            f"peers round {number}, {operation.name}, {mode_of(callers)}",
+                            f"peers round {number}{loop and f' on {loop}'}, "
+                            f"{operation.name}, {mode_of(callers)}",
                         )
             return list(rows.values()), sides.reasons
         finally:

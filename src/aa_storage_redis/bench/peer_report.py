@@ -61,6 +61,8 @@ class Comparison:
     rounds: int
     round_budget: str
     peer_lines: list[str]
+    uvloop_rows: list[PeerRow] = attrs.field(factory=list)
+    """The driver and the floor on uvloop, in the same cases; empty without uvloop."""
 
 
 _HEADER = (
@@ -89,6 +91,33 @@ def comparison_lines(comparison: Comparison) -> Iterator[str]:
         )
     yield ""
     yield from comparison.peer_lines
+    if comparison.uvloop_rows:
+        yield ""
+        yield from _uvloop_lines(comparison)
+
+
+_UVLOOP_HEADER = (
+    f"{'operation':<12}{'mode':<12}{'driver ops/s':>13}{'asyncio floor':>15}"
+    f"{'driver/C':>10}{'floor/C':>9}{'driver/floor':>14}"
+)
+
+
+def _uvloop_lines(comparison: Comparison) -> Iterator[str]:
+    """The driver and the floor again on uvloop, set against the C limit's figures above."""
+    yield (
+        f"the driver and the asyncio floor on uvloop (the best of {comparison.rounds} round(s) "
+        f"of {comparison.round_budget} a case; {C_COLUMN}'s figures are the table's above):"
+    )
+    yield _UVLOOP_HEADER
+    limits = {(row.operation, row.callers): row.peers.get(C_COLUMN) for row in comparison.rows}
+    for row in comparison.uvloop_rows:
+        limit, floor = limits.get((row.operation, row.callers)), row.peers.get(FLOOR_COLUMN)
+        yield (
+            f"{row.operation:<12}{mode_of(row.callers):<12}{row.driver:>13,.0f}"
+            f"{row.cell(FLOOR_COLUMN):>15}{_ratio(row.driver, limit):>10}"
+            f"{_ratio(floor, limit) if floor else NOT_MEASURED:>9}"
+            f"{_ratio(row.driver, floor):>14}"
+        )
 
 
 def _ratio(driver: float, peer: float | None) -> str:

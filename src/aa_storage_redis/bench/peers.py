@@ -31,9 +31,10 @@ from aa_storage_redis.bench import peer_benchmark
 from aa_storage_redis.bench.peer_cases import PEER_OPERATIONS, run_rounds
 from aa_storage_redis.bench.peer_clients import PYTHON_PEERS, PythonPeer
 from aa_storage_redis.bench.peer_floor import FLOOR
-from aa_storage_redis.bench.peer_report import C_COLUMN, Comparison, comparison_lines
+from aa_storage_redis.bench.peer_report import C_COLUMN, Comparison, PeerRow, comparison_lines
 from aa_storage_redis.bench.report import Progress
 from aa_storage_redis.bench.timing import Budget
+from aa_storage_redis.bench.uvloop_cases import uvloop_installed
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.urls import STANDALONE
 
@@ -70,18 +71,31 @@ def compare_peers(
     installed.append((FLOOR, FLOOR.version() or ""))  # hiredis, which the driver needs too
     benchmark = peer_benchmark.find()
     rounds, share = rounds_of(budget)
-    sides = 1 + len(installed) + (benchmark is not None)
+    on_uvloop = uvloop_installed()
+    sides = 1 + len(installed) + (benchmark is not None) + 2 * on_uvloop
     cases = len(PEER_OPERATIONS) * 2 * sides
     err.write(f"aa-storage bench: peers, {rounds} round(s) of {cases} cases of {share} each\n")
     progress = Progress(err, rounds * cases)
+    uvloop_rows: list[PeerRow] = []
     try:
         rows, reasons = asyncio.run(
             run_rounds(config, concurrency, rounds, share, installed, benchmark, progress)
         )
+        if on_uvloop:
+            # The driver and the floor again, on uvloop; the C limit is the same.
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                floor = [(FLOOR, FLOOR.version() or "")]
+                uvloop_rows, uvloop_reasons = runner.run(
+                    run_rounds(config, concurrency, rounds, share, floor, None, progress, "uvloop")
+                )
+            for column, reason in uvloop_reasons.items():
+                reasons.setdefault(column, f"on uvloop: {reason}")
     finally:
         progress.stop()
     lines = _peer_lines(installed, benchmark, reasons, concurrency)
-    comparison = Comparison(rows, rounds, str(share), lines)
+    comparison = Comparison(rows, rounds, str(share), lines, uvloop_rows)
     for line in ("", *comparison_lines(comparison)):
         out.write(line + "\n")
 
