@@ -5,6 +5,7 @@ its shape and that the ratios are the figures' quotients."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import io
@@ -17,6 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from aa_storage.testing import bounded
 from aa_storage_redis import RedisBackend
 from aa_storage_redis.bench import peer_benchmark, peers
 from aa_storage_redis.bench.operations import Caller, Operation, Subject
@@ -401,3 +403,48 @@ def test_the_readmes_peer_table_is_one_the_bench_prints() -> None:
     names = [match[1] for line in peer_lines_of(section) if (match := _PEER_LINE.fullmatch(line))]
     assert names == list(PEERS)
     check_uvloop_rows(section, ("sequential", "50 callers"))
+
+
+@pytest.mark.asyncio
+class TestFloor:
+    """The floor does nothing a client need not, but it never hangs the bench."""
+
+    async def test_a_caller_that_left_costs_the_next_one_nothing(
+        self, redis_backend: RedisBackend
+    ) -> None:
+        """A call cancelled while its reply is on the way: the reply is dropped, and the
+        calls after it on the same sockets get their own replies."""
+        operation = next(each for each in PEER_OPERATIONS if each.name == "increment")
+        subject, caller = Subject.over(redis_backend), Caller.new()
+        await operation.prepare(subject, caller)
+        async with FLOOR.connect(redis_backend, 1) as calls:
+            call = calls(operation)
+            first = asyncio.ensure_future(call(subject, caller))
+            await asyncio.sleep(0)  # written, its reply not read yet
+            first.cancel()
+            totals = [int(await bounded(call(subject, caller))) for _ in range(3)]
+        assert totals == sorted(totals)
+        assert totals[1:] == [totals[0] + 1, totals[0] + 2]
+
+    async def test_a_lost_socket_fails_the_calls_instead_of_hanging(
+        self, redis_backend: RedisBackend, redis_server: RedisServer
+    ) -> None:
+        operation = next(each for each in PEER_OPERATIONS if each.name == "get_policy")
+        subject, caller = Subject.over(redis_backend), Caller.new()
+        await operation.prepare(subject, caller)
+        async with FLOOR.connect(redis_backend, 1) as calls:
+            call = calls(operation)
+            assert await bounded(call(subject, caller))
+            with redis_server.client() as admin:
+                admin.client_kill_filter(_type="normal", skipme=True)
+
+            async def until_one_fails() -> ConnectionError:
+                for _ in range(1000):  # until the loop sees the socket gone
+                    try:
+                        await bounded(call(subject, caller))
+                    except ConnectionError as exc:
+                        return exc
+                    await asyncio.sleep(0.01)
+                raise AssertionError("the calls went on after their sockets were killed")
+
+            assert "the socket closed" in str(await until_one_fails())

@@ -32,8 +32,7 @@ from aa_storage_redis.backend import RedisBackend
 from aa_storage_redis.bench.peer_clients import Calls, Command, PythonPeer, calls_of
 from aa_storage_redis.builder import connection_options
 from aa_storage_redis.redis_py import take_stream
-
-READ_BUFFER_BYTES = 64 * 1024
+from aa_storage_redis.replies import READ_BUFFER_BYTES
 
 
 class FloorClient(asyncio.BufferedProtocol):
@@ -101,6 +100,8 @@ class FloorClient(asyncio.BufferedProtocol):
         reader.feed(self._buffer, 0, nbytes)  # type: ignore[arg-type]  # any buffer will do
         while (reply := reader.gets()) is not False:
             future = self._waiting.popleft()
+            if future.done():
+                continue  # its caller left (Ctrl-C); the reply is dropped
             if isinstance(reply, hiredis.ReplyError):
                 future.set_exception(reply)
             else:
@@ -112,7 +113,9 @@ class FloorClient(asyncio.BufferedProtocol):
                 handle.cancel()
         self._lost = ConnectionError(f"the socket closed, or no reply came within {self._timeout}s")
         while self._waiting:
-            self._waiting.popleft().set_exception(self._lost)
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(self._lost)
 
     def close(self) -> None:
         self._transport.close()
