@@ -6,13 +6,14 @@ Connections are counted where they end: at the fault proxy and in the server's C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -28,6 +29,8 @@ from executor_support import (
 from faultproxy import FaultProxyFactory
 from servers import RedisServer
 from waiting import eventually
+
+T = TypeVar("T")
 
 SLOT = KNOWN[0]
 
@@ -160,6 +163,29 @@ def test_closing_with_calls_in_flight_leaks_no_transport(redis_url: str) -> None
     assert result.stderr == ""
 
 
+@contextlib.contextmanager
+def running_in_another_thread(redis_url: str) -> Iterator[RedisBackend]:
+    """A backend whose event loop runs in a thread of its own, with SLOT planted through
+    it; on leaving, it must still serve its own loop, which then closes it."""
+    backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+
+    def there(coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
+
+    try:
+        there(plant(backend))
+        yield backend
+        assert there(backend.rate_limiter().current(SLOT.counter)) == SLOT.total
+        there(backend.aclose())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 class TestAnotherEventLoop:
     """A backend belongs to the event loop it first ran in; asyncio.run twice must not
     hang, and a near-cache must not answer from a loop whose tracking is gone."""
@@ -231,38 +257,16 @@ class TestAnotherEventLoop:
     def test_every_call_from_a_loop_beside_the_running_one_says_so(self, redis_url: str) -> None:
         """While the backend's loop runs in another thread, a call from this thread's loop
         is refused before anything is sent; the backend's own loop goes on using it."""
-        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
-        other = asyncio.new_event_loop()
-        thread = threading.Thread(target=other.run_forever)
-        thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(plant(backend), other).result(10)
+        with running_in_another_thread(redis_url) as backend:
             sent = backend.stats().commands_sent
             for name, call in every_call(backend).items():
                 with pytest.raises(StorageError, match="another event loop"):
                     self.run(call)
                 assert backend.stats().commands_sent == sent, name
-            still_open = backend.rate_limiter().current(SLOT.counter)
-            assert asyncio.run_coroutine_threadsafe(still_open, other).result(10) == SLOT.total
-            asyncio.run_coroutine_threadsafe(backend.aclose(), other).result(10)
-        finally:
-            other.call_soon_threadsafe(other.stop)
-            thread.join(10)
-            other.close()
 
     def test_aclose_from_a_loop_that_still_runs_elsewhere_says_so(self, redis_url: str) -> None:
-        backend = RedisBackend.connect(RedisStorageConfig(url=redis_url))
-        other = asyncio.new_event_loop()
-        thread = threading.Thread(target=other.run_forever)
-        thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(plant(backend), other).result(10)
-            with pytest.raises(StorageError, match="another event loop"):
-                self.run(backend.aclose)
-            still_open = backend.rate_limiter().current(SLOT.counter)
-            assert asyncio.run_coroutine_threadsafe(still_open, other).result(10) == SLOT.total
-            asyncio.run_coroutine_threadsafe(backend.aclose(), other).result(10)
-        finally:
-            other.call_soon_threadsafe(other.stop)
-            thread.join(10)
-            other.close()
+        with (
+            running_in_another_thread(redis_url) as backend,
+            pytest.raises(StorageError, match="another event loop"),
+        ):
+            self.run(backend.aclose)

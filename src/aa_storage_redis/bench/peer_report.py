@@ -115,10 +115,10 @@ def _uvloop_lines(comparison: Comparison) -> Iterator[str]:
         yield (
             f"{row.operation:<12}{mode_of(row.callers):<12}{row.driver:>13,.0f}"
             f"{row.cell(FLOOR_COLUMN):>15}{_ratio(row.driver, limit):>10}"
-            f"{_ratio(floor, limit) if floor else NOT_MEASURED:>9}"
+            f"{_ratio(floor, limit):>9}"
             f"{_ratio(row.driver, floor):>14}"
         )
 
 
-def _ratio(driver: float, peer: float | None) -> str:
-    return NOT_MEASURED if not peer else f"{driver / peer:.2f}x"
+def _ratio(figure: float | None, over: float | None) -> str:
+    return f"{figure / over:.2f}x" if figure and over else NOT_MEASURED

@@ -34,7 +34,7 @@ from aa_storage_redis.bench.peer_floor import FLOOR
 from aa_storage_redis.bench.peer_report import C_COLUMN, Comparison, PeerRow, comparison_lines
 from aa_storage_redis.bench.report import Progress
 from aa_storage_redis.bench.timing import Budget
-from aa_storage_redis.bench.uvloop_cases import uvloop_installed
+from aa_storage_redis.bench.uvloop_cases import run_on_uvloop, uvloop_installed
 from aa_storage_redis.config import RedisStorageConfig
 from aa_storage_redis.urls import STANDALONE
 
@@ -68,7 +68,8 @@ def compare_peers(
         out.write(f"\npeers: measured against a standalone server only; this one is {topology}\n")
         return
     installed = [(peer, version) for peer in PYTHON_PEERS if (version := peer.version())]
-    installed.append((FLOOR, FLOOR.version() or ""))  # hiredis, which the driver needs too
+    floor = (FLOOR, FLOOR.version() or "")  # hiredis, which the driver needs too
+    installed.append(floor)
     benchmark = peer_benchmark.find()
     rounds, share = rounds_of(budget)
     on_uvloop = uvloop_installed()
@@ -83,13 +84,9 @@ def compare_peers(
         )
         if on_uvloop:
             # The driver and the floor again, on uvloop; the C limit is the same.
-            import uvloop
-
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                floor = [(FLOOR, FLOOR.version() or "")]
-                uvloop_rows, uvloop_reasons = runner.run(
-                    run_rounds(config, concurrency, rounds, share, floor, None, progress, "uvloop")
-                )
+            uvloop_rows, uvloop_reasons = run_on_uvloop(
+                run_rounds(config, concurrency, rounds, share, [floor], None, progress, "uvloop")
+            )
             for column, reason in uvloop_reasons.items():
                 reasons.setdefault(column, f"on uvloop: {reason}")
     finally:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -20,9 +21,20 @@ from aa_storage_redis.bench.report import Measurement, Progress, Row, mode_of
 from aa_storage_redis.bench.timing import Budget, ready, timed
 from aa_storage_redis.config import RedisStorageConfig
 
+T = TypeVar("T")
+
 
 def uvloop_installed() -> bool:
     return importlib.util.find_spec("uvloop") is not None
+
+
+def run_on_uvloop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end in a new uvloop event loop (uvloop must be installed)."""
+    import uvloop
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coroutine)
 
 
 @attrs.frozen
@@ -40,11 +52,7 @@ def uvloop_cases(
     """Every operation's driver cases on a uvloop loop; ``[]`` without uvloop."""
     if not uvloop_installed():
         return []
-    import uvloop
-
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_cases(config, concurrency, budget, progress))
+    return run_on_uvloop(_cases(config, concurrency, budget, progress))
 
 
 async def _cases(
